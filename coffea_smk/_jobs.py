@@ -1,0 +1,119 @@
+"""The steps that Snakemake jobs run: ``python -m coffea_smk job <step> ...``.
+
+Each step writes its output atomically and its log to ``--log``. A failure
+prints one clear message on stderr (Snakemake shows it) and the full story in
+the log; nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("coffea_smk")
+
+
+def _setup_logging(path: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handlers = [logging.FileHandler(path, mode="w")]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers)
+
+
+def _read_json(path: str) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def step_preprocess(a: argparse.Namespace) -> None:
+    from coffea_smk._atomic import write_json
+    from coffea_smk.preprocess import FileIdentity, preprocess_files
+
+    identities = [FileIdentity(**d) for d in json.loads(a.files)]
+    records = preprocess_files(identities, a.cache)
+    write_json(a.out, {"records": records})
+
+
+def step_plan(a: argparse.Namespace) -> None:
+    from coffea_smk._atomic import write_json
+    from coffea_smk.plan import PlanSettings, make_plan
+
+    spec = json.loads(a.spec)
+    records = [r for path in a.inputs for r in _read_json(path)["records"]]
+    plan = make_plan(spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"]))
+    write_json(a.out, plan)
+    log.info("dataset %s: %d files, %d events, %d work units", spec["dataset"], len(records),
+             plan["expected_events"], len(plan["units"]))
+
+
+def step_process(a: argparse.Namespace) -> None:
+    from coffea_smk.processing import process_unit_to_file
+    from coffea_smk.processor import load_processor
+
+    processor = load_processor(a.processor, a.basedir)
+    process_unit_to_file(_read_json(a.plan), a.unit, processor, a.out, allow_pickle=a.allow_pickle)
+
+
+def step_merge(a: argparse.Namespace) -> None:
+    from coffea_smk.reduce import merge_to_file
+
+    merge_to_file(a.inputs, a.out, allow_pickle=a.allow_pickle)
+
+
+def step_dataset(a: argparse.Namespace) -> None:
+    from coffea_smk.reduce import finish_dataset
+
+    finish_dataset(a.inputs, _read_json(a.plan), a.out, allow_pickle=a.allow_pickle)
+
+
+def step_result(a: argparse.Namespace) -> None:
+    from coffea_smk.processor import load_processor
+    from coffea_smk.reduce import finish_global
+
+    processor = load_processor(a.processor, a.basedir)
+    meta = finish_global(a.inputs, a.out, processor.postprocess, allow_pickle=a.allow_pickle)
+    log.info("global result: %d of %d events, complete=%s", meta["events"], meta["events_expected"], meta["complete"])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coffea_smk job")
+    sub = parser.add_subparsers(dest="step", required=True)
+
+    def add(name: str, *args: str, inputs: bool = False, processor: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name)
+        p.add_argument("--out", required=True)
+        p.add_argument("--log")
+        for arg in args:
+            p.add_argument(f"--{arg}", required=True)
+        if processor:
+            p.add_argument("--processor", required=True)
+            p.add_argument("--basedir")
+        p.add_argument("--allow-pickle", action="store_true")
+        if inputs:
+            p.add_argument("inputs", nargs="*")
+        return p
+
+    add("preprocess", "files", "cache")
+    add("plan", "spec", inputs=True)
+    add("process", "plan", "unit", processor=True)
+    add("merge", inputs=True, processor=True)
+    add("dataset", "plan", inputs=True, processor=True)
+    add("result", inputs=True, processor=True)
+    a = parser.parse_args(argv)
+    _setup_logging(a.log)
+    step = globals()[f"step_{a.step}"]
+    try:
+        step(a)
+    except Exception as err:
+        log.error("%s failed:\n%s", a.step, "".join(traceback.format_exception(err)))
+        print(f"coffea_smk {a.step} failed: {err}", file=sys.stderr)
+        if a.log:
+            print(f"(full log: {a.log})", file=sys.stderr)
+        return 1
+    return 0

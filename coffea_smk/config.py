@@ -1,0 +1,232 @@
+"""The analysis configuration (``analysis.yaml``) and the fileset, as pydantic models.
+
+These models are the one source of truth: ``workflow/schemas/config.schema.json``
+is generated from :class:`AnalysisConfig` (``python -m coffea_smk schema``) and
+a test keeps the two in sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+class ConfigError(ValueError):
+    """The analysis config or the fileset is invalid; the message says where and how to fix it."""
+
+
+class AnalysisConfig(BaseModel):
+    """What the analysis is: inputs, processor and how work is cut into jobs.
+
+    Where jobs run (threads, memory, queues) lives in Snakemake profiles, not here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fileset: str | dict[str, Any] = Field(
+        description="Path to a JSON or YAML fileset in coffea's shape, or the fileset itself."
+    )
+    processor: str = Field(
+        description=(
+            "'module:attribute': a class with process(self, events) (coffea ProcessorABC style), "
+            "an instance of one, or a callable f(events). The module is imported from the config "
+            "file's directory or the Python path."
+        ),
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+    )
+    outdir: str = Field("results", description="Where results, partials, logs and the cache go.")
+    chunksize: Annotated[int, Field(gt=0)] = Field(
+        100_000, description="Events per chunk: one call of process()."
+    )
+    events_per_job: Annotated[int, Field(gt=0)] = Field(
+        1_000_000,
+        description="Target events per work unit (one Snakemake job); a unit reads consecutive "
+        "chunks of as few files as possible.",
+    )
+    files_per_preprocess_job: Annotated[int, Field(gt=0)] = Field(
+        20, description="Files preprocessed by one Snakemake job (each is opened at most once)."
+    )
+    merge_fanin: Annotated[int, Field(ge=2)] = Field(
+        16, description="Inputs per merge job in the per-dataset merge tree."
+    )
+    treename: str = Field("Events", description="Default tree name when the fileset gives none.")
+    align_chunks: bool = Field(
+        True, description="Move chunk boundaries onto the file's cluster boundaries when close."
+    )
+    schema_: str = Field(
+        "nanoaod",
+        alias="schema",
+        description="Event schema: 'nanoaod' (built in, lazy, vector behaviours).",
+    )
+    version: str = Field(
+        "",
+        description="Free tag folded into the results' identity: change it to force re-processing "
+        "(e.g. after editing a helper module the processor imports).",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Store result types that have no safe form with cloudpickle (loading runs code).",
+    )
+    basedir: str | None = Field(
+        None,
+        description="Directory that relative fileset/processor paths are taken from "
+        "(default: the config file's directory).",
+    )
+
+    @field_validator("schema_")
+    @classmethod
+    def _known_schema(cls, value: str) -> str:
+        if value not in ("nanoaod",):
+            raise ValueError(f"unknown schema {value!r}; known: 'nanoaod'")
+        return value
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file of a dataset, as the workflow sees it."""
+
+    path: str
+    """Absolute local path or a remote URL (``root://``, ``https://`` ...)."""
+    treename: str
+
+    @property
+    def is_remote(self) -> bool:
+        return "://" in self.path and not self.path.startswith("file://")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset of the fileset."""
+
+    name: str
+    """The user's dataset name (any string)."""
+    slug: str
+    """File-system safe name used in output paths."""
+    files: tuple[InputFile, ...]
+    metadata: dict[str, Any]
+
+
+class _DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    files: dict[str, str | None] | list[str]
+    treename: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`AnalysisConfig`, as shipped in ``workflow/schemas/``."""
+    schema = AnalysisConfig.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def format_validation_error(where: str, err: ValidationError) -> str:
+    """Render a pydantic error as ``where: field 'a.b': message`` lines."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{where}: field '{loc}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], where: str = "analysis config") -> AnalysisConfig:
+    """Validate a config mapping, with an error that names the field and the fix."""
+    try:
+        return AnalysisConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(where, err)) from None
+
+
+def read_mapping(path: Path) -> Any:
+    """Read a JSON or YAML file."""
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def slugify(name: str) -> str:
+    """A path-safe, unique stand-in for a dataset name."""
+    if _SAFE_NAME.match(name) and len(name) <= 120:
+        return name
+    cleaned = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("_.")[:80] or "dataset"
+    return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -> list[Dataset]:
+    """Read and validate a coffea-shaped fileset.
+
+    Relative file paths are taken from the fileset file's directory first, then
+    from ``basedir``; remote URLs are kept as given.
+
+    Raises:
+        ConfigError: The fileset cannot be read, or a dataset is malformed
+            (the message names the dataset and the field).
+    """
+    if isinstance(spec, str):
+        path = Path(os.path.expanduser(spec))
+        if not path.is_absolute():
+            path = basedir / path
+        if not path.is_file():
+            raise ConfigError(f"fileset file {path} does not exist (config key 'fileset')")
+        try:
+            raw = read_mapping(path)
+        except Exception as err:
+            raise ConfigError(f"fileset file {path} cannot be parsed: {err}") from None
+        where, filebase = str(path), path.parent
+    else:
+        raw, where, filebase = spec, "inline fileset", basedir
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: a fileset maps dataset names to {{'files': ...}}; found {type(raw).__name__}")
+
+    datasets: list[Dataset] = []
+    slugs: dict[str, str] = {}
+    for name, body in raw.items():
+        try:
+            ds = _DatasetSpec.model_validate(body)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(f"{where}: dataset {name!r}", err)) from None
+        default = ds.treename or default_tree
+        entries = ds.files.items() if isinstance(ds.files, dict) else ((f, None) for f in ds.files)
+        files = []
+        seen: set[str] = set()
+        for raw_path, tree in entries:
+            if not raw_path:
+                raise ConfigError(f"{where}: dataset {name!r}: field 'files' holds an empty path")
+            resolved = _resolve(raw_path, filebase, basedir)
+            if resolved in seen:
+                raise ConfigError(f"{where}: dataset {name!r} lists {raw_path} twice")
+            seen.add(resolved)
+            files.append(InputFile(resolved, tree or default))
+        slug = slugify(str(name))
+        if slug in slugs:
+            raise ConfigError(f"{where}: datasets {slugs[slug]!r} and {name!r} map to the same output name")
+        slugs[slug] = str(name)
+        datasets.append(Dataset(str(name), slug, tuple(files), dict(ds.metadata)))
+    return datasets
+
+
+def _resolve(raw_path: str, filebase: Path, basedir: Path) -> str:
+    if raw_path.startswith("file://"):
+        raw_path = raw_path[len("file://") :]
+    if "://" in raw_path:
+        return raw_path
+    p = Path(os.path.expanduser(raw_path))
+    if p.is_absolute():
+        return str(p)
+    first = (filebase / p).resolve()
+    if first.exists() or filebase == basedir:
+        return str(first)
+    second = (basedir / p).resolve()
+    return str(second if second.exists() else first)

@@ -1,0 +1,195 @@
+"""The demo: NanoAOD-layout files generated with uproot, and a dimuon analysis to run on them.
+
+The generator writes Drell-Yan-like events: a Z boson decaying to two muons
+(Breit-Wigner mass, random transverse boost and rapidity), some extra soft
+muons, jets with a falling pT spectrum, MET, and run/lumi/event numbers, in
+NanoAOD's layout (counter ``nMuon`` plus jagged ``Muon_*`` branches, a TTree
+called ``Events``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MUON_MASS = 0.1056583745
+
+
+def _polar(px: np.ndarray, py: np.ndarray, pz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pt = np.hypot(px, py)
+    return pt, np.arcsinh(pz / np.maximum(pt, 1e-9)), np.arctan2(py, px)
+
+
+def _z_decays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Two muons per event from a Z decay, as flat (n, 2) arrays of pt, eta, phi."""
+    mass = np.clip(91.1876 + 2.4952 / 2 * rng.standard_cauchy(n), 50.0, 140.0)
+    p_star = np.sqrt(np.maximum(mass**2 / 4 - MUON_MASS**2, 0.0))
+    cos_t = rng.uniform(-1, 1, n)
+    phi_star = rng.uniform(-np.pi, np.pi, n)
+    sin_t = np.sqrt(1 - cos_t**2)
+    d = np.stack([sin_t * np.cos(phi_star), sin_t * np.sin(phi_star), cos_t], axis=1)
+    # Z momentum: exponential pT, Gaussian rapidity
+    zpt = rng.exponential(8.0, n)
+    zphi = rng.uniform(-np.pi, np.pi, n)
+    zy = rng.normal(0.0, 1.2, n)
+    mt = np.sqrt(mass**2 + zpt**2)
+    zp = np.stack([zpt * np.cos(zphi), zpt * np.sin(zphi), mt * np.sinh(zy)], axis=1)
+    ze = mt * np.cosh(zy)
+    beta = zp / ze[:, None]
+    b2 = np.sum(beta**2, axis=1)
+    gamma = 1 / np.sqrt(1 - b2)
+    out = {"pt": np.empty((n, 2)), "eta": np.empty((n, 2)), "phi": np.empty((n, 2))}
+    e_star = np.sqrt(p_star**2 + MUON_MASS**2)
+    for i, sign in enumerate((1.0, -1.0)):
+        p = sign * p_star[:, None] * d
+        bp = np.sum(beta * p, axis=1)
+        coef = (gamma - 1) * bp / np.where(b2 > 0, b2, 1) + gamma * e_star
+        lab = p + coef[:, None] * beta
+        pt, eta, phi = _polar(lab[:, 0], lab[:, 1], lab[:, 2])
+        out["pt"][:, i], out["eta"][:, i], out["phi"][:, i] = pt, eta, phi
+    return out
+
+
+def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
+    """``n`` events of NanoAOD-layout columns (awkward records for collections)."""
+    import awkward as ak
+
+    rng = np.random.default_rng(seed)
+    z = _z_decays(rng, n)
+    has_z = rng.random(n) < 0.7
+    extra = rng.poisson(0.3, n)
+    n_mu = np.where(has_z, 2, 0) + extra
+    pt, eta, phi, charge = [], [], [], []
+    for i in range(n):
+        p = list(z["pt"][i]) if has_z[i] else []
+        e = list(z["eta"][i]) if has_z[i] else []
+        f = list(z["phi"][i]) if has_z[i] else []
+        q = [1, -1] if has_z[i] else []
+        for _ in range(extra[i]):
+            p.append(3.0 + rng.exponential(6.0))
+            e.append(rng.uniform(-2.4, 2.4))
+            f.append(rng.uniform(-np.pi, np.pi))
+            q.append(int(rng.choice([-1, 1])))
+        pt.append(p), eta.append(e), phi.append(f), charge.append(q)
+    counts = n_mu.astype(np.int64)
+
+    def jag(values: list[list[float]], dtype: Any) -> Any:
+        flat = np.asarray([v for row in values for v in row], dtype=dtype)
+        return ak.unflatten(flat, counts)
+
+    muon = ak.zip(
+        {
+            "pt": jag(pt, np.float32),
+            "eta": jag(eta, np.float32),
+            "phi": jag(phi, np.float32),
+            "mass": ak.values_astype(jag(pt, np.float32) * 0 + MUON_MASS, np.float32),
+            "charge": jag(charge, np.int32),
+            "pfRelIso04_all": jag([[abs(rng.normal(0, 0.1)) for _ in r] for r in pt], np.float32),
+            "tightId": jag([[bool(rng.random() < 0.9) for _ in r] for r in pt], np.bool_),
+        }
+    )
+    n_jet = rng.poisson(3.0, n)
+    total = int(n_jet.sum())
+    jet = ak.zip(
+        {
+            "pt": ak.unflatten((15.0 + rng.exponential(35.0, total)).astype(np.float32), n_jet),
+            "eta": ak.unflatten(rng.uniform(-4.7, 4.7, total).astype(np.float32), n_jet),
+            "phi": ak.unflatten(rng.uniform(-np.pi, np.pi, total).astype(np.float32), n_jet),
+            "mass": ak.unflatten(rng.exponential(8.0, total).astype(np.float32), n_jet),
+            "btagDeepFlavB": ak.unflatten(rng.random(total).astype(np.float32), n_jet),
+            "jetId": ak.unflatten(rng.integers(0, 7, total).astype(np.int32), n_jet),
+        }
+    )
+    return {
+        "run": np.full(n, 1, dtype=np.uint32),
+        "luminosityBlock": (1 + np.arange(first_event, first_event + n) // 1000).astype(np.uint32),
+        "event": np.arange(first_event, first_event + n, dtype=np.uint64),
+        "Muon": muon,
+        "Jet": jet,
+        "MET_pt": rng.exponential(25.0, n).astype(np.float32),
+        "MET_phi": rng.uniform(-np.pi, np.pi, n).astype(np.float32),
+        "PV_npvs": rng.poisson(30, n).astype(np.int32),
+    }
+
+
+def write_nanoaod(path: str | Path, n_events: int, seed: int, basket_events: int = 10_000) -> None:
+    """Write a NanoAOD-layout ROOT file of ``n_events`` generated events."""
+    import awkward as ak
+    import uproot
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.root")
+    with uproot.recreate(tmp) as f:
+        tree = None
+        for start in range(0, n_events, basket_events):
+            n = min(basket_events, n_events - start)
+            data = generate_events(n, seed * 1_000_003 + start, first_event=start + 1)
+            if tree is None:
+                types = {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}
+                tree = f.mktree("Events", types)
+            tree.extend(data)
+        if tree is None:  # zero events: an empty tree with the full layout
+            data = generate_events(1, seed)
+            f.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
+    tmp.replace(path)
+
+
+DEMO_DATASETS = {"DYJetsToLL": (3, 30_000), "ZToMuMu_extra": (2, 20_000)}
+
+
+def prepare(directory: str | Path, scale: float = 1.0) -> Path:
+    """Write the demo's data, fileset, processor and ``analysis.yaml`` into ``directory``."""
+    directory = Path(directory).resolve()
+    data = directory / "data"
+    fileset: dict[str, Any] = {}
+    seed = 1
+    for name, (n_files, n_events) in DEMO_DATASETS.items():
+        files = []
+        for i in range(n_files):
+            path = data / f"{name}_{i}.root"
+            if not path.exists():
+                write_nanoaod(path, max(1, int(n_events * scale)), seed)
+            seed += 1
+            files.append(str(path.relative_to(directory)))
+        fileset[name] = {"files": {f: "Events" for f in files}, "metadata": {"is_mc": True}}
+    (directory / "fileset.json").write_text(json.dumps(fileset, indent=2) + "\n")
+    shutil.copyfile(Path(__file__).parent / "examples" / "dimuon.py", directory / "dimuon.py")
+    (directory / "analysis.yaml").write_text(
+        "# The demo analysis: see `coffea-smk run --help` and README.md\n"
+        "fileset: fileset.json\n"
+        "processor: dimuon:DimuonProcessor\n"
+        "outdir: results\n"
+        "chunksize: 10000\n"
+        "events_per_job: 40000\n"
+    )
+    return directory
+
+
+def summary(result_path: str | Path) -> str:
+    """A short human-readable summary of a global result."""
+    from coffea_smk.storage import load_stored
+
+    stored = load_stored(result_path)
+    lines = [f"result: {result_path}"]
+    meta = stored.meta
+    lines.append(
+        f"events processed: {meta['events']} of {meta['events_expected']} expected"
+        f" ({'complete' if meta['complete'] else 'INCOMPLETE'})"
+    )
+    for name, d in meta["datasets"].items():
+        lines.append(f"  {name}: {d['events']} events, {d['files']} files -> {d['path']}")
+    result = stored.result
+    if isinstance(result, dict) and isinstance(result.get("cutflow"), dict):
+        lines.append("cutflow:")
+        for ds, flow in result["cutflow"].items():
+            lines.append(f"  {ds}: " + ", ".join(f"{k} {v}" for k, v in flow.items()))
+    if isinstance(result, dict):
+        hists = [k for k, v in result.items() if hasattr(v, "axes")]
+        if hists:
+            lines.append(f"histograms ({', '.join(hists)}): coffea_smk.load({str(result_path)!r})")
+    return "\n".join(lines)

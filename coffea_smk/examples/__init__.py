@@ -1,0 +1,1 @@
+"""Example processors shipped with coffea_smk (used by the demo and the tests)."""

@@ -1,0 +1,225 @@
+"""Lazy NanoAOD events: awkward arrays whose columns are read on first touch.
+
+A :class:`TreeLayout` decodes a tree's branch list once (the costly part of
+opening a NanoAOD file) and builds the awkward form: flat branches, counters
+``nX`` with their jagged ``X_*`` branches grouped into collections
+(``events.Muon.pt``), and flat ``X_*`` groups (``events.MET.pt``). Each chunk
+then gets :func:`awkward.from_buffers` with callables, so a column is read from
+the file only when the processor touches it, and once per chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from coffea_smk import behaviors
+
+EVENTS_RECORD = "NanoEvents"
+
+
+class NanoEventsArray(ak.Array):  # type: ignore[misc]
+    """The events of one chunk; ``events.metadata`` holds where they come from."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.attrs.get("@metadata", {}))
+
+
+behavior: dict[Any, Any] = dict(behaviors.behavior)
+behavior["*", EVENTS_RECORD] = NanoEventsArray
+
+
+@dataclass
+class ReadStats:
+    """What a chunk read from the file."""
+
+    columns: set[str] = field(default_factory=set)
+    bytes_compressed: int = 0
+    bytes_uncompressed: int = 0
+    read_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Column:
+    branch: str
+    kind: str  # "flat", "offsets" (from a counter), "jagged" (content of X_y)
+    dtype: np.dtype[Any]
+
+
+class TreeLayout:
+    """The NanoAOD form of one tree, decoded once and reused for every chunk."""
+
+    def __init__(self, tree: Any) -> None:
+        import uproot
+
+        self.tree = tree
+        self.columns: dict[str, _Column] = {}
+        self.skipped: list[str] = []
+        flat: dict[str, np.dtype[Any]] = {}
+        jagged: dict[str, tuple[str, np.dtype[Any]]] = {}
+        for name, branch in tree.items(recursive=False):
+            interp = branch.interpretation
+            if isinstance(interp, uproot.AsJagged) and isinstance(interp.content, uproot.AsDtype):
+                counter = branch.count_branch.name if branch.count_branch is not None else None
+                if counter is None:
+                    self.skipped.append(name)
+                    continue
+                jagged[name] = (counter, np.dtype(interp.content.to_dtype).newbyteorder("="))
+            elif isinstance(interp, uproot.AsDtype) and interp.to_dtype.shape == ():
+                flat[name] = np.dtype(interp.to_dtype).newbyteorder("=")
+            else:
+                self.skipped.append(name)
+        self.form = ak.forms.from_dict(self._form_dict(flat, jagged))
+
+    def _form_dict(self, flat: dict[str, np.dtype[Any]], jagged: dict[str, tuple[str, np.dtype[Any]]]) -> dict[str, Any]:
+        collections: dict[str, dict[str, str]] = {}  # counter -> {field: branch}
+        loose: list[str] = []
+        for name, (counter, _) in jagged.items():
+            coll = counter[1:] if counter.startswith("n") else counter
+            if name.startswith(coll + "_"):
+                collections.setdefault(counter, {})[name[len(coll) + 1 :]] = name
+            else:
+                loose.append(name)
+        groups: dict[str, dict[str, str]] = {}
+        top: dict[str, dict[str, Any]] = {}
+        for name in flat:
+            prefix, _, rest = name.partition("_")
+            if rest and prefix and f"n{prefix}" not in collections:
+                groups.setdefault(prefix, {})[rest] = name
+            else:
+                top[name] = self._numpy(name, "flat", flat[name])
+        for prefix, members in groups.items():
+            if len(members) == 1 and prefix in top:
+                (rest, name), = members.items()
+                top[name] = self._numpy(name, "flat", flat[name])
+                continue
+            top[prefix] = _record(
+                {f: self._numpy(b, "flat", flat[b]) for f, b in members.items()},
+                behaviors.record_name(set(members)),
+            )
+        for counter, members in collections.items():
+            coll = counter[1:]
+            self.columns[f"{counter}.offsets"] = _Column(counter, "offsets", np.dtype(np.int64))
+            content = _record(
+                {f: self._numpy(b, "jagged", jagged[b][1]) for f, b in members.items()},
+                behaviors.record_name(set(members)),
+            )
+            top[coll] = {
+                "class": "ListOffsetArray",
+                "offsets": "i64",
+                "content": content,
+                "form_key": f"{counter}.offsets",
+            }
+        for name in loose:
+            counter, dtype = jagged[name]
+            self.columns.setdefault(f"{counter}.offsets", _Column(counter, "offsets", np.dtype(np.int64)))
+            top[name] = {
+                "class": "ListOffsetArray",
+                "offsets": "i64",
+                "content": self._numpy(name, "jagged", dtype),
+                "form_key": f"{counter}.offsets",
+            }
+        return _record(top, EVENTS_RECORD)
+
+    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any]) -> dict[str, Any]:
+        self.columns[branch] = _Column(branch, kind, dtype)
+        return {
+            "class": "NumpyArray",
+            "primitive": ak.types.numpytype.dtype_to_primitive(dtype),
+            "form_key": branch,
+        }
+
+    def events(
+        self,
+        entry_start: int,
+        entry_stop: int,
+        metadata: dict[str, Any],
+        stats: ReadStats | None = None,
+        reader: Callable[[str, str, int, int], np.ndarray] | None = None,
+    ) -> NanoEventsArray:
+        """Lazy events for entries ``[entry_start, entry_stop)``.
+
+        Args:
+            entry_start: First entry of the chunk.
+            entry_stop: One past the last entry.
+            metadata: Exposed as ``events.metadata``.
+            stats: Filled with the columns and bytes that the processor makes us read.
+            reader: Replaces :meth:`read` (used for prefetching).
+        """
+        stats = stats if stats is not None else ReadStats()
+        read = reader or self.read
+        container: dict[str, Callable[[], np.ndarray]] = {}
+        for key, col in self.columns.items():
+            container[f"{key}-offsets" if col.kind == "offsets" else f"{key}-data"] = _lazy(
+                read, key, entry_start, entry_stop, stats
+            )
+        events = ak.from_buffers(
+            self.form,
+            entry_stop - entry_start,
+            container,
+            behavior=behavior,
+            attrs={"@metadata": metadata},
+        )
+        assert isinstance(events, NanoEventsArray)
+        return events
+
+    def read(self, key: str, entry_start: int, entry_stop: int, stats: ReadStats | None = None) -> np.ndarray:
+        """Read one buffer (a flat column, a counter's offsets or a jagged content)."""
+        col = self.columns[key]
+        branch = self.tree[col.branch]
+        t0 = time.perf_counter()
+        if col.kind == "offsets":
+            counts = branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np")
+            out = np.zeros(len(counts) + 1, dtype=np.int64)
+            np.cumsum(counts, out=out[1:])
+        elif col.kind == "flat":
+            out = np.asarray(branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np"), dtype=col.dtype)
+        else:
+            layout = branch.array(entry_start=entry_start, entry_stop=entry_stop, library="ak").layout
+            offsets = np.asarray(layout.offsets)
+            out = np.asarray(layout.content.data[offsets[0] : offsets[-1]], dtype=col.dtype)
+        if stats is not None:
+            stats.read_seconds += time.perf_counter() - t0
+            stats.columns.add(col.branch)
+            compressed, uncompressed = _basket_bytes(branch, entry_start, entry_stop)
+            stats.bytes_compressed += compressed
+            stats.bytes_uncompressed += uncompressed
+        return out
+
+
+def _lazy(
+    read: Callable[..., np.ndarray], key: str, start: int, stop: int, stats: ReadStats
+) -> Callable[[], np.ndarray]:
+    def generate() -> np.ndarray:
+        return read(key, start, stop, stats)
+
+    return generate
+
+
+def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "class": "RecordArray",
+        "fields": list(contents),
+        "contents": list(contents.values()),
+    }
+    if name:
+        out["parameters"] = {"__record__": name}
+    return out
+
+
+def _basket_bytes(branch: Any, start: int, stop: int) -> tuple[int, int]:
+    """Compressed and uncompressed bytes of the baskets that cover ``[start, stop)``."""
+    offsets = branch.entry_offsets
+    compressed = uncompressed = 0
+    for i in range(branch.num_baskets):
+        if offsets[i + 1] <= start or offsets[i] >= stop:
+            continue
+        compressed += int(branch.basket_compressed_bytes(i))
+        uncompressed += int(branch.basket_uncompressed_bytes(i))
+    return compressed, uncompressed

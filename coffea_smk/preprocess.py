@@ -1,0 +1,163 @@
+"""Preprocessing: one small JSON record per input file, the persistent cache.
+
+A record holds what planning needs (entries, cluster boundaries) and what
+identifies the file (path, tree, size, mtime, UUID, a hash of the branch list).
+Its path is derived from the file's identity (path, tree, size, mtime), so an
+unchanged file finds its record and is never opened again, while a touched or
+replaced file gets a new key and is preprocessed afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from coffea_smk._atomic import write_json
+from coffea_smk._hashing import key_of
+from coffea_smk.config import InputFile
+
+log = logging.getLogger("coffea_smk.preprocess")
+
+RECORD_VERSION = 1
+
+
+class InputFileError(RuntimeError):
+    """An input file cannot be used; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies an input file without opening it."""
+
+    path: str
+    treename: str
+    size: int | None
+    mtime_ns: int | None
+
+    @property
+    def key(self) -> str:
+        return key_of("file", self.path, self.treename, self.size, self.mtime_ns)
+
+    @classmethod
+    def of(cls, f: InputFile, dataset: str = "") -> FileIdentity:
+        """Stat a local file (no open); remote files are identified by URL and tree.
+
+        Raises:
+            InputFileError: A local file does not exist.
+        """
+        if f.is_remote:
+            return cls(f.path, f.treename, None, None)
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            where = f" of dataset {dataset!r}" if dataset else ""
+            raise InputFileError(
+                f"input file {f.path}{where} does not exist: fix its path in the fileset "
+                "or remove it from the dataset"
+            ) from None
+        return cls(f.path, f.treename, st.st_size, st.st_mtime_ns)
+
+
+def record_path(cache_dir: str | os.PathLike[str], identity: FileIdentity) -> Path:
+    key = identity.key
+    return Path(cache_dir) / "files" / key[:2] / f"{key}.json"
+
+
+def read_record(path: Path, identity: FileIdentity) -> dict[str, Any] | None:
+    """A valid cached record for ``identity``, or None (missing, corrupt or stale)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(record, dict)
+        or record.get("version") != RECORD_VERSION
+        or record.get("key") != identity.key
+        or not isinstance(record.get("entries"), int)
+    ):
+        log.warning("ignoring invalid cache record %s", path)
+        return None
+    return record
+
+
+def open_tree(path: str, treename: str) -> tuple[Any, Any]:
+    """Open ``path`` and return ``(file, tree)`` with errors that say what to do.
+
+    Raises:
+        InputFileError: Not found, not a ROOT file, truncated, or no such tree.
+    """
+    import uproot
+
+    try:
+        rootfile = uproot.open(path)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: file not found; fix its path in the fileset") from None
+    except Exception as err:
+        raise InputFileError(
+            f"{path}: cannot be opened as a ROOT file ({type(err).__name__}: {err}); "
+            "it may be truncated or not a ROOT file: replace it or remove it from the fileset"
+        ) from err
+    try:
+        tree = rootfile[treename]
+    except KeyError:
+        trees = sorted({k.split(";")[0] for k, c in rootfile.classnames().items() if c in ("TTree", "ROOT::RNTuple")})
+        rootfile.close()
+        raise InputFileError(
+            f"{path}: no tree {treename!r} (trees in this file: {', '.join(trees) or 'none'}); "
+            "set the tree in the fileset ({\"files\": {path: tree}} or \"treename\")"
+        ) from None
+    except Exception as err:
+        rootfile.close()
+        raise InputFileError(
+            f"{path}: tree {treename!r} cannot be read ({type(err).__name__}: {err}); the file may be corrupted"
+        ) from err
+    if not hasattr(tree, "num_entries") or not hasattr(tree, "branches"):
+        rootfile.close()
+        raise InputFileError(f"{path}: {treename!r} is not a TTree")
+    return rootfile, tree
+
+
+def inspect_file(identity: FileIdentity) -> dict[str, Any]:
+    """Open the file once and build its record."""
+    t0 = time.perf_counter()
+    rootfile, tree = open_tree(identity.path, identity.treename)
+    with rootfile:
+        entries = int(tree.num_entries)
+        try:
+            clusters = [int(x) for x in tree.common_entry_offsets()] if entries else [0]
+        except Exception:  # a tree without baskets or with odd clustering
+            clusters = [0, entries]
+        branches = sorted((b.name, b.typename) for b in tree.branches)
+        record = {
+            "version": RECORD_VERSION,
+            **asdict(identity),
+            "key": identity.key,
+            "uuid": str(rootfile.file.uuid),
+            "entries": entries,
+            "clusters": clusters,
+            "nbranches": len(branches),
+            "branches_hash": key_of(branches),
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+    return record
+
+
+def preprocess_files(identities: list[FileIdentity], cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records for ``identities``: from the cache when valid, else by opening the file once."""
+    records = []
+    for identity in identities:
+        path = record_path(cache_dir, identity)
+        record = read_record(path, identity)
+        if record is None:
+            log.info("opening %s (tree %s)", identity.path, identity.treename)
+            record = inspect_file(identity)
+            write_json(path, record)
+        else:
+            log.info("cached %s", identity.path)
+        records.append(record)
+    return records

@@ -1,0 +1,137 @@
+"""Processing one work unit: open each file once, call the processor per chunk, accumulate."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+import traceback
+from itertools import groupby
+from typing import Any
+
+from coffea_smk import storage
+from coffea_smk.accumulate import AccumulateError, add
+from coffea_smk.nanoevents import ReadStats, TreeLayout
+from coffea_smk.plan import unit_by_id
+from coffea_smk.preprocess import InputFileError, open_tree
+from coffea_smk.processor import Processor
+
+log = logging.getLogger("coffea_smk.process")
+
+
+class ChunkError(RuntimeError):
+    """The processor failed on a chunk; the message says which and shows its traceback."""
+
+
+def coalesce(ranges: list[list[int]]) -> list[list[int]]:
+    """Sorted, merged ``[start, stop)`` ranges.
+
+    Raises:
+        ValueError: Two ranges overlap (an event would be counted twice).
+    """
+    out: list[list[int]] = []
+    for start, stop in sorted(ranges):
+        if out and start < out[-1][1]:
+            raise ValueError(f"entry ranges {out[-1]} and {[start, stop]} overlap")
+        if out and start == out[-1][1]:
+            out[-1][1] = stop
+        else:
+            out.append([start, stop])
+    return out
+
+
+def run_unit(plan: dict[str, Any], unit_id: str, processor: Processor) -> tuple[Any, dict[str, Any]]:
+    """Process every chunk of a work unit; return the accumulated output and its meta record."""
+    unit = unit_by_id(plan, unit_id)
+    files = plan["files"]
+    accumulator: Any = None
+    ranges: dict[str, list[list[int]]] = {}
+    chunk_metrics: list[dict[str, Any]] = []
+    for file_index, chunks in groupby(unit["chunks"], key=lambda c: c[0]):
+        record = files[file_index]
+        rootfile, tree = open_tree(record["path"], record["treename"])
+        with rootfile:
+            uuid = str(rootfile.file.uuid)
+            if uuid != record["uuid"]:
+                raise InputFileError(
+                    f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
+                    f"became {uuid}); re-run so that it is preprocessed again"
+                )
+            layout = TreeLayout(tree)
+            for _, start, stop in chunks:
+                accumulator, metrics = _run_chunk(plan, record, layout, start, stop, processor, accumulator)
+                ranges.setdefault(record["key"], []).append([start, stop])
+                chunk_metrics.append(metrics)
+    meta = {
+        "dataset": plan["dataset"],
+        "unit": unit_id,
+        "events": sum(m["events"] for m in chunk_metrics),
+        "ranges": {key: coalesce(r) for key, r in ranges.items()},
+        "chunks": chunk_metrics,
+    }
+    return accumulator, meta
+
+
+def _run_chunk(
+    plan: dict[str, Any],
+    record: dict[str, Any],
+    layout: TreeLayout,
+    start: int,
+    stop: int,
+    processor: Processor,
+    accumulator: Any,
+) -> tuple[Any, dict[str, Any]]:
+    metadata = {
+        **plan["metadata"],
+        "dataset": plan["dataset"],
+        "filename": record["path"],
+        "treename": record["treename"],
+        "entrystart": start,
+        "entrystop": stop,
+        "fileuuid": record["uuid"],
+    }
+    stats = ReadStats()
+    t0 = time.perf_counter()
+    events = layout.events(start, stop, metadata, stats)
+    try:
+        output = processor.process(events)
+    except Exception as err:
+        tb = "".join(traceback.format_exception(err))
+        raise ChunkError(
+            f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
+            f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
+        ) from err
+    t_process = time.perf_counter() - t0
+    try:
+        accumulator = add(accumulator, output)
+    except AccumulateError as err:
+        raise ChunkError(
+            f"dataset {plan['dataset']!r}, file {record['path']}, entries {start}-{stop}: "
+            f"the processor's output cannot be accumulated: {err}"
+        ) from err
+    metrics = {
+        "file": record["key"],
+        "entrystart": start,
+        "entrystop": stop,
+        "events": stop - start,
+        "columns": sorted(stats.columns),
+        "bytes_compressed": stats.bytes_compressed,
+        "bytes_uncompressed": stats.bytes_uncompressed,
+        "read_s": round(stats.read_seconds, 6),
+        "process_s": round(t_process - stats.read_seconds, 6),
+        "total_s": round(time.perf_counter() - t0, 6),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    return accumulator, metrics
+
+
+def process_unit_to_file(
+    plan: dict[str, Any], unit_id: str, processor: Processor, out_path: str, *, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """Run a unit and write its partial result atomically; return the meta record."""
+    t0 = time.perf_counter()
+    result, meta = run_unit(plan, unit_id, processor)
+    meta["wall_s"] = round(time.perf_counter() - t0, 6)
+    storage.save(out_path, result, meta, allow_pickle=allow_pickle)
+    log.info("unit %s: %d events in %.2f s", unit_id, meta["events"], meta["wall_s"])
+    return meta

@@ -1,0 +1,156 @@
+"""Reduction: merge partial results into per-dataset results, then into the global result."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from coffea_smk import storage
+from coffea_smk.accumulate import AccumulateError, add
+from coffea_smk.processing import coalesce
+
+log = logging.getLogger("coffea_smk.reduce")
+
+_SUMMED = ("events",)
+
+
+class MergeError(RuntimeError):
+    """Inputs of a merge cannot be combined (type clash, or events counted twice)."""
+
+
+def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage.Stored:
+    """Accumulate results and their bookkeeping; each input is read exactly once."""
+    result: Any = None
+    events = 0
+    ranges: dict[str, list[list[int]]] = {}
+    totals: dict[str, float] = {}
+    columns: set[str] = set()
+    datasets: set[str] = set()
+    n_inputs = 0
+    for path in paths:
+        n_inputs += 1
+        stored = storage.load_stored(path, allow_pickle=allow_pickle)
+        try:
+            result = add(result, stored.result)
+        except AccumulateError as err:
+            raise MergeError(f"cannot merge {path}: {err}") from err
+        meta = stored.meta
+        datasets.add(meta.get("dataset", ""))
+        events += int(meta.get("events", 0))
+        for key, rs in meta.get("ranges", {}).items():
+            ranges.setdefault(key, []).extend([list(r) for r in rs])
+        for name, value in _metric_totals(meta).items():
+            totals[name] = totals.get(name, 0.0) + value
+        columns.update(_columns(meta))
+    for key, rs in ranges.items():
+        try:
+            ranges[key] = coalesce(rs)
+        except ValueError as err:
+            raise MergeError(
+                f"file record {key}: {err}: the same events appear in two inputs; "
+                "delete the merge outputs of this dataset and re-run"
+            ) from None
+    meta_out: dict[str, Any] = {
+        "dataset": datasets.pop() if len(datasets) == 1 else None,
+        "events": events,
+        "ranges": ranges,
+        "inputs": n_inputs,
+        "totals": totals,
+        "columns": sorted(columns),
+    }
+    return storage.Stored(result, meta_out)
+
+
+def _metric_totals(meta: dict[str, Any]) -> dict[str, float]:
+    if "totals" in meta:
+        return dict(meta["totals"])
+    totals: dict[str, float] = {"chunks": 0.0}
+    for chunk in meta.get("chunks", []):
+        totals["chunks"] += 1
+        for name in ("bytes_compressed", "bytes_uncompressed", "read_s", "process_s", "total_s"):
+            totals[name] = totals.get(name, 0.0) + float(chunk.get(name, 0))
+    totals["wall_s"] = float(meta.get("wall_s", 0.0))
+    return totals
+
+
+def _columns(meta: dict[str, Any]) -> set[str]:
+    if "columns" in meta:
+        return set(meta["columns"])
+    return {c for chunk in meta.get("chunks", []) for c in chunk.get("columns", [])}
+
+
+def merge_to_file(paths: list[str], out: str, *, allow_pickle: bool = False) -> None:
+    """An intermediate node of a dataset's merge tree."""
+    stored = merge_stored(paths, allow_pickle=allow_pickle)
+    storage.save(out, stored.result, stored.meta, allow_pickle=allow_pickle)
+
+
+def finish_dataset(paths: list[str], plan: dict[str, Any], out: str, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """The per-dataset result: merged partials plus events processed versus expected."""
+    stored = merge_stored(paths, allow_pickle=allow_pickle)
+    meta = stored.meta
+    expected = {f["key"]: f["entries"] for f in plan["files"] if f["entries"] > 0}
+    covered = {k: r for k, r in meta["ranges"].items()}
+    missing = [
+        f["path"] for f in plan["files"] if f["entries"] > 0 and covered.get(f["key"]) != [[0, f["entries"]]]
+    ]
+    unexpected = sorted(set(covered) - set(expected))
+    meta.update(
+        dataset=plan["dataset"],
+        metadata=plan["metadata"],
+        events_expected=plan["expected_events"],
+        files=len(plan["files"]),
+        empty_files=len(plan["empty_files"]),
+        complete=not missing and not unexpected and meta["events"] == plan["expected_events"],
+        incomplete_files=missing,
+    )
+    if unexpected:
+        raise MergeError(
+            f"dataset {plan['dataset']!r}: partial results cover files that are not in the plan "
+            f"({', '.join(unexpected)}); delete {out} and its merge inputs and re-run"
+        )
+    if not meta["complete"]:
+        log.warning(
+            "dataset %r is INCOMPLETE: %d of %d events processed", plan["dataset"], meta["events"], plan["expected_events"]
+        )
+    storage.save(out, stored.result, meta, allow_pickle=allow_pickle)
+    return meta
+
+
+def finish_global(
+    paths: list[str], out: str, postprocess: Any = None, *, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """The global result: all datasets accumulated, then the processor's ``postprocess``."""
+    result: Any = None
+    per_dataset: dict[str, Any] = {}
+    for path in paths:
+        stored = storage.load_stored(path, allow_pickle=allow_pickle)
+        try:
+            result = add(result, stored.result)
+        except AccumulateError as err:
+            raise MergeError(f"cannot merge {path}: {err}") from err
+        m = stored.meta
+        per_dataset[m["dataset"]] = {
+            "events": m["events"],
+            "events_expected": m["events_expected"],
+            "complete": m["complete"],
+            "files": m["files"],
+            "empty_files": m["empty_files"],
+            "totals": m.get("totals", {}),
+            "columns": m.get("columns", []),
+            "path": path,
+        }
+    if postprocess is not None:
+        post = postprocess(result)
+        if post is not None:
+            result = post
+    meta = {
+        "dataset": None,
+        "datasets": per_dataset,
+        "events": sum(d["events"] for d in per_dataset.values()),
+        "events_expected": sum(d["events_expected"] for d in per_dataset.values()),
+        "complete": all(d["complete"] for d in per_dataset.values()),
+    }
+    storage.save(out, result, meta, allow_pickle=allow_pickle)
+    return meta

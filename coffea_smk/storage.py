@@ -1,0 +1,290 @@
+"""Result files: a zip of ``.npy`` arrays plus a JSON tree, loaded without running code.
+
+A result file holds a processor output (``hist.Hist``, nested dicts, numbers,
+strings, numpy arrays, sets, lists, tuples) and a ``meta`` record (events,
+chunk ranges, provenance). Nothing in it is unpickled unless the user opted in
+with ``allow_pickle``: a planted file on a shared disk cannot run code in a
+merge job. Files are written atomically and validated on read (zip CRCs,
+format tag), so a truncated or garbage file is reported, never merged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coffea_smk._atomic import write_with
+
+FORMAT = "coffea_smk.result"
+VERSION = 1
+_HEADER = "__coffea_smk__"
+
+
+class ResultFileError(ValueError):
+    """A result file is missing, truncated, corrupted or not a coffea_smk result."""
+
+
+@dataclass
+class Stored:
+    """A result together with its bookkeeping record."""
+
+    result: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save(
+    path: str | os.PathLike[str],
+    result: Any,
+    meta: dict[str, Any] | None = None,
+    *,
+    allow_pickle: bool = False,
+) -> None:
+    """Write ``result`` and ``meta`` to ``path`` atomically.
+
+    Raises:
+        TypeError: ``result`` holds a type with no safe encoding and
+            ``allow_pickle`` is false; the message names where it sits.
+    """
+    encoder = _Encoder(allow_pickle)
+    tree = encoder.encode(result, "result")
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "pickled": encoder.pickled,
+        "meta": meta or {},
+        "result": tree,
+    }
+    raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    arrays = dict(encoder.arrays)
+    arrays[_HEADER] = np.frombuffer(raw, dtype=np.uint8)
+    write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+
+
+def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
+    """Return the processor output stored in a coffea_smk result file.
+
+    Args:
+        path: A partial, per-dataset or global result (``.npz``) of coffea_smk.
+        allow_pickle: Also decode objects that were stored with cloudpickle.
+            Loading them runs code from the file: only do it for files you trust.
+    """
+    return load_stored(path, allow_pickle=allow_pickle).result
+
+
+def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return only the bookkeeping record of a result file (events, ranges, provenance)."""
+    with _open_npz(path) as npz:
+        return dict(_read_header(path, npz)["meta"])
+
+
+def load_stored(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Stored:
+    """Return result and meta of a result file, validating it on the way."""
+    with _open_npz(path) as npz:
+        header = _read_header(path, npz)
+        if header["pickled"] and not allow_pickle:
+            raise ResultFileError(
+                f"{path}: holds objects stored with cloudpickle ({', '.join(header['pickled'])}); "
+                "loading them runs code from the file. Pass allow_pickle=True "
+                "(config: allow_pickle: true) only for files you trust."
+            )
+        try:
+            result = _Decoder(npz).decode(header["result"])
+        except (KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
+            raise ResultFileError(f"{path}: corrupted result file ({err}); delete it and re-run") from err
+    return Stored(result, dict(header["meta"]))
+
+
+def _open_npz(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ResultFileError(f"{p}: no such result file")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ResultFileError(
+            f"{p}: not a readable result file ({type(err).__name__}: {err}); "
+            "it may be truncated by a crash: delete it and re-run"
+        ) from err
+
+
+def _read_header(path: str | os.PathLike[str], npz: Any) -> dict[str, Any]:
+    try:
+        header = json.loads(npz[_HEADER].tobytes())
+    except (KeyError, ValueError, zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ResultFileError(
+            f"{path}: not a valid coffea_smk result ({type(err).__name__}: {err}); delete it and re-run"
+        ) from err
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ResultFileError(f"{path}: not a coffea_smk result file")
+    if header.get("version") != VERSION:
+        raise ResultFileError(
+            f"{path}: result format version {header.get('version')} is not supported "
+            f"(this coffea_smk reads version {VERSION})"
+        )
+    return header
+
+
+class _Encoder:
+    def __init__(self, allow_pickle: bool) -> None:
+        self.allow_pickle = allow_pickle
+        self.arrays: dict[str, np.ndarray] = {}
+        self.pickled: list[str] = []
+
+    def _ref(self, array: np.ndarray) -> str:
+        key = f"a{len(self.arrays)}"
+        self.arrays[key] = array
+        return key
+
+    def encode(self, obj: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per type
+        if obj is None or isinstance(obj, (bool, str)):
+            return obj
+        if isinstance(obj, int) and type(obj) is int:
+            return obj
+        if type(obj) is float:
+            return obj if math.isfinite(obj) else {"float": repr(obj)}
+        if isinstance(obj, np.generic):
+            if obj.dtype.hasobject:
+                return self._fallback(obj, where)
+            return {"scalar": self._ref(np.asarray(obj))}
+        if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                return self._fallback(obj, where)
+            return {"array": self._ref(obj)}
+        if isinstance(obj, dict):
+            return {"dict": [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            kind = type(obj).__name__ if type(obj) in (list, tuple, set, frozenset) else None
+            if kind is not None:
+                items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+                return {kind: [self.encode(v, f"{where}[{i}]") for i, v in enumerate(items)]}
+        if _is_hist(obj):
+            return {"hist": self._encode_hist(obj)}
+        return self._fallback(obj, where)
+
+    def _encode_hist(self, h: Any) -> dict[str, Any]:
+        import hist.serialization
+
+        uhi = hist.serialization.to_uhi(h)
+        uhi.pop("storage")
+        uhi.pop("writer_info", None)
+        return {
+            "uhi": _jsonable(uhi),
+            "storage": type(h.storage_type()).__name__,
+            "view": self._ref(np.ascontiguousarray(h.view(flow=True))),
+            "name": getattr(h, "name", None),
+            "label": getattr(h, "label", None),
+        }
+
+    def _fallback(self, obj: Any, where: str) -> Any:
+        kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if not self.allow_pickle:
+            raise TypeError(
+                f"{where}: a {kind} has no safe stored form. Return hist.Hist, dicts, numbers, "
+                "strings, numpy arrays, sets or lists, or set allow_pickle: true in the config "
+                "to store it with cloudpickle (loading then runs code from the file)."
+            )
+        import cloudpickle
+
+        self.pickled.append(kind)
+        return {"pickle": self._ref(np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8))}
+
+
+class _Decoder:
+    def __init__(self, npz: Any) -> None:
+        self.npz = npz
+
+    def decode(self, node: Any) -> Any:  # noqa: PLR0911
+        if not isinstance(node, dict):
+            return node
+        ((kind, value),) = node.items()
+        if kind == "dict":
+            return {_hashable(self.decode(k)): self.decode(v) for k, v in value}
+        if kind == "list":
+            return [self.decode(v) for v in value]
+        if kind == "tuple":
+            return tuple(self.decode(v) for v in value)
+        if kind == "set":
+            return {_hashable(self.decode(v)) for v in value}
+        if kind == "frozenset":
+            return frozenset(_hashable(self.decode(v)) for v in value)
+        if kind == "float":
+            return float(value)
+        if kind == "array":
+            return self.npz[value]
+        if kind == "scalar":
+            return self.npz[value][()]
+        if kind == "hist":
+            return self._decode_hist(value)
+        if kind == "pickle":
+            import cloudpickle
+
+            return cloudpickle.loads(self.npz[value].tobytes())
+        raise ValueError(f"unknown node kind {kind!r}")
+
+    def _decode_hist(self, spec: dict[str, Any]) -> Any:
+        import hist
+        import hist.serialization
+
+        view = self.npz[spec["view"]]
+        uhi = dict(spec["uhi"])
+        uhi["storage"] = _empty_uhi_storage(spec["storage"], view.shape)
+        uhi["uhi_schema"] = uhi.get("uhi_schema", 1)
+        h = hist.serialization.from_uhi(uhi)
+        if not isinstance(h, hist.Hist):
+            h = hist.Hist(h)
+        h.view(flow=True)[...] = view
+        if spec.get("name") is not None:
+            h.name = spec["name"]
+        if spec.get("label") is not None:
+            h.label = spec["label"]
+        return h
+
+
+_UHI_STORAGE = {
+    "Double": ("double", ("values",)),
+    "Int64": ("int", ("values",)),
+    "AtomicInt64": ("int", ("values",)),
+    "Unlimited": ("double", ("values",)),
+    "Weight": ("weighted", ("values", "variances")),
+    "Mean": ("mean", ("counts", "values", "variances")),
+    "WeightedMean": ("weighted_mean", ("sum_of_weights", "sum_of_weights_squared", "values", "variances")),
+}
+
+
+def _empty_uhi_storage(kind: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    name, fields = _UHI_STORAGE[kind]
+    dtype = np.int64 if name == "int" else np.float64
+    return {"type": name, **{f: np.zeros(shape, dtype=dtype) for f in fields}}
+
+
+def _is_hist(obj: Any) -> bool:
+    try:
+        import hist
+    except ImportError:  # pragma: no cover - hist is a dependency
+        return False
+    return isinstance(obj, hist.Hist)
+
+
+def _hashable(x: Any) -> Any:
+    return tuple(x) if isinstance(x, list) else x
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    return obj

@@ -1,0 +1,31 @@
+# Preprocess: each input file is opened once; its record under <outdir>/cache
+# is keyed by the file's identity and is never recomputed while the file is
+# unchanged. A plan per dataset then cuts the files into chunks and work units.
+
+
+rule preprocess:
+    output:
+        analysis.path("preprocess"),
+    log:
+        analysis.log("preprocess"),
+    params:
+        files=analysis.get_preprocess_files,
+        cache=analysis.cache_dir,
+        job=analysis.job("preprocess"),
+    shell:
+        "{params.job} --files {params.files:q} --cache {params.cache:q} --out {output:q} --log {log:q}"
+
+
+checkpoint plan:
+    input:
+        analysis.get_plan_inputs,
+    output:
+        analysis.path("plan"),
+    log:
+        analysis.log("plan"),
+    params:
+        spec=analysis.get_plan_spec,
+        job=analysis.job("plan"),
+    localrule: True
+    shell:
+        "{params.job} --spec {params.spec:q} --out {output:q} --log {log:q} {input:q}"

@@ -1,0 +1,46 @@
+# Reduce: per dataset a tree of merges (fan-in `merge_fanin`) down to
+# <outdir>/datasets/<dataset>.npz, then one global merge to <outdir>/result.npz
+# where the processor's postprocess runs.
+
+
+rule merge:
+    input:
+        analysis.get_merge_inputs,
+    output:
+        analysis.path("merge"),
+    log:
+        analysis.log("merge"),
+    params:
+        opts=analysis.get_job_options,
+        job=analysis.job("merge"),
+    shell:
+        "{params.job} {params.opts} --out {output:q} --log {log:q} {input:q}"
+
+
+rule dataset:
+    input:
+        analysis.get_dataset_inputs,
+    output:
+        analysis.path("dataset"),
+    log:
+        analysis.log("dataset"),
+    params:
+        plan=analysis.path("plan"),
+        opts=analysis.get_job_options,
+        job=analysis.job("dataset"),
+    shell:
+        "{params.job} --plan {params.plan:q} {params.opts} --out {output:q} --log {log:q} {input:q}"
+
+
+rule result:
+    input:
+        analysis.get_dataset_results,
+    output:
+        analysis.result,
+    log:
+        analysis.log("result"),
+    params:
+        opts=analysis.get_job_options,
+        job=analysis.job("result"),
+    shell:
+        "{params.job} {params.opts} --out {output:q} --log {log:q} {input:q}"
