@@ -63,18 +63,31 @@ class TreeLayout:
         self.skipped: list[str] = []
         flat: dict[str, np.dtype[Any]] = {}
         jagged: dict[str, tuple[str, np.dtype[Any]]] = {}
+        own_counters: set[str] = set()
+        pending: list[tuple[str, Any]] = []
         for name, branch in tree.items(recursive=False):
             interp = branch.interpretation
             if isinstance(interp, uproot.AsJagged) and isinstance(interp.content, uproot.AsDtype):
-                counter = branch.count_branch.name if branch.count_branch is not None else None
-                if counter is None:
-                    self.skipped.append(name)
-                    continue
-                jagged[name] = (counter, np.dtype(interp.content.to_dtype).newbyteorder("="))
+                pending.append((name, branch))
             elif isinstance(interp, uproot.AsDtype) and interp.to_dtype.shape == ():
                 flat[name] = np.dtype(interp.to_dtype).newbyteorder("=")
             else:
                 self.skipped.append(name)
+        for name, branch in pending:
+            # NanoAOD's counter for X_y is nX; some writers also give every
+            # jagged branch a private counter (nX_y): prefer the shared one.
+            prefix = name.partition("_")[0]
+            counter = f"n{prefix}" if f"n{prefix}" in flat else None
+            if counter is None and branch.count_branch is not None and branch.count_branch.name in flat:
+                counter = branch.count_branch.name
+            if counter is None:
+                self.skipped.append(name)
+                continue
+            if branch.count_branch is not None and branch.count_branch.name != counter:
+                own_counters.add(branch.count_branch.name)
+            jagged[name] = (counter, np.dtype(branch.interpretation.content.to_dtype).newbyteorder("="))
+        for name in own_counters:
+            flat.pop(name, None)
         self.form = ak.forms.from_dict(self._form_dict(flat, jagged))
 
     def _form_dict(self, flat: dict[str, np.dtype[Any]], jagged: dict[str, tuple[str, np.dtype[Any]]]) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""Shared fixtures: the real NanoAOD samples, Snakemake runs, and coffea as the reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROCESSORS = Path(__file__).resolve().parent / "processors"
+
+
+def _nanoaod_dir() -> Path:
+    env = os.environ.get("COFFEA_SMK_NANOAOD")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "nanoaod"]:
+        if (candidate / "nano_dy.root").is_file():
+            return candidate
+    raise RuntimeError(
+        "the real NanoAOD samples are missing: put ../shared/data/nanoaod beside the checkout "
+        "or set COFFEA_SMK_NANOAOD"
+    )
+
+
+@pytest.fixture(scope="session")
+def nanoaod() -> Path:
+    return _nanoaod_dir()
+
+
+_AUDIT = textwrap.dedent(
+    """
+    import os, sys
+    _log = os.environ.get("COFFEA_SMK_TEST_OPENLOG")
+    if _log:
+        def _hook(event, args, _log=_log):
+            if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                p = os.fsdecode(args[0])
+                if p.endswith(".root"):
+                    with open(_log, "a") as f:
+                        f.write(p + "\\n")
+        sys.addaudithook(_hook)
+    """
+)
+
+
+class Workflow:
+    """A directory with an analysis.yaml, run through `coffea-smk run` as a user would."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.openlog = root / "opened-root-files.log"
+        hooks = root / "_audit"
+        hooks.mkdir(parents=True, exist_ok=True)
+        (hooks / "sitecustomize.py").write_text(_AUDIT)
+        self.hooks = hooks
+
+    def write(self, config: dict[str, Any], fileset: dict[str, Any] | None = None) -> Path:
+        if fileset is not None:
+            (self.root / "fileset.json").write_text(json.dumps(fileset, indent=1))
+            config = {"fileset": "fileset.json", **config}
+        path = self.root / "analysis.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def run(self, *args: str, check: bool = True, cores: int = 2) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.hooks), str(PROCESSORS), env.get("PYTHONPATH", "")])
+        env["COFFEA_SMK_TEST_OPENLOG"] = str(self.openlog)
+        cmd = [sys.executable, "-m", "coffea_smk", "run", "analysis.yaml", "--cores", str(cores), *args]
+        proc = subprocess.run(cmd, cwd=self.root, env=env, text=True, capture_output=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def opened(self) -> list[str]:
+        if not self.openlog.exists():
+            return []
+        return self.openlog.read_text().split()
+
+    def reset_openlog(self) -> None:
+        self.openlog.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Workflow:
+    return Workflow(tmp_path)
+
+
+def run_coffea(fileset: dict[str, Any], processor_factory: Callable[[], Any], chunksize: int) -> Any:
+    """Run coffea's own Runner (iterative executor, NanoAODSchema) on a fileset."""
+    import warnings
+
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    class Wrapped(processor.ProcessorABC):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.inner = processor_factory()
+
+        def process(self, events: Any) -> Any:
+            return self.inner.process(events)
+
+        def postprocess(self, accumulator: Any) -> Any:
+            post = getattr(self.inner, "postprocess", None)
+            return post(accumulator) if post else accumulator
+
+    runner = processor.Runner(
+        executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=chunksize, savemetrics=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return runner(fileset, processor_instance=Wrapped(), treename="Events")
+
+
+def assert_same_result(ours: Any, theirs: Any, where: str = "result") -> None:
+    """Bin-for-bin equality of histograms (category order aside), exact equality of the rest."""
+    import hist
+    import numpy as np
+
+    if isinstance(theirs, hist.Hist):
+        assert isinstance(ours, hist.Hist), f"{where}: {type(ours)} is not a Hist"
+        assert [a.name for a in ours.axes] == [a.name for a in theirs.axes], where
+        cats = [a for a in theirs.axes if isinstance(a, hist.axis.StrCategory)]
+        if not cats:
+            assert np.array_equal(ours.view(flow=True), theirs.view(flow=True)), where
+            return
+        name = cats[0].name
+        assert sorted(ours.axes[name]) == sorted(theirs.axes[name]), f"{where}: categories differ"
+        for value in theirs.axes[name]:
+            a, b = ours[{name: value}], theirs[{name: value}]
+            assert np.array_equal(a.view(flow=True), b.view(flow=True)), f"{where}[{value}] differs bin by bin"
+        return
+    if isinstance(theirs, dict):
+        assert isinstance(ours, dict) and set(ours) == set(theirs), f"{where}: keys {set(ours)} != {set(theirs)}"
+        for key in theirs:
+            assert_same_result(ours[key], theirs[key], f"{where}[{key!r}]")
+        return
+    assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
