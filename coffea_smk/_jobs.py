@@ -23,7 +23,9 @@ def _setup_logging(path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handlers = [logging.FileHandler(path, mode="w")]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers
+    )
 
 
 def _read_json(path: str) -> Any:
@@ -46,10 +48,17 @@ def step_plan(a: argparse.Namespace) -> None:
 
     spec = json.loads(a.spec)
     records = [r for path in a.inputs for r in _read_json(path)["records"]]
-    plan = make_plan(spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"]))
+    plan = make_plan(
+        spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"])
+    )
     write_json(a.out, plan)
-    log.info("dataset %s: %d files, %d events, %d work units", spec["dataset"], len(records),
-             plan["expected_events"], len(plan["units"]))
+    log.info(
+        "dataset %s: %d files, %d events, %d work units",
+        spec["dataset"],
+        len(records),
+        plan["expected_events"],
+        len(plan["units"]),
+    )
 
 
 def step_process(a: argparse.Namespace) -> None:
@@ -78,7 +87,12 @@ def step_result(a: argparse.Namespace) -> None:
 
     processor = load_processor(a.processor, a.basedir)
     meta = finish_global(a.inputs, a.out, processor.postprocess, allow_pickle=a.allow_pickle)
-    log.info("global result: %d of %d events, complete=%s", meta["events"], meta["events_expected"], meta["complete"])
+    log.info(
+        "global result: %d of %d events, complete=%s",
+        meta["events"],
+        meta["events_expected"],
+        meta["complete"],
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -69,7 +69,9 @@ class PtEtaPhiMCandidate(Candidate, PtEtaPhiMLorentzVector):
     """A charged particle given by pt, eta, phi, mass and charge."""
 
 
-def _zip_cartesian(v: Any, *, axis: int | None = None, charge: bool = False, other: Any = None, sign: int = 1) -> Any:
+def _zip_cartesian(
+    v: Any, *, axis: int | None = None, charge: bool = False, other: Any = None, sign: int = 1
+) -> Any:
     def comp(name: str) -> Any:
         a = getattr(v, name)
         if other is not None:

@@ -64,7 +64,9 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
 def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
     from coffea_smk.demo import prepare, summary
 
-    print(f"coffea-smk demo: writing NanoAOD-layout demo data under {Path(directory).resolve()} ...", flush=True)
+    print(
+        f"coffea-smk demo: writing NanoAOD-layout demo data under {Path(directory).resolve()} ...", flush=True
+    )
     where = prepare(directory, scale)
     cwd = os.getcwd()
     os.chdir(where)

@@ -188,7 +188,9 @@ def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -
     else:
         raw, where, filebase = spec, "inline fileset", basedir
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: a fileset maps dataset names to {{'files': ...}}; found {type(raw).__name__}")
+        raise ConfigError(
+            f"{where}: a fileset maps dataset names to {{'files': ...}}; found {type(raw).__name__}"
+        )
 
     datasets: list[Dataset] = []
     slugs: dict[str, str] = {}

@@ -90,7 +90,9 @@ class TreeLayout:
             flat.pop(name, None)
         self.form = ak.forms.from_dict(self._form_dict(flat, jagged))
 
-    def _form_dict(self, flat: dict[str, np.dtype[Any]], jagged: dict[str, tuple[str, np.dtype[Any]]]) -> dict[str, Any]:
+    def _form_dict(
+        self, flat: dict[str, np.dtype[Any]], jagged: dict[str, tuple[str, np.dtype[Any]]]
+    ) -> dict[str, Any]:
         collections: dict[str, dict[str, str]] = {}  # counter -> {field: branch}
         loose: list[str] = []
         for name, (counter, _) in jagged.items():
@@ -101,15 +103,15 @@ class TreeLayout:
                 loose.append(name)
         groups: dict[str, dict[str, str]] = {}
         top: dict[str, dict[str, Any]] = {}
-        for name in flat:
+        for name, dtype in flat.items():
             prefix, _, rest = name.partition("_")
             if rest and prefix and f"n{prefix}" not in collections:
                 groups.setdefault(prefix, {})[rest] = name
             else:
-                top[name] = self._numpy(name, "flat", flat[name])
+                top[name] = self._numpy(name, "flat", dtype)
         for prefix, members in groups.items():
             if len(members) == 1 and prefix in top:
-                (rest, name), = members.items()
+                ((rest, name),) = members.items()
                 top[name] = self._numpy(name, "flat", flat[name])
                 continue
             top[prefix] = _record(
@@ -192,7 +194,9 @@ class TreeLayout:
             out = np.zeros(len(counts) + 1, dtype=np.int64)
             np.cumsum(counts, out=out[1:])
         elif col.kind == "flat":
-            out = np.asarray(branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np"), dtype=col.dtype)
+            out = np.asarray(
+                branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np"), dtype=col.dtype
+            )
         else:
             layout = branch.array(entry_start=entry_start, entry_stop=entry_stop, library="ak").layout
             offsets = np.asarray(layout.offsets)

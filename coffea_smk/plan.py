@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from coffea_smk._hashing import key_of
@@ -28,7 +29,9 @@ class PlanSettings:
     align_chunks: bool = True
 
 
-def chunk_boundaries(entries: int, chunksize: int, clusters: list[int] | None = None, align: bool = True) -> list[int]:
+def chunk_boundaries(
+    entries: int, chunksize: int, clusters: list[int] | None = None, align: bool = True
+) -> list[int]:
     """Boundaries ``[0, b1, ..., entries]`` of near-equal chunks of at most ~``chunksize`` events.
 
     Like coffea, a file is cut into ``ceil(entries / chunksize)`` chunks of equal
@@ -100,7 +103,7 @@ def _units(records: list[dict[str, Any]], s: PlanSettings) -> list[dict[str, Any
             continue
         if events and events + record["entries"] > s.events_per_job:
             close()
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        for start, stop in pairwise(bounds):
             if events and events + (stop - start) > s.events_per_job:
                 close()
             current.append([index, start, stop])

@@ -105,16 +105,19 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
     try:
         tree = rootfile[treename]
     except KeyError:
-        trees = sorted({k.split(";")[0] for k, c in rootfile.classnames().items() if c in ("TTree", "ROOT::RNTuple")})
+        trees = sorted(
+            {k.split(";")[0] for k, c in rootfile.classnames().items() if c in ("TTree", "ROOT::RNTuple")}
+        )
         rootfile.close()
         raise InputFileError(
             f"{path}: no tree {treename!r} (trees in this file: {', '.join(trees) or 'none'}); "
-            "set the tree in the fileset ({\"files\": {path: tree}} or \"treename\")"
+            'set the tree in the fileset ({"files": {path: tree}} or "treename")'
         ) from None
     except Exception as err:
         rootfile.close()
         raise InputFileError(
-            f"{path}: tree {treename!r} cannot be read ({type(err).__name__}: {err}); the file may be corrupted"
+            f"{path}: tree {treename!r} cannot be read ({type(err).__name__}: {err}); "
+            "the file may be corrupted"
         ) from err
     if not hasattr(tree, "num_entries") or not hasattr(tree, "branches"):
         rootfile.close()
@@ -147,7 +150,9 @@ def inspect_file(identity: FileIdentity) -> dict[str, Any]:
     return record
 
 
-def preprocess_files(identities: list[FileIdentity], cache_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def preprocess_files(
+    identities: list[FileIdentity], cache_dir: str | os.PathLike[str]
+) -> list[dict[str, Any]]:
     """Records for ``identities``: from the cache when valid, else by opening the file once."""
     records = []
     for identity in identities:

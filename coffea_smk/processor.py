@@ -71,14 +71,18 @@ def load_processor(spec: str, basedir: str | None = None) -> Processor:
         try:
             obj = obj()
         except Exception as err:
-            raise ProcessorError(f"processor {spec!r}: the class cannot be created without arguments: {err}") from err
+            raise ProcessorError(
+                f"processor {spec!r}: the class cannot be created without arguments: {err}"
+            ) from err
     process = getattr(obj, "process", None)
     if callable(process):
         post = getattr(obj, "postprocess", None)
         return Processor(spec, process, post if callable(post) else None, _is_coffea_processor(obj))
     if callable(obj):
         return Processor(spec, obj, None)
-    raise ProcessorError(f"processor {spec!r} is a {type(obj).__name__}: it needs a process(events) method or must be callable")
+    raise ProcessorError(
+        f"processor {spec!r} is a {type(obj).__name__}: it needs a process(events) method or must be callable"
+    )
 
 
 def _is_coffea_processor(obj: Any) -> bool:

@@ -86,7 +86,9 @@ def merge_to_file(paths: list[str], out: str, *, allow_pickle: bool = False) -> 
     storage.save(out, stored.result, stored.meta, allow_pickle=allow_pickle)
 
 
-def finish_dataset(paths: list[str], plan: dict[str, Any], out: str, *, allow_pickle: bool = False) -> dict[str, Any]:
+def finish_dataset(
+    paths: list[str], plan: dict[str, Any], out: str, *, allow_pickle: bool = False
+) -> dict[str, Any]:
     """The per-dataset result: merged partials plus events processed versus expected."""
     stored = merge_stored(paths, allow_pickle=allow_pickle)
     meta = stored.meta
@@ -112,7 +114,10 @@ def finish_dataset(paths: list[str], plan: dict[str, Any], out: str, *, allow_pi
         )
     if not meta["complete"]:
         log.warning(
-            "dataset %r is INCOMPLETE: %d of %d events processed", plan["dataset"], meta["events"], plan["expected_events"]
+            "dataset %r is INCOMPLETE: %d of %d events processed",
+            plan["dataset"],
+            meta["events"],
+            plan["expected_events"],
         )
     storage.save(out, stored.result, meta, allow_pickle=allow_pickle)
     return meta

@@ -44,7 +44,9 @@ class Analysis:
         where = str(configfiles[-1]) if configfiles else "analysis config"
         try:
             self.cfg = parse_config(dict(config), where)
-            base = self.cfg.basedir or (str(Path(configfiles[-1]).resolve().parent) if configfiles else os.getcwd())
+            base = self.cfg.basedir or (
+                str(Path(configfiles[-1]).resolve().parent) if configfiles else os.getcwd()
+            )
             self.basedir = str(Path(base).resolve())
             self.datasets: dict[str, Dataset] = {
                 d.slug: d for d in load_fileset(self.cfg.fileset, Path(self.basedir), self.cfg.treename)
@@ -111,7 +113,9 @@ class Analysis:
         settings = PlanSettings(
             self.cfg.chunksize, self.cfg.events_per_job, self.cfg.merge_fanin, self.cfg.align_chunks
         )
-        return json.dumps({"dataset": d.name, "slug": d.slug, "metadata": d.metadata, "settings": asdict(settings)})
+        return json.dumps(
+            {"dataset": d.name, "slug": d.slug, "metadata": d.metadata, "settings": asdict(settings)}
+        )
 
     def _plan(self, slug: str) -> dict[str, Any]:
         path = self.checkpoints.plan.get(dataset=slug).output[0]

@@ -142,7 +142,7 @@ class _Encoder:
         self.arrays[key] = array
         return key
 
-    def encode(self, obj: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per type
+    def encode(self, obj: Any, where: str) -> Any:
         if obj is None or isinstance(obj, (bool, str)):
             return obj
         if isinstance(obj, int) and type(obj) is int:
@@ -158,7 +158,9 @@ class _Encoder:
                 return self._fallback(obj, where)
             return {"array": self._ref(obj)}
         if isinstance(obj, dict):
-            return {"dict": [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]}
+            return {
+                "dict": [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]
+            }
         if isinstance(obj, (list, tuple, set, frozenset)):
             kind = type(obj).__name__ if type(obj) in (list, tuple, set, frozenset) else None
             if kind is not None:
@@ -200,7 +202,7 @@ class _Decoder:
     def __init__(self, npz: Any) -> None:
         self.npz = npz
 
-    def decode(self, node: Any) -> Any:  # noqa: PLR0911
+    def decode(self, node: Any) -> Any:
         if not isinstance(node, dict):
             return node
         ((kind, value),) = node.items()

@@ -135,10 +135,14 @@ def assert_same_result(ours: Any, theirs: Any, where: str = "result") -> None:
         assert sorted(ours.axes[name]) == sorted(theirs.axes[name]), f"{where}: categories differ"
         for value in theirs.axes[name]:
             a, b = ours[{name: value}], theirs[{name: value}]
-            assert np.array_equal(a.view(flow=True), b.view(flow=True)), f"{where}[{value}] differs bin by bin"
+            assert np.array_equal(a.view(flow=True), b.view(flow=True)), (
+                f"{where}[{value}] differs bin by bin"
+            )
         return
     if isinstance(theirs, dict):
-        assert isinstance(ours, dict) and set(ours) == set(theirs), f"{where}: keys {set(ours)} != {set(theirs)}"
+        assert isinstance(ours, dict) and set(ours) == set(theirs), (
+            f"{where}: keys {set(ours)} != {set(theirs)}"
+        )
         for key in theirs:
             assert_same_result(ours[key], theirs[key], f"{where}[{key!r}]")
         return

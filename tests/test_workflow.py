@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import Workflow, assert_same_result, run_coffea
 
 import coffea_smk
 from coffea_smk.examples.dimuon import DimuonProcessor
-from conftest import Workflow, assert_same_result, run_coffea
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,9 @@ def _mtimes(root: Path) -> dict[str, int]:
 
 
 def test_rerun_is_a_noop_and_a_touched_file_redoes_only_its_chain(workflow: Workflow, nanoaod: Path) -> None:
-    workflow.write({"processor": DIMUON, "chunksize": 10, "events_per_job": 20}, _copy_samples(nanoaod, workflow.root))
+    workflow.write(
+        {"processor": DIMUON, "chunksize": 10, "events_per_job": 20}, _copy_samples(nanoaod, workflow.root)
+    )
     workflow.run()
     first = coffea_smk.load(workflow.root / "results" / "result.npz")
     before = _mtimes(workflow.root / "results")
@@ -163,7 +165,10 @@ def test_processor_error_names_dataset_file_and_entries(workflow: Workflow, nano
 
 
 def test_unaddable_output_is_a_clear_error(workflow: Workflow, nanoaod: Path) -> None:
-    workflow.write({"processor": "smk_test_processors:Unaddable", "chunksize": 10}, {"DY": {"files": [str(nanoaod / "nano_dy.root")]}})
+    workflow.write(
+        {"processor": "smk_test_processors:Unaddable", "chunksize": 10},
+        {"DY": {"files": [str(nanoaod / "nano_dy.root")]}},
+    )
     proc = workflow.run(check=False)
     assert proc.returncode != 0
     assert "cannot accumulate str" in proc.stdout + proc.stderr
@@ -209,7 +214,18 @@ def test_reused_as_a_snakemake_module(tmp_path: Path, nanoaod: Path) -> None:
 
 def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "coffea_smk", "demo", "--dir", str(tmp_path / "demo"), "--scale", "0.05", "--cores", "2"],
+        [
+            sys.executable,
+            "-m",
+            "coffea_smk",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--scale",
+            "0.05",
+            "--cores",
+            "2",
+        ],
         text=True,
         capture_output=True,
         timeout=600,
@@ -220,4 +236,6 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     events = sum(flow["events"] for flow in result["cutflow"].values())
     meta = coffea_smk.load_meta(tmp_path / "demo" / "results" / "result.npz")
     assert events == meta["events"] == meta["events_expected"] > 0
-    assert result["mass"].sum(flow=True) == sum(flow["opposite-sign pairs"] for flow in result["cutflow"].values())
+    assert result["mass"].sum(flow=True) == sum(
+        flow["opposite-sign pairs"] for flow in result["cutflow"].values()
+    )

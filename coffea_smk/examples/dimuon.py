@@ -24,21 +24,27 @@ class DimuonProcessor:
         opposite = mu1.charge != mu2.charge
         dimuon = (mu1 + mu2)[opposite]
 
-        mass = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(
-            120, 0.0, 150.0, name="mass", label=r"$m_{\mu\mu}$ [GeV]"
-        ).Double()
+        mass = (
+            hist.Hist.new.StrCat([], growth=True, name="dataset")
+            .Reg(120, 0.0, 150.0, name="mass", label=r"$m_{\mu\mu}$ [GeV]")
+            .Double()
+        )
         mass.fill(dataset=dataset, mass=ak.flatten(dimuon.mass))
 
-        muon_pt = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(
-            50, 0.0, 100.0, name="pt", label=r"muon $p_T$ [GeV]"
-        ).Double()
+        muon_pt = (
+            hist.Hist.new.StrCat([], growth=True, name="dataset")
+            .Reg(50, 0.0, 100.0, name="pt", label=r"muon $p_T$ [GeV]")
+            .Double()
+        )
         muon_pt.fill(dataset=dataset, pt=ak.flatten(muons.pt))
 
         jets = events.Jet
         ht = ak.sum(jets.pt[jets.pt > 30.0], axis=1)
-        jet_ht = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(
-            60, 0.0, 600.0, name="ht", label=r"jet $H_T$ [GeV]"
-        ).Double()
+        jet_ht = (
+            hist.Hist.new.StrCat([], growth=True, name="dataset")
+            .Reg(60, 0.0, 600.0, name="ht", label=r"jet $H_T$ [GeV]")
+            .Double()
+        )
         jet_ht.fill(dataset=dataset, ht=ht)
 
         cutflow = {

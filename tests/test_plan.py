@@ -1,0 +1,77 @@
+"""Chunks, work units and merge trees."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+from coffea_smk.plan import PlanSettings, chunk_boundaries, make_plan, merge_tree
+
+
+def test_chunks_cover_entries_once() -> None:
+    for entries in (0, 1, 40, 41, 999, 100_000):
+        for size in (1, 7, 40, 100_000):
+            b = chunk_boundaries(entries, size)
+            assert b[0] == 0 and b[-1] == entries
+            assert all(x < y for x, y in pairwise(b))
+            assert all(y - x <= size for x, y in pairwise(b))
+
+
+def test_chunks_snap_to_clusters() -> None:
+    clusters = [*range(0, 1000, 98), 1000]
+    b = chunk_boundaries(1000, 200, clusters)
+    assert b[0] == 0 and b[-1] == 1000
+    assert set(b[1:-1]) <= set(clusters)
+
+
+def _record(key: str, entries: int) -> dict:
+    return {
+        "path": f"/{key}.root",
+        "treename": "Events",
+        "key": key,
+        "uuid": key,
+        "entries": entries,
+        "size": 1,
+        "mtime_ns": 1,
+        "clusters": [0, entries],
+    }
+
+
+def test_units_pack_small_files_and_split_large_ones() -> None:
+    records = [_record("a", 30), _record("b", 30), _record("c", 250), _record("d", 0), _record("e", 10)]
+    plan = make_plan("ds", "ds", {}, records, PlanSettings(chunksize=50, events_per_job=100, merge_fanin=2))
+    assert plan["expected_events"] == 320 and plan["empty_files"] == ["/d.root"]
+    covered = sorted((c[0], c[1], c[2]) for u in plan["units"] for c in u["chunks"])
+    assert sum(c[2] - c[1] for c in covered) == 320
+    # small files a and b share a unit; every unit stays within events_per_job
+    files_of = [{c[0] for c in u["chunks"]} for u in plan["units"]]
+    assert {0, 1} in files_of
+    assert all(u["events"] <= 100 for u in plan["units"])
+    assert len({u["id"] for u in plan["units"]}) == len(plan["units"])
+
+
+def test_unit_ids_are_stable_when_another_file_changes() -> None:
+    s = PlanSettings(chunksize=50, events_per_job=100, merge_fanin=4)
+    base = [_record("a", 100), _record("b", 100), _record("c", 100)]
+    changed = [_record("a", 100), _record("b2", 100), _record("c", 100)]
+    ids1 = [u["id"] for u in make_plan("d", "d", {}, base, s)["units"]]
+    ids2 = [u["id"] for u in make_plan("d", "d", {}, changed, s)["units"]]
+    assert ids1[0] == ids2[0] and ids1[2] == ids2[2] and ids1[1] != ids2[1]
+
+
+def test_merge_tree_respects_fanin() -> None:
+    leaves = [f"{i:016x}" for i in range(37)]
+    nodes, top = merge_tree(leaves, 4)
+    assert len(top) <= 4
+    assert all(len(children) <= 4 for children in nodes.values())
+    reached: list[str] = []
+
+    def walk(ids: list[str]) -> None:
+        for i in ids:
+            if i in nodes:
+                walk(nodes[i])
+            else:
+                reached.append(i)
+
+    walk(top)
+    assert sorted(reached) == leaves
+    assert merge_tree(leaves[:3], 4) == ({}, leaves[:3])
