@@ -38,7 +38,9 @@ def step_preprocess(a: argparse.Namespace) -> None:
     from coffea_smk.preprocess import FileIdentity, preprocess_files
 
     identities = [FileIdentity(**d) for d in json.loads(a.files)]
-    records = preprocess_files(identities, a.cache)
+    records, bad = preprocess_files(identities, a.cache, skip_bad_files=a.skip_bad_files)
+    if bad:
+        write_json(a.failures, {"bad_files": bad})
     write_json(a.out, {"records": records})
 
 
@@ -47,26 +49,60 @@ def step_plan(a: argparse.Namespace) -> None:
     from coffea_smk.plan import PlanSettings, make_plan
 
     spec = json.loads(a.spec)
-    records = [r for path in a.inputs for r in _read_json(path)["records"]]
+    records = []
+    for path in a.inputs:
+        try:
+            batch = _read_json(path)["records"]
+        except (ValueError, KeyError, TypeError) as err:
+            Path(path).unlink(missing_ok=True)
+            raise RuntimeError(f"{path} is corrupted ({err}): removed it; run again to redo it") from None
+        records.extend({**r, "batch_output": path} for r in batch)
     plan = make_plan(
         spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"])
     )
     write_json(a.out, plan)
     log.info(
-        "dataset %s: %d files, %d events, %d work units",
+        "dataset %s: %d files, %d events, %d work units, %d bad files",
         spec["dataset"],
         len(records),
         plan["expected_events"],
         len(plan["units"]),
+        len(plan["bad_files"]),
     )
 
 
 def step_process(a: argparse.Namespace) -> None:
-    from coffea_smk.processing import process_unit_to_file
+    from coffea_smk.preprocess import StaleRecordError
+    from coffea_smk.processing import ErrorPolicy, process_unit_to_file
     from coffea_smk.processor import load_processor
 
+    policy = json.loads(a.policy)
+    plan = _read_json(a.plan)
     processor = load_processor(a.processor, a.basedir)
-    process_unit_to_file(_read_json(a.plan), a.unit, processor, a.out, allow_pickle=a.allow_pickle)
+    try:
+        process_unit_to_file(
+            plan,
+            a.unit,
+            processor,
+            a.out,
+            policy=ErrorPolicy(tuple(policy["continue_on"]), policy["retries"], policy["backoff"]),
+            previous_path=a.inputs[0] if a.inputs else None,
+            failures_path=a.failures,
+            allow_pickle=a.allow_pickle,
+        )
+    except StaleRecordError:
+        _invalidate(plan, a.plan)
+        raise
+
+
+def _invalidate(plan: dict[str, Any], plan_path: str) -> None:
+    """Drop the cache records of a dataset and mark its plan stale (the next run re-plans)."""
+    from coffea_smk._atomic import write_json
+
+    for f in plan["files"]:
+        if f.get("record_path"):
+            Path(f["record_path"]).unlink(missing_ok=True)
+    write_json(f"{plan_path}.stale", {"batch_outputs": sorted({f["batch_output"] for f in plan["files"]})})
 
 
 def step_merge(a: argparse.Namespace) -> None:
@@ -113,9 +149,9 @@ def main(argv: list[str]) -> int:
             p.add_argument("inputs", nargs="*")
         return p
 
-    add("preprocess", "files", "cache")
+    add("preprocess", "files", "cache", "failures").add_argument("--skip-bad-files", action="store_true")
     add("plan", "spec", inputs=True)
-    add("process", "plan", "unit", processor=True)
+    add("process", "plan", "unit", "policy", "failures", inputs=True, processor=True)
     add("merge", inputs=True, processor=True)
     add("dataset", "plan", inputs=True, processor=True)
     add("result", inputs=True, processor=True)

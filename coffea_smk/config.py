@@ -76,11 +76,36 @@ class AnalysisConfig(BaseModel):
         False,
         description="Store result types that have no safe form with cloudpickle (loading runs code).",
     )
+    continue_on: list[str] = Field(
+        default_factory=list,
+        description="Exception types (names such as OSError, KeyError, or 'module.Class') that make a "
+        "chunk fail alone: it is recorded in the failure manifest and retried on the next run, while "
+        "the rest of the work unit goes on. Empty (default): the first error stops the job.",
+    )
+    retries: Annotated[int, Field(ge=0)] = Field(
+        2, description="Retries of a chunk inside its job after a transient I/O error (OSError)."
+    )
+    retry_backoff: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="Seconds before the first in-job retry; doubled for each further retry."
+    )
+    skip_bad_files: bool = Field(
+        False,
+        description="A file that cannot be opened (missing, truncated, not ROOT, no such tree) is "
+        "skipped and listed in the results, which are then flagged incomplete, instead of stopping the run.",
+    )
     basedir: str | None = Field(
         None,
         description="Directory that relative fileset/processor paths are taken from "
         "(default: the config file's directory).",
     )
+
+    @field_validator("continue_on")
+    @classmethod
+    def _exception_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                raise ValueError(f"{name!r} is not an exception type name")
+        return value
 
     @field_validator("schema_")
     @classmethod

@@ -61,9 +61,12 @@ def make_plan(
     dataset: str, slug: str, metadata: dict[str, Any], records: list[dict[str, Any]], settings: PlanSettings
 ) -> dict[str, Any]:
     """The plan of one dataset: files, work units and the merge tree."""
-    files = [
-        {k: r[k] for k in ("path", "treename", "key", "uuid", "entries", "size", "mtime_ns")} for r in records
+    bad = [
+        {"path": r["path"], "treename": r["treename"], "error": r["error"]} for r in records if "error" in r
     ]
+    records = [r for r in records if "error" not in r]
+    keep = ("path", "treename", "key", "uuid", "entries", "size", "mtime_ns", "record_path", "batch_output")
+    files = [{k: r.get(k) for k in keep} for r in records]
     units = _units(records, settings)
     nodes, top = merge_tree([u["id"] for u in units], settings.merge_fanin)
     return {
@@ -77,6 +80,7 @@ def make_plan(
         "merge": {"nodes": nodes, "top": top},
         "expected_events": sum(r["entries"] for r in records),
         "empty_files": [r["path"] for r in records if r["entries"] == 0],
+        "bad_files": bad,
     }
 
 
@@ -93,7 +97,7 @@ def _units(records: list[dict[str, Any]], s: PlanSettings) -> list[dict[str, Any
     def close() -> None:
         nonlocal current, events
         if current:
-            chunks_key = [[records[i]["key"], a, b] for i, a, b in current]
+            chunks_key = [[records[i]["key"], records[i]["uuid"], a, b] for i, a, b in current]
             units.append({"id": key_of("unit", chunks_key), "events": events, "chunks": current})
         current, events = [], 0
 

@@ -30,6 +30,10 @@ class InputFileError(RuntimeError):
     """An input file cannot be used; the message names it and says what to do."""
 
 
+class StaleRecordError(InputFileError):
+    """A file changed after preprocessing although its size and mtime did not."""
+
+
 @dataclass(frozen=True)
 class FileIdentity:
     """What identifies an input file without opening it."""
@@ -44,17 +48,20 @@ class FileIdentity:
         return key_of("file", self.path, self.treename, self.size, self.mtime_ns)
 
     @classmethod
-    def of(cls, f: InputFile, dataset: str = "") -> FileIdentity:
+    def of(cls, f: InputFile, dataset: str = "", *, missing_ok: bool = False) -> FileIdentity:
         """Stat a local file (no open); remote files are identified by URL and tree.
 
         Raises:
-            InputFileError: A local file does not exist.
+            InputFileError: A local file does not exist (unless ``missing_ok``:
+                then it is identified like a remote file and fails at preprocessing).
         """
         if f.is_remote:
             return cls(f.path, f.treename, None, None)
         try:
             st = os.stat(f.path)
         except FileNotFoundError:
+            if missing_ok:
+                return cls(f.path, f.treename, None, None)
             where = f" of dataset {dataset!r}" if dataset else ""
             raise InputFileError(
                 f"input file {f.path}{where} does not exist: fix its path in the fileset "
@@ -151,18 +158,35 @@ def inspect_file(identity: FileIdentity) -> dict[str, Any]:
 
 
 def preprocess_files(
-    identities: list[FileIdentity], cache_dir: str | os.PathLike[str]
-) -> list[dict[str, Any]]:
-    """Records for ``identities``: from the cache when valid, else by opening the file once."""
-    records = []
+    identities: list[FileIdentity], cache_dir: str | os.PathLike[str], *, skip_bad_files: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Records for ``identities``: from the cache when valid, else by opening the file once.
+
+    Returns:
+        The records, in order, and the files that could not be used (only with
+        ``skip_bad_files``; their records carry ``error`` and are not cached, so
+        the next run tries them again).
+
+    Raises:
+        InputFileError: A file cannot be used and ``skip_bad_files`` is off.
+    """
+    records, bad = [], []
     for identity in identities:
         path = record_path(cache_dir, identity)
         record = read_record(path, identity)
         if record is None:
             log.info("opening %s (tree %s)", identity.path, identity.treename)
-            record = inspect_file(identity)
+            try:
+                record = inspect_file(identity)
+            except InputFileError as err:
+                if not skip_bad_files:
+                    raise
+                log.error("skipping %s: %s", identity.path, err)
+                bad.append({"file": identity.path, "treename": identity.treename, "error": str(err)})
+                records.append({**asdict(identity), "key": identity.key, "entries": 0, "error": str(err)})
+                continue
             write_json(path, record)
         else:
             log.info("cached %s", identity.path)
-        records.append(record)
-    return records
+        records.append({**record, "record_path": str(path)})
+    return records, bad

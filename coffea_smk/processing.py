@@ -1,4 +1,11 @@
-"""Processing one work unit: open each file once, call the processor per chunk, accumulate."""
+"""Processing one work unit: open each file once, call the processor per chunk, accumulate.
+
+The error policy decides what a failing chunk does: an ``OSError`` is retried
+in the job with back-off (flaky storage); an exception of a ``continue_on``
+type marks the chunk failed (recorded in the failure manifest, left out of the
+partial result, retried on the next run); anything else stops the job with a
+message that names the dataset, file and entry range.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,17 @@ import logging
 import resource
 import time
 import traceback
+from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 from coffea_smk import storage
+from coffea_smk._atomic import write_json
 from coffea_smk.accumulate import AccumulateError, add
 from coffea_smk.nanoevents import ReadStats, TreeLayout
 from coffea_smk.plan import unit_by_id
-from coffea_smk.preprocess import InputFileError, open_tree
+from coffea_smk.preprocess import InputFileError, StaleRecordError, open_tree
 from coffea_smk.processor import Processor
 
 log = logging.getLogger("coffea_smk.process")
@@ -21,6 +31,37 @@ log = logging.getLogger("coffea_smk.process")
 
 class ChunkError(RuntimeError):
     """The processor failed on a chunk; the message says which and shows its traceback."""
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What a failing chunk does."""
+
+    continue_on: tuple[str, ...] = ()
+    """Exception type names (``OSError``, ``mymod.MyError``) that fail only the chunk."""
+    retries: int = 2
+    """In-job retries of a chunk after an ``OSError``."""
+    backoff: float = 1.0
+    """Seconds before the first retry, doubled for each further one."""
+
+    def continues(self, err: BaseException) -> bool:
+        if isinstance(err, AccumulateError):
+            return False  # the accumulator may be half-updated: never carry on
+        names = set()
+        for cls in type(err).__mro__:
+            names.update((cls.__name__, f"{cls.__module__}.{cls.__qualname__}"))
+        return any(name in names for name in self.continue_on)
+
+    def retryable(self, err: BaseException) -> bool:
+        return isinstance(err, OSError) and not isinstance(err, FileNotFoundError)
+
+
+@dataclass
+class _UnitState:
+    accumulator: Any = None
+    ranges: dict[str, list[list[int]]] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def coalesce(ranges: list[list[int]]) -> list[list[int]]:
@@ -40,36 +81,186 @@ def coalesce(ranges: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def run_unit(plan: dict[str, Any], unit_id: str, processor: Processor) -> tuple[Any, dict[str, Any]]:
-    """Process every chunk of a work unit; return the accumulated output and its meta record."""
+def _covered(ranges: list[list[int]], start: int, stop: int) -> bool:
+    return any(a <= start and stop <= b for a, b in ranges)
+
+
+def run_unit(
+    plan: dict[str, Any],
+    unit_name: str,
+    processor: Processor,
+    policy: ErrorPolicy | None = None,
+    previous: storage.Stored | None = None,
+    traceback_dir: Path | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Process the chunks of a work unit that ``previous`` does not already cover.
+
+    Returns:
+        The accumulated output and the unit's meta record (events, entry ranges
+        covered, per-chunk metrics, failed chunks).
+    """
+    from coffea_smk.layout import split_attempt
+
+    policy = policy or ErrorPolicy()
+    unit_id, attempt = split_attempt(unit_name)
     unit = unit_by_id(plan, unit_id)
     files = plan["files"]
-    accumulator: Any = None
-    ranges: dict[str, list[list[int]]] = {}
-    chunk_metrics: list[dict[str, Any]] = []
-    for file_index, chunks in groupby(unit["chunks"], key=lambda c: c[0]):
+    state = _UnitState()
+    done: dict[str, list[list[int]]] = {}
+    if previous is not None:
+        state.accumulator = previous.result
+        state.metrics = list(previous.meta.get("chunks", []))
+        done = {k: [list(r) for r in v] for k, v in previous.meta.get("ranges", {}).items()}
+        state.ranges = {k: [list(r) for r in v] for k, v in done.items()}
+    todo = [c for c in unit["chunks"] if not _covered(done.get(files[c[0]]["key"], []), c[1], c[2])]
+    log.info(
+        "unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit["chunks"])
+    )
+    for file_index, chunks_iter in groupby(todo, key=lambda c: c[0]):
+        chunks = list(chunks_iter)
         record = files[file_index]
-        rootfile, tree = open_tree(record["path"], record["treename"])
-        with rootfile:
-            uuid = str(rootfile.file.uuid)
-            if uuid != record["uuid"]:
-                raise InputFileError(
-                    f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
-                    f"became {uuid}); re-run so that it is preprocessed again"
-                )
-            layout = TreeLayout(tree)
+        try:
+            rootfile, layout = _open(record, policy)
+        except Exception as err:
+            if not policy.continues(err):
+                raise
             for _, start, stop in chunks:
-                accumulator, metrics = _run_chunk(plan, record, layout, start, stop, processor, accumulator)
-                ranges.setdefault(record["key"], []).append([start, stop])
-                chunk_metrics.append(metrics)
+                _record_failure(state, plan, record, start, stop, err, 1, traceback_dir, unit_name)
+            continue
+        with rootfile:
+            for _, start, stop in chunks:
+                _run_with_policy(
+                    state, plan, record, layout, start, stop, processor, policy, traceback_dir, unit_name
+                )
     meta = {
         "dataset": plan["dataset"],
-        "unit": unit_id,
-        "events": sum(m["events"] for m in chunk_metrics),
-        "ranges": {key: coalesce(r) for key, r in ranges.items()},
-        "chunks": chunk_metrics,
+        "unit": unit_name,
+        "attempt": attempt,
+        "events": sum(b - a for rs in state.ranges.values() for a, b in rs),
+        "ranges": {key: coalesce(r) for key, r in state.ranges.items()},
+        "chunks": state.metrics,
+        "failed": state.failed,
     }
-    return accumulator, meta
+    return state.accumulator, meta
+
+
+def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, TreeLayout]:
+    tries = 0
+    while True:
+        try:
+            rootfile, tree = open_tree(record["path"], record["treename"])
+            break
+        except InputFileError as err:
+            cause = err.__cause__
+            if cause is None or not policy.retryable(cause) or tries >= policy.retries:
+                raise
+            _sleep(policy, tries, f"opening {record['path']}", cause)
+            tries += 1
+    uuid = str(rootfile.file.uuid)
+    if uuid != record["uuid"]:
+        rootfile.close()
+        raise StaleRecordError(
+            f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
+            f"became {uuid}) although its size and modification time did not; its records were "
+            "invalidated: run again to preprocess it anew"
+        )
+    return rootfile, TreeLayout(tree)
+
+
+def _sleep(policy: ErrorPolicy, tries: int, what: str, err: BaseException) -> None:
+    delay = policy.backoff * (2**tries)
+    log.warning(
+        "%s failed (%s: %s); retry %d of %d in %.1f s",
+        what,
+        type(err).__name__,
+        err,
+        tries + 1,
+        policy.retries,
+        delay,
+    )
+    time.sleep(delay)
+
+
+def _run_with_policy(
+    state: _UnitState,
+    plan: dict[str, Any],
+    record: dict[str, Any],
+    layout: TreeLayout,
+    start: int,
+    stop: int,
+    processor: Processor,
+    policy: ErrorPolicy,
+    traceback_dir: Path | None,
+    unit_name: str,
+) -> None:
+    tries = 0
+    while True:
+        try:
+            output, metrics = _run_chunk(plan, record, layout, start, stop, processor)
+            break
+        except Exception as err:
+            cause = err.__cause__ if isinstance(err, ChunkError) and err.__cause__ is not None else err
+            if policy.retryable(cause) and tries < policy.retries:
+                _sleep(policy, tries, f"chunk {record['path']} [{start}, {stop})", cause)
+                tries += 1
+                continue
+            if policy.continues(cause):
+                _record_failure(state, plan, record, start, stop, cause, tries + 1, traceback_dir, unit_name)
+                return
+            raise
+    try:
+        state.accumulator = add(state.accumulator, output)
+    except AccumulateError as err:
+        raise ChunkError(
+            f"dataset {plan['dataset']!r}, file {record['path']}, entries {start}-{stop}: "
+            f"the processor's output cannot be accumulated: {err}"
+        ) from err
+    metrics["retries"] = tries
+    state.ranges.setdefault(record["key"], []).append([start, stop])
+    state.metrics.append(metrics)
+
+
+def _record_failure(
+    state: _UnitState,
+    plan: dict[str, Any],
+    record: dict[str, Any],
+    start: int,
+    stop: int,
+    err: BaseException,
+    attempts: int,
+    traceback_dir: Path | None,
+    unit_name: str,
+) -> None:
+    text = "".join(traceback.format_exception(err))
+    tb_file = None
+    if traceback_dir is not None:
+        tb_path = traceback_dir / f"{unit_name}-{record['key']}-{start}-{stop}.txt"
+        tb_path.parent.mkdir(parents=True, exist_ok=True)
+        tb_path.write_text(text)
+        tb_file = str(tb_path)
+    log.error(
+        "chunk %s [%d, %d) of dataset %r failed (%s: %s); continuing (continue_on)",
+        record["path"],
+        start,
+        stop,
+        plan["dataset"],
+        type(err).__name__,
+        err,
+    )
+    state.failed.append(
+        {
+            "dataset": plan["dataset"],
+            "file": record["path"],
+            "file_key": record["key"],
+            "entrystart": start,
+            "entrystop": stop,
+            "events": stop - start,
+            "exception": f"{type(err).__module__}.{type(err).__qualname__}",
+            "message": str(err),
+            "traceback_file": tb_file,
+            "attempts": attempts,
+        }
+    )
 
 
 def _run_chunk(
@@ -79,7 +270,6 @@ def _run_chunk(
     start: int,
     stop: int,
     processor: Processor,
-    accumulator: Any,
 ) -> tuple[Any, dict[str, Any]]:
     metadata = {
         **plan["metadata"],
@@ -102,13 +292,6 @@ def _run_chunk(
             f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
         ) from err
     t_process = time.perf_counter() - t0
-    try:
-        accumulator = add(accumulator, output)
-    except AccumulateError as err:
-        raise ChunkError(
-            f"dataset {plan['dataset']!r}, file {record['path']}, entries {start}-{stop}: "
-            f"the processor's output cannot be accumulated: {err}"
-        ) from err
     metrics = {
         "file": record["key"],
         "entrystart": start,
@@ -122,16 +305,39 @@ def _run_chunk(
         "total_s": round(time.perf_counter() - t0, 6),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    return accumulator, metrics
+    return output, metrics
 
 
 def process_unit_to_file(
-    plan: dict[str, Any], unit_id: str, processor: Processor, out_path: str, *, allow_pickle: bool = False
+    plan: dict[str, Any],
+    unit_name: str,
+    processor: Processor,
+    out_path: str,
+    *,
+    policy: ErrorPolicy | None = None,
+    previous_path: str | None = None,
+    failures_path: str | None = None,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """Run a unit and write its partial result atomically; return the meta record."""
+    """Run a unit and write its partial result atomically; return the meta record.
+
+    With failed chunks, the failure manifest is written first (at
+    ``failures_path``), then the partial: the next run sees the manifest and
+    schedules a retry of only those chunks.
+    """
     t0 = time.perf_counter()
-    result, meta = run_unit(plan, unit_id, processor)
+    previous = storage.load_stored(previous_path, allow_pickle=allow_pickle) if previous_path else None
+    tb_dir = Path(failures_path).parent / "tracebacks" if failures_path else None
+    result, meta = run_unit(plan, unit_name, processor, policy, previous, tb_dir)
     meta["wall_s"] = round(time.perf_counter() - t0, 6)
+    if meta["failed"] and failures_path:
+        write_json(failures_path, {"dataset": plan["dataset"], "unit": unit_name, "failed": meta["failed"]})
     storage.save(out_path, result, meta, allow_pickle=allow_pickle)
-    log.info("unit %s: %d events in %.2f s", unit_id, meta["events"], meta["wall_s"])
+    log.info(
+        "unit %s: %d events in %.2f s, %d chunks failed",
+        unit_name,
+        meta["events"],
+        meta["wall_s"],
+        len(meta["failed"]),
+    )
     return meta

@@ -27,6 +27,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
     totals: dict[str, float] = {}
     columns: set[str] = set()
     datasets: set[str] = set()
+    failed: list[dict[str, Any]] = []
     n_inputs = 0
     for path in paths:
         n_inputs += 1
@@ -43,6 +44,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         for name, value in _metric_totals(meta).items():
             totals[name] = totals.get(name, 0.0) + value
         columns.update(_columns(meta))
+        failed.extend(meta.get("failed", []))
     for key, rs in ranges.items():
         try:
             ranges[key] = coalesce(rs)
@@ -58,6 +60,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         "inputs": n_inputs,
         "totals": totals,
         "columns": sorted(columns),
+        "failed": failed,
     }
     return storage.Stored(result, meta_out)
 
@@ -98,13 +101,15 @@ def finish_dataset(
         f["path"] for f in plan["files"] if f["entries"] > 0 and covered.get(f["key"]) != [[0, f["entries"]]]
     ]
     unexpected = sorted(set(covered) - set(expected))
+    bad = plan.get("bad_files", [])
     meta.update(
         dataset=plan["dataset"],
         metadata=plan["metadata"],
         events_expected=plan["expected_events"],
-        files=len(plan["files"]),
+        files=len(plan["files"]) + len(bad),
         empty_files=len(plan["empty_files"]),
-        complete=not missing and not unexpected and meta["events"] == plan["expected_events"],
+        bad_files=bad,
+        complete=not missing and not unexpected and not bad and meta["events"] == plan["expected_events"],
         incomplete_files=missing,
     )
     if unexpected:
@@ -114,10 +119,12 @@ def finish_dataset(
         )
     if not meta["complete"]:
         log.warning(
-            "dataset %r is INCOMPLETE: %d of %d events processed",
+            "dataset %r is INCOMPLETE: %d of %d events processed, %d chunks failed, %d files unreadable",
             plan["dataset"],
             meta["events"],
             plan["expected_events"],
+            len(meta["failed"]),
+            len(bad),
         )
     storage.save(out, stored.result, meta, allow_pickle=allow_pickle)
     return meta
@@ -142,6 +149,8 @@ def finish_global(
             "complete": m["complete"],
             "files": m["files"],
             "empty_files": m["empty_files"],
+            "bad_files": m.get("bad_files", []),
+            "failed_chunks": len(m.get("failed", [])),
             "totals": m.get("totals", {}),
             "columns": m.get("columns", []),
             "path": path,
@@ -156,6 +165,8 @@ def finish_global(
         "events": sum(d["events"] for d in per_dataset.values()),
         "events_expected": sum(d["events_expected"] for d in per_dataset.values()),
         "complete": all(d["complete"] for d in per_dataset.values()),
+        "failed_chunks": sum(d["failed_chunks"] for d in per_dataset.values()),
+        "bad_files": sum(len(d["bad_files"]) for d in per_dataset.values()),
     }
     storage.save(out, result, meta, allow_pickle=allow_pickle)
     return meta

@@ -13,22 +13,13 @@ import os
 import shlex
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from coffea_smk._hashing import key_of
-from coffea_smk.config import ConfigError, Dataset, load_fileset, parse_config
+from coffea_smk.config import ConfigError
+from coffea_smk.layout import WILDCARDS, Layout, split_attempt
 from coffea_smk.plan import PlanSettings
-from coffea_smk.preprocess import FileIdentity, InputFileError
-from coffea_smk.processor import processor_tag
 
-WILDCARDS = {
-    "dataset": r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    "batch": r"[0-9a-f]{16}",
-    "tag": r"[0-9a-f]{16}",
-    "unit": r"[0-9a-f]{16}",
-    "node": r"[0-9a-f]{16}",
-}
+__all__ = ["WILDCARDS", "Analysis"]
 
 
 class Analysis:
@@ -41,113 +32,120 @@ class Analysis:
             raise WorkflowError(
                 "no analysis config: pass --configfile analysis.yaml (or run `coffea-smk run analysis.yaml`)"
             )
-        where = str(configfiles[-1]) if configfiles else "analysis config"
         try:
-            self.cfg = parse_config(dict(config), where)
-            base = self.cfg.basedir or (
-                str(Path(configfiles[-1]).resolve().parent) if configfiles else os.getcwd()
-            )
-            self.basedir = str(Path(base).resolve())
-            self.datasets: dict[str, Dataset] = {
-                d.slug: d for d in load_fileset(self.cfg.fileset, Path(self.basedir), self.cfg.treename)
-            }
-            self.identities = {
-                slug: [FileIdentity.of(f, d.name) for f in d.files] for slug, d in self.datasets.items()
-            }
-        except (ConfigError, InputFileError) as err:
+            self.layout = Layout.from_config(config, str(configfiles[-1]) if configfiles else None)
+        except ConfigError as err:
             raise WorkflowError(str(err)) from None
+        self.cfg = self.layout.cfg
+        self.layout.drop_stale_plans()
         self.checkpoints = checkpoints
-        self.outdir = self.cfg.outdir.rstrip("/") or "."
-        self.cache_dir = f"{self.outdir}/cache"
-        self.tag = processor_tag(self.cfg.processor, self.basedir, self.cfg.version, self.cfg.schema_)
         self.python = shlex.quote(sys.executable)
-        n = self.cfg.files_per_preprocess_job
-        self.batches: dict[str, dict[str, list[FileIdentity]]] = {}
-        for slug, ids in self.identities.items():
-            groups = [ids[i : i + n] for i in range(0, len(ids), n)]
-            self.batches[slug] = {key_of("batch", [g.key for g in group]): group for group in groups}
         self._plans: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._names: dict[str, dict[str, str]] = {}
 
-    # ---- paths (patterns use Snakemake wildcards) --------------------------------
+    # ---- paths ---------------------------------------------------------------
     def path(self, kind: str) -> str:
-        o = self.outdir
-        return {
-            "preprocess": f"{o}/preprocess/{{dataset}}/{{batch}}.json",
-            "plan": f"{o}/plan/{{dataset}}.json",
-            "partial": f"{o}/partials/{{dataset}}/{{tag}}/{{unit}}.npz",
-            "merge": f"{o}/merges/{{dataset}}/{{tag}}/{{node}}.npz",
-            "dataset": f"{o}/datasets/{{dataset}}.npz",
-            "result": f"{o}/result.npz",
-        }[kind]
+        return self.layout.path(kind)
 
     def log(self, kind: str) -> str:
-        o = self.outdir
-        return {
-            "preprocess": f"{o}/logs/preprocess/{{dataset}}/{{batch}}.log",
-            "plan": f"{o}/logs/plan/{{dataset}}.log",
-            "partial": f"{o}/logs/process/{{dataset}}/{{tag}}/{{unit}}.log",
-            "merge": f"{o}/logs/merge/{{dataset}}/{{tag}}/{{node}}.log",
-            "dataset": f"{o}/logs/dataset/{{dataset}}.log",
-            "result": f"{o}/logs/result.log",
-        }[kind]
+        return self.layout.log(kind)
+
+    @property
+    def cache_dir(self) -> str:
+        return self.layout.cache_dir
+
+    @property
+    def result(self) -> str:
+        return self.layout.path("result")
 
     def job(self, step: str) -> str:
         """The shell command prefix of a job step."""
         return f"{self.python} -m coffea_smk job {step}"
 
-    @property
-    def result(self) -> str:
-        return self.path("result")
-
-    # ---- input functions and params ----------------------------------------------
+    # ---- preprocessing -----------------------------------------------------------
     def get_preprocess_files(self, wildcards: Any) -> str:
-        group = self.batches[wildcards.dataset][wildcards.batch]
+        batch, _ = split_attempt(wildcards.batch)
+        group = self.layout.batches(wildcards.dataset)[batch]
         return json.dumps([asdict(i) for i in group])
 
     def get_plan_inputs(self, wildcards: Any) -> list[str]:
-        pattern = self.path("preprocess")
-        return [pattern.format(dataset=wildcards.dataset, batch=b) for b in self.batches[wildcards.dataset]]
+        slug = wildcards.dataset
+        return [self.layout.path("preprocess", dataset=slug, batch=b) for b in self.layout.batch_names(slug)]
 
     def get_plan_spec(self, wildcards: Any) -> str:
-        d = self.datasets[wildcards.dataset]
-        settings = PlanSettings(
-            self.cfg.chunksize, self.cfg.events_per_job, self.cfg.merge_fanin, self.cfg.align_chunks
-        )
+        d = self.layout.datasets[wildcards.dataset]
+        c = self.cfg
+        settings = PlanSettings(c.chunksize, c.events_per_job, c.merge_fanin, c.align_chunks)
         return json.dumps(
             {"dataset": d.name, "slug": d.slug, "metadata": d.metadata, "settings": asdict(settings)}
         )
 
+    # ---- processing and merging -------------------------------------------------
     def _plan(self, slug: str) -> dict[str, Any]:
+        from snakemake.exceptions import WorkflowError
+
         path = self.checkpoints.plan.get(dataset=slug).output[0]
         mtime = os.stat(path).st_mtime
         cached = self._plans.get(path)
         if cached is None or cached[0] != mtime:
-            with open(path) as handle:
-                cached = (mtime, json.load(handle))
+            try:
+                with open(path) as handle:
+                    plan = json.load(handle)
+            except ValueError as err:
+                os.unlink(path)
+                raise WorkflowError(
+                    f"{path} was corrupted ({err}): removed it; run again to re-plan"
+                ) from None
+            cached = (mtime, plan)
             self._plans[path] = cached
+            self._names.pop(slug, None)
         return cached[1]
 
-    def _node_paths(self, slug: str, ids: list[str], nodes: dict[str, list[str]]) -> list[str]:
+    def _name_map(self, slug: str) -> tuple[dict[str, Any], dict[str, str]]:
+        merge = self._plan(slug)["merge"]
+        if slug not in self._names:
+            self._names[slug] = self.layout.node_names(merge, self.layout.unit_attempts(slug))
+        return merge, self._names[slug]
+
+    def _paths(self, slug: str, ids: list[str], merge: dict[str, Any], names: dict[str, str]) -> list[str]:
         out = []
         for i in ids:
-            pattern = self.path("merge" if i in nodes else "partial")
-            out.append(pattern.format(dataset=slug, tag=self.tag, unit=i, node=i))
+            if i in merge["nodes"]:
+                out.append(self.layout.path("merge", dataset=slug, tag=self.layout.tag, node=names[i]))
+            else:
+                out.append(self.layout.path("partial", dataset=slug, tag=self.layout.tag, unit=names[i]))
         return out
 
+    def get_process_inputs(self, wildcards: Any) -> list[str]:
+        """The previous attempt of a work unit that had failed chunks, if this is a retry."""
+        unit, attempt = split_attempt(wildcards.unit)
+        if attempt == 0:
+            return []
+        previous = unit if attempt == 1 else f"{unit}-a{attempt - 1}"
+        return [self.layout.path("partial", dataset=wildcards.dataset, tag=wildcards.tag, unit=previous)]
+
     def get_merge_inputs(self, wildcards: Any) -> list[str]:
-        merge = self._plan(wildcards.dataset)["merge"]
-        return self._node_paths(wildcards.dataset, merge["nodes"][wildcards.node], merge["nodes"])
+        merge, names = self._name_map(wildcards.dataset)
+        node = wildcards.node.split("-")[0]
+        return self._paths(wildcards.dataset, merge["nodes"][node], merge, names)
 
     def get_dataset_inputs(self, wildcards: Any) -> list[str]:
-        merge = self._plan(wildcards.dataset)["merge"]
-        return self._node_paths(wildcards.dataset, merge["top"], merge["nodes"])
+        merge, names = self._name_map(wildcards.dataset)
+        return self._paths(wildcards.dataset, merge["top"], merge, names)
 
     def get_dataset_results(self, wildcards: Any = None) -> list[str]:
-        return [self.path("dataset").format(dataset=slug) for slug in self.datasets]
+        return [self.layout.path("dataset", dataset=slug) for slug in self.layout.datasets]
 
     def get_job_options(self, wildcards: Any = None) -> str:
         """Options every processing/merging job needs, shell-quoted."""
-        opts = ["--processor", self.cfg.processor, "--basedir", self.basedir]
-        if self.cfg.allow_pickle:
+        c = self.cfg
+        opts = ["--processor", c.processor, "--basedir", self.layout.basedir]
+        if c.allow_pickle:
             opts.append("--allow-pickle")
         return " ".join(shlex.quote(o) for o in opts)
+
+    def get_policy(self, wildcards: Any = None) -> str:
+        """The error policy of processing jobs, shell-quoted JSON."""
+        c = self.cfg
+        policy = {"continue_on": c.continue_on, "retries": c.retries, "backoff": c.retry_backoff}
+        return shlex.quote(json.dumps(policy))

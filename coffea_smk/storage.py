@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ from coffea_smk._atomic import write_with
 FORMAT = "coffea_smk.result"
 VERSION = 1
 _HEADER = "__coffea_smk__"
+
+
+class IncompleteResultWarning(UserWarning):
+    """A per-dataset or global result does not cover all the events it should."""
 
 
 class ResultFileError(ValueError):
@@ -75,7 +80,18 @@ def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
         allow_pickle: Also decode objects that were stored with cloudpickle.
             Loading them runs code from the file: only do it for files you trust.
     """
-    return load_stored(path, allow_pickle=allow_pickle).result
+    stored = load_stored(path, allow_pickle=allow_pickle)
+    meta = stored.meta
+    if meta.get("complete") is False:
+        warnings.warn(
+            IncompleteResultWarning(
+                f"{path} is INCOMPLETE: {meta.get('events')} of {meta.get('events_expected')} events "
+                f"processed; failed chunks and unreadable files are listed by `coffea-smk status` "
+                "and redone by running the workflow again"
+            ),
+            stacklevel=2,
+        )
+    return stored.result
 
 
 def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -11,9 +11,12 @@ rule preprocess:
     params:
         files=analysis.get_preprocess_files,
         cache=analysis.cache_dir,
+        failures=analysis.layout.failure("preprocess"),
+        skip="--skip-bad-files" if analysis.cfg.skip_bad_files else "",
         job=analysis.job("preprocess"),
     shell:
-        "{params.job} --files {params.files:q} --cache {params.cache:q} --out {output:q} --log {log:q}"
+        "{params.job} --files {params.files:q} --cache {params.cache:q} {params.skip}"
+        " --failures {params.failures:q} --out {output:q} --log {log:q}"
 
 
 checkpoint plan:

@@ -1,9 +1,13 @@
 # Process: one job per work unit (consecutive chunks of as few files as
 # possible). The partial result's path holds the unit's content key and the
-# processor's fingerprint, so it is redone only when either changes.
+# processor's fingerprint, so it is redone only when either changes. A retry
+# of a unit with failed chunks (<unit>-a<k>) takes the previous attempt as
+# input and processes only the chunks that failed.
 
 
 rule process:
+    input:
+        analysis.get_process_inputs,
     output:
         analysis.path("partial"),
     log:
@@ -11,6 +15,9 @@ rule process:
     params:
         plan=analysis.path("plan"),
         opts=analysis.get_job_options,
+        policy=analysis.get_policy,
+        failures=analysis.layout.failure("partial"),
         job=analysis.job("process"),
     shell:
-        "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --out {output:q} --log {log:q}"
+        "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --policy {params.policy}"
+        " --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"

@@ -1,0 +1,231 @@
+"""The analysis as files: which outputs exist or are due, and where each one lives.
+
+Shared by the Snakemake glue (``smk.py``) and ``coffea-smk status``; it never
+imports Snakemake and never opens a ROOT file (it only stats inputs).
+
+Failed work is retried through *attempts*: a job that ends with failures
+(under ``continue_on`` or ``skip_bad_files``) still writes its output, covering
+what succeeded, plus a failure manifest ``failures/<dataset>/<group>/<name>.json``.
+On the next run the same job is requested under a new name ``<id>-a<k>``: it
+takes the previous attempt's output as input and redoes only what failed. The
+merges above it get new names too, so Snakemake redoes exactly the failed
+chunks and the merges they feed, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coffea_smk._hashing import key_of
+from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
+from coffea_smk.preprocess import FileIdentity
+from coffea_smk.processor import processor_tag
+
+HEX = r"[0-9a-f]{16}"
+_ATTEMPT = re.compile(rf"^({HEX})(?:-a([0-9]+))?$")
+
+WILDCARDS = {
+    "dataset": r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    "batch": rf"{HEX}(?:-a[0-9]+)?",
+    "tag": HEX,
+    "unit": rf"{HEX}(?:-a[0-9]+)?",
+    "node": rf"{HEX}(?:-[0-9a-f]{{8}})?",
+}
+
+PATHS = {
+    "preprocess": "preprocess/{dataset}/{batch}.json",
+    "plan": "plan/{dataset}.json",
+    "partial": "partials/{dataset}/{tag}/{unit}.npz",
+    "merge": "merges/{dataset}/{tag}/{node}.npz",
+    "dataset": "datasets/{dataset}.npz",
+    "result": "result.npz",
+}
+LOGS = {
+    "preprocess": "logs/preprocess/{dataset}/{batch}.log",
+    "plan": "logs/plan/{dataset}.log",
+    "partial": "logs/process/{dataset}/{tag}/{unit}.log",
+    "merge": "logs/merge/{dataset}/{tag}/{node}.log",
+    "dataset": "logs/dataset/{dataset}.log",
+    "result": "logs/result.log",
+}
+FAILURES = {
+    "preprocess": "failures/{dataset}/preprocess/{batch}.json",
+    "partial": "failures/{dataset}/{tag}/{unit}.json",
+}
+
+
+def split_attempt(name: str) -> tuple[str, int]:
+    """``"<id>-a3"`` -> ``("<id>", 3)``; ``"<id>"`` -> ``("<id>", 0)``."""
+    m = _ATTEMPT.match(name)
+    if not m:
+        raise ValueError(f"not a job name: {name!r}")
+    return m.group(1), int(m.group(2) or 0)
+
+
+def attempt_name(ident: str, attempt: int) -> str:
+    return ident if attempt == 0 else f"{ident}-a{attempt}"
+
+
+@dataclass
+class Layout:
+    """An analysis config resolved into datasets, file identities, job names and paths."""
+
+    cfg: AnalysisConfig
+    basedir: str
+    datasets: dict[str, Dataset]
+    identities: dict[str, list[FileIdentity]]
+    tag: str
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], configfile: str | None) -> Layout:
+        """Validate ``config`` and stat the inputs.
+
+        Raises:
+            ConfigError: Invalid config or fileset, or (without ``skip_bad_files``)
+                a local input file that does not exist.
+        """
+        from coffea_smk.preprocess import InputFileError
+
+        cfg = parse_config(dict(config), configfile or "analysis config")
+        base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())
+        basedir = str(Path(base).resolve())
+        datasets = {d.slug: d for d in load_fileset(cfg.fileset, Path(basedir), cfg.treename)}
+        identities: dict[str, list[FileIdentity]] = {}
+        try:
+            for slug, d in datasets.items():
+                identities[slug] = [
+                    FileIdentity.of(f, d.name, missing_ok=cfg.skip_bad_files) for f in d.files
+                ]
+        except InputFileError as err:
+            raise ConfigError(f"{err} (or set skip_bad_files: true to skip such files)") from None
+        tag = processor_tag(cfg.processor, basedir, cfg.version, cfg.schema_)
+        return cls(cfg, basedir, datasets, identities, tag)
+
+    @classmethod
+    def from_file(cls, configfile: str) -> Layout:
+        path = Path(configfile)
+        if not path.is_file():
+            raise ConfigError(f"analysis config {configfile} does not exist")
+        data = read_mapping(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{configfile}: an analysis config is a mapping of keys to values")
+        return cls.from_config(data, str(path))
+
+    @property
+    def outdir(self) -> str:
+        return self.cfg.outdir.rstrip("/") or "."
+
+    @property
+    def cache_dir(self) -> str:
+        return f"{self.outdir}/cache"
+
+    def path(self, kind: str, **wildcards: str) -> str:
+        """An output path; left as a pattern for the wildcards not given."""
+        return _fill(f"{self.outdir}/{PATHS[kind]}", wildcards)
+
+    def log(self, kind: str, **wildcards: str) -> str:
+        return _fill(f"{self.outdir}/{LOGS[kind]}", wildcards)
+
+    def failure(self, kind: str, **wildcards: str) -> str:
+        return _fill(f"{self.outdir}/{FAILURES[kind]}", wildcards)
+
+    # ---- preprocessing batches -------------------------------------------------
+    def batches(self, slug: str) -> dict[str, list[FileIdentity]]:
+        """Batches of files preprocessed by one job, by content key."""
+        n = self.cfg.files_per_preprocess_job
+        ids = self.identities[slug]
+        groups = [ids[i : i + n] for i in range(0, len(ids), n)]
+        return {key_of("batch", [g.key for g in group]): group for group in groups}
+
+    def batch_names(self, slug: str) -> list[str]:
+        tried = self.attempts(self.failure("preprocess", dataset=slug, batch="x"))
+        return [attempt_name(b, tried.get(b, 0)) for b in self.batches(slug)]
+
+    # ---- attempts ------------------------------------------------------------
+    def attempts(self, manifest_pattern: str) -> dict[str, int]:
+        """``{id: next attempt}`` from the failure manifests in a directory.
+
+        Attempt ``k`` of an id is due when manifests exist for attempts ``0..k-1``.
+        """
+        directory = Path(manifest_pattern).parent
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return {}
+        failed: dict[str, set[int]] = {}
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                ident, k = split_attempt(name[: -len(".json")])
+            except ValueError:
+                continue
+            failed.setdefault(ident, set()).add(k)
+        out = {}
+        for ident, ks in failed.items():
+            k = 0
+            while k in ks:
+                k += 1
+            out[ident] = k
+        return out
+
+    def unit_attempts(self, slug: str) -> dict[str, int]:
+        return self.attempts(self.failure("partial", dataset=slug, tag=self.tag, unit="x"))
+
+    def node_names(self, merge: dict[str, Any], unit_attempts: dict[str, int]) -> dict[str, str]:
+        """Names of merge nodes and units: a node is renamed when a unit below it has a new attempt."""
+        nodes: dict[str, list[str]] = merge["nodes"]
+        names: dict[str, str] = {}
+
+        def name(ident: str) -> str:
+            if ident in names:
+                return names[ident]
+            if ident not in nodes:
+                names[ident] = attempt_name(ident, unit_attempts.get(ident, 0))
+            else:
+                children = [name(c) for c in nodes[ident]]
+                changed = [c for c in children if "-" in c]
+                names[ident] = ident if not changed else f"{ident}-{key_of(children)[:8]}"
+            return names[ident]
+
+        for top in merge["top"]:
+            name(top)
+        return names
+
+    def drop_stale_plans(self) -> list[str]:
+        """Remove plans (and their batch outputs) that a job found stale; they are redone."""
+        dropped = []
+        for slug in self.datasets:
+            marker = Path(self.path("plan", dataset=slug) + ".stale")
+            try:
+                stale = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            for path in [self.path("plan", dataset=slug), *stale.get("batch_outputs", [])]:
+                Path(path).unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+            dropped.append(slug)
+        return dropped
+
+    def read_plan(self, slug: str) -> dict[str, Any] | None:
+        try:
+            with open(self.path("plan", dataset=slug)) as handle:
+                plan = json.load(handle)
+        except FileNotFoundError:
+            return None
+        except ValueError as err:
+            raise ConfigError(
+                f"{self.path('plan', dataset=slug)} is corrupted ({err}); delete it and re-run"
+            ) from None
+        return plan if isinstance(plan, dict) else None
+
+
+def _fill(pattern: str, wildcards: dict[str, str]) -> str:
+    for name, value in wildcards.items():
+        pattern = pattern.replace("{" + name + "}", value)
+    return pattern
