@@ -11,6 +11,8 @@ from pathlib import Path
 from coffea_smk.paths import profile_dir, snakefile
 
 USAGE = """coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
+       coffea-smk resume ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (redo only failed and missing work)
+       coffea-smk status ANALYSIS.yaml
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
        coffea-smk schema"""
@@ -53,12 +55,88 @@ def snakemake_command(configfile: str, extra: list[str]) -> list[str]:
     ]
 
 
+def _other_snakemake_here() -> bool:
+    """Whether another Snakemake process runs in this directory (Linux /proc; False elsewhere)."""
+    here = os.path.realpath(os.getcwd())
+    me = os.getpid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            pid = int(entry.name)
+            if pid in (me, os.getppid()):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(b"snakemake" in part for part in cmdline[:3]) and os.path.realpath(entry / "cwd") == here:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _unlock_if_stale(configfile: str) -> None:
+    """After a crash Snakemake leaves its lock behind: lift it when no other run is active here."""
+    locks = Path(".snakemake") / "locks"
+    if not locks.is_dir() or not any(locks.iterdir()) or not Path("/proc/self").exists():
+        return
+    if _other_snakemake_here():
+        return
+    print("coffea-smk: removing the lock left by an interrupted run in this directory", file=sys.stderr)
+    subprocess.call(
+        [*snakemake_command(configfile, ["--unlock"])],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _final_word(configfile: str, code: int, extra: list[str]) -> None:
+    if any(a in extra for a in ("-n", "--dry-run", "--unlock", "--lint", "-h", "--help")):
+        return
+    if code != 0:
+        print(
+            f"coffea-smk: the workflow stopped with errors; `coffea-smk status {configfile}` lists "
+            "failed jobs and their logs; run again to redo only what is missing",
+            file=sys.stderr,
+        )
+        return
+    try:
+        from coffea_smk.layout import Layout
+        from coffea_smk.storage import load_meta
+
+        meta = load_meta(Layout.from_file(configfile).path("result"))
+    except Exception:
+        return
+    if meta.get("complete") is False:
+        print(
+            f"coffea-smk: WARNING: the result is INCOMPLETE ({meta['events']} of {meta['events_expected']} "
+            f"events; {meta.get('failed_chunks', 0)} chunks failed, "
+            f"{meta.get('bad_files', 0)} files unreadable). "
+            f"`coffea-smk status {configfile}` lists them; run again to retry them.",
+            file=sys.stderr,
+        )
+
+
 def cmd_run(configfile: str, extra: list[str]) -> int:
     if not Path(configfile).is_file():
         print(f"coffea-smk: analysis config {configfile} does not exist", file=sys.stderr)
         return 2
-    cmd = snakemake_command(configfile, extra)
-    return subprocess.call(cmd)
+    if "--unlock" not in extra:
+        _unlock_if_stale(configfile)
+    code = subprocess.call(snakemake_command(configfile, extra))
+    _final_word(configfile, code, extra)
+    return code
+
+
+def cmd_status(configfile: str) -> int:
+    from coffea_smk.config import ConfigError
+    from coffea_smk.layout import Layout
+    from coffea_smk.status import report
+
+    try:
+        text, ok = report(Layout.from_file(configfile))
+    except ConfigError as err:
+        print(f"coffea-smk: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0 if ok else 1
 
 
 def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
@@ -102,10 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command == "run":
+    if command in ("run", "resume", "status"):
         if not rest or rest[0].startswith("-"):
-            print("usage: " + USAGE.splitlines()[0], file=sys.stderr)
+            print("usage: " + USAGE, file=sys.stderr)
             return 2
+        if command == "status":
+            return cmd_status(rest[0])
         return cmd_run(rest[0], rest[1:])
     if command == "demo":
         parser = argparse.ArgumentParser(prog="coffea-smk demo")

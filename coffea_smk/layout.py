@@ -24,7 +24,7 @@ from typing import Any
 from coffea_smk._hashing import key_of
 from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
 from coffea_smk.preprocess import FileIdentity
-from coffea_smk.processor import processor_tag
+from coffea_smk.processor import ProcessorError, processor_tag
 
 HEX = r"[0-9a-f]{16}"
 _ATTEMPT = re.compile(rf"^({HEX})(?:-a([0-9]+))?$")
@@ -103,7 +103,10 @@ class Layout:
                 ]
         except InputFileError as err:
             raise ConfigError(f"{err} (or set skip_bad_files: true to skip such files)") from None
-        tag = processor_tag(cfg.processor, basedir, cfg.version, cfg.schema_)
+        try:
+            tag = processor_tag(cfg.processor, basedir, cfg.version, cfg.schema_)
+        except ProcessorError as err:
+            raise ConfigError(str(err)) from None
         return cls(cfg, basedir, datasets, identities, tag)
 
     @classmethod

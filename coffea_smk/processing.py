@@ -237,7 +237,7 @@ def _record_failure(
         tb_path = traceback_dir / f"{unit_name}-{record['key']}-{start}-{stop}.txt"
         tb_path.parent.mkdir(parents=True, exist_ok=True)
         tb_path.write_text(text)
-        tb_file = str(tb_path)
+        tb_file = str(tb_path.resolve())
     log.error(
         "chunk %s [%d, %d) of dataset %r failed (%s: %s); continuing (continue_on)",
         record["path"],
@@ -326,7 +326,13 @@ def process_unit_to_file(
     schedules a retry of only those chunks.
     """
     t0 = time.perf_counter()
-    previous = storage.load_stored(previous_path, allow_pickle=allow_pickle) if previous_path else None
+    previous = None
+    if previous_path:
+        try:
+            previous = storage.load_stored(previous_path, allow_pickle=allow_pickle)
+        except storage.ResultFileError as err:
+            Path(previous_path).unlink(missing_ok=True)
+            raise storage.ResultFileError(f"{err}\nRemoved it: run again and it is redone.") from None
     tb_dir = Path(failures_path).parent / "tracebacks" if failures_path else None
     result, meta = run_unit(plan, unit_name, processor, policy, previous, tb_dir)
     meta["wall_s"] = round(time.perf_counter() - t0, 6)

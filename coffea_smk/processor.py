@@ -100,8 +100,14 @@ def processor_tag(spec: str, basedir: str | None, version: str, schema: str) -> 
     with _on_path(basedir):
         try:
             found = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError):
-            found = None
-    if found is not None and found.origin and Path(found.origin).is_file():
+        except (ImportError, ValueError) as err:
+            raise ProcessorError(f"processor {spec!r}: cannot locate module {module_name!r}: {err}") from err
+    if found is None:
+        where = f"{basedir} and " if basedir else ""
+        raise ProcessorError(
+            f"processor {spec!r}: no module {module_name!r} in {where}the Python path; "
+            "check the 'processor' key of the config (\"module:attribute\")"
+        )
+    if found.origin and Path(found.origin).is_file():
         digest = hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()
     return key_of("processor", spec, digest, version, schema, __version__.split(".")[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from coffea_smk import storage
@@ -19,6 +20,15 @@ class MergeError(RuntimeError):
     """Inputs of a merge cannot be combined (type clash, or events counted twice)."""
 
 
+def _load_input(path: str, allow_pickle: bool) -> storage.Stored:
+    """Load a merge input; a damaged one is removed so that the next run redoes it."""
+    try:
+        return storage.load_stored(path, allow_pickle=allow_pickle)
+    except storage.ResultFileError as err:
+        Path(path).unlink(missing_ok=True)
+        raise MergeError(f"{err}\nRemoved {path}: run again and it is redone (nothing was merged).") from None
+
+
 def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage.Stored:
     """Accumulate results and their bookkeeping; each input is read exactly once."""
     result: Any = None
@@ -31,7 +41,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
     n_inputs = 0
     for path in paths:
         n_inputs += 1
-        stored = storage.load_stored(path, allow_pickle=allow_pickle)
+        stored = _load_input(path, allow_pickle)
         try:
             result = add(result, stored.result)
         except AccumulateError as err:
@@ -137,7 +147,7 @@ def finish_global(
     result: Any = None
     per_dataset: dict[str, Any] = {}
     for path in paths:
-        stored = storage.load_stored(path, allow_pickle=allow_pickle)
+        stored = _load_input(path, allow_pickle)
         try:
             result = add(result, stored.result)
         except AccumulateError as err:

@@ -69,11 +69,15 @@ class Workflow:
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def run(self, *args: str, check: bool = True, cores: int = 2) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ)
+    def run(
+        self, *args: str, check: bool = True, cores: int = 2, env: dict[str, str] | None = None, command: str = "run"
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(self.hooks), str(PROCESSORS), env.get("PYTHONPATH", "")])
         env["COFFEA_SMK_TEST_OPENLOG"] = str(self.openlog)
-        cmd = [sys.executable, "-m", "coffea_smk", "run", "analysis.yaml", "--cores", str(cores), *args]
+        cmd = [sys.executable, "-m", "coffea_smk", command, "analysis.yaml"]
+        if command != "status":
+            cmd += ["--cores", str(cores), *args]
         proc = subprocess.run(cmd, cwd=self.root, env=env, text=True, capture_output=True, timeout=900)
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
