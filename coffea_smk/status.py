@@ -55,7 +55,7 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
             st.failed_jobs.append(log)
     plan = layout.read_plan(slug)
     if plan is None:
-        return st
+        return _from_result(layout, slug, st)
     st.planned = True
     st.bad_files = plan.get("bad_files", [])
     st.events_expected = plan["expected_events"]
@@ -95,6 +95,21 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
             st.result = "complete" if load_meta(result).get("complete") else "INCOMPLETE"
         except ResultFileError:
             st.result = "corrupted"
+    return st
+
+
+def _from_result(layout: Layout, slug: str, st: DatasetStatus) -> DatasetStatus:
+    """Without a plan (removed after damage), the dataset result still tells how far it got."""
+    from coffea_smk.storage import ResultFileError, load_meta
+
+    try:
+        meta = load_meta(layout.path("dataset", dataset=slug))
+    except ResultFileError:
+        return st
+    st.events_done, st.events_expected = meta["events"], meta["events_expected"]
+    st.bad_files = meta.get("bad_files", [])
+    st.failed_chunks = meta.get("failed", [])
+    st.result = "complete" if meta.get("complete") else "INCOMPLETE"
     return st
 
 

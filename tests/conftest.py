@@ -70,7 +70,12 @@ class Workflow:
         return path
 
     def run(
-        self, *args: str, check: bool = True, cores: int = 2, env: dict[str, str] | None = None, command: str = "run"
+        self,
+        *args: str,
+        check: bool = True,
+        cores: int = 2,
+        env: dict[str, str] | None = None,
+        command: str = "run",
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(self.hooks), str(PROCESSORS), env.get("PYTHONPATH", "")])

@@ -43,8 +43,12 @@ def test_continue_on_records_failures_and_a_rerun_redoes_only_them(workflow: Wor
     marker.touch()
     env = {"SMK_TEST_FAIL_MARKER": str(marker)}
     workflow.write(
-        {"processor": "smk_test_processors:FailsWhileMarked", "chunksize": 10, "events_per_job": 20,
-         "continue_on": ["ValueError"]},
+        {
+            "processor": "smk_test_processors:FailsWhileMarked",
+            "chunksize": 10,
+            "events_per_job": 20,
+            "continue_on": ["ValueError"],
+        },
         fileset,
     )
     proc = workflow.run(env=env)
@@ -92,10 +96,14 @@ def test_continue_on_records_failures_and_a_rerun_redoes_only_them(workflow: Wor
     final = coffea_smk.load(results / "result.npz")
     meta = coffea_smk.load_meta(results / "result.npz")
     assert meta["complete"] and meta["events"] == meta["events_expected"] == 80
-    assert_same_result(final, run_coffea(
-        {k: {"files": [str(workflow.root / f) for f in v["files"]]} for k, v in fileset.items()},
-        DimuonProcessor, 10,
-    ))
+    assert_same_result(
+        final,
+        run_coffea(
+            {k: {"files": [str(workflow.root / f) for f in v["files"]]} for k, v in fileset.items()},
+            DimuonProcessor,
+            10,
+        ),
+    )
     assert workflow.run(command="status").returncode == 0
     again = workflow.run()
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -121,7 +129,12 @@ def test_without_continue_on_the_first_error_stops(workflow: Workflow, nanoaod: 
 
 def test_transient_io_errors_are_retried_in_the_job(workflow: Workflow, nanoaod: Path) -> None:
     workflow.write(
-        {"processor": "smk_test_processors:TransientOSError", "chunksize": 40, "retries": 1, "retry_backoff": 0},
+        {
+            "processor": "smk_test_processors:TransientOSError",
+            "chunksize": 40,
+            "retries": 1,
+            "retry_backoff": 0,
+        },
         {"DY": {"files": [str(nanoaod / "nano_dy.root")]}},
     )
     workflow.run()
@@ -194,7 +207,9 @@ def test_same_file_in_two_datasets(workflow: Workflow, nanoaod: Path) -> None:
     result = coffea_smk.load(workflow.root / "results" / "result.npz")
     assert result["cutflow"]["A"] == result["cutflow"]["B"]
     assert result["cutflow"]["A"]["muons"] == 18
-    assert coffea_smk.load(workflow.root / "results" / "datasets" / "B.npz")["cutflow"] == {"B": result["cutflow"]["B"]}
+    assert coffea_smk.load(workflow.root / "results" / "datasets" / "B.npz")["cutflow"] == {
+        "B": result["cutflow"]["B"]
+    }
     assert len(list((workflow.root / "results" / "cache" / "files").rglob("*.json"))) == 1
 
 
@@ -221,7 +236,10 @@ def test_result_type_changing_between_chunks(workflow: Workflow, nanoaod: Path) 
 
 
 def test_damaged_or_planted_partials_are_never_merged(workflow: Workflow, nanoaod: Path) -> None:
-    workflow.write({"processor": DIMUON, "chunksize": 10, "events_per_job": 20}, {"DY": {"files": [str(nanoaod / "nano_dy.root")]}})
+    workflow.write(
+        {"processor": DIMUON, "chunksize": 10, "events_per_job": 20},
+        {"DY": {"files": [str(nanoaod / "nano_dy.root")]}},
+    )
     workflow.run()
     results = workflow.root / "results"
     clean = coffea_smk.load(results / "result.npz")
@@ -234,7 +252,13 @@ def test_damaged_or_planted_partials_are_never_merged(workflow: Workflow, nanoao
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (Path.touch, (marker,))
 
-    header = {"format": "coffea_smk.result", "version": 1, "pickled": ["x"], "meta": {}, "result": {"pickle": "a0"}}
+    header = {
+        "format": "coffea_smk.result",
+        "version": 1,
+        "pickled": ["x"],
+        "meta": {},
+        "result": {"pickle": "a0"},
+    }
     for damage in ("garbage", "truncated", "planted"):
         victim = partials[0]
         if damage == "garbage":
@@ -243,8 +267,11 @@ def test_damaged_or_planted_partials_are_never_merged(workflow: Workflow, nanoao
             victim.write_bytes(victim.read_bytes()[:200] if victim.exists() else b"PK\x03\x04")
         else:
             with open(victim, "wb") as f:
-                np.savez(f, __coffea_smk__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                         a0=np.frombuffer(pickle.dumps(Evil()), dtype=np.uint8))
+                np.savez(
+                    f,
+                    __coffea_smk__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                    a0=np.frombuffer(pickle.dumps(Evil()), dtype=np.uint8),
+                )
         for downstream in (results / "datasets" / "DY.npz", results / "result.npz"):
             downstream.unlink(missing_ok=True)
         proc = workflow.run(check=False)
@@ -267,7 +294,9 @@ def test_corrupt_cache_record_is_redone(tmp_path: Path, nanoaod: Path) -> None:
     for damage in (b"", b"{not json", b'{"version": 1}'):
         path.write_bytes(damage)
         (again,), _ = preprocess_files([identity], tmp_path)
-        assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+        assert {k: v for k, v in again.items() if k != "seconds"} == {
+            k: v for k, v in first.items() if k != "seconds"
+        }
         assert json.loads(path.read_text())["entries"] == 40
 
 
@@ -295,3 +324,28 @@ def test_file_replaced_behind_the_cache_is_detected(workflow: Workflow, nanoaod:
     assert result["cutflow"]["DY"]["muons"] == 18
     plan = json.loads((workflow.root / "results" / "plan" / "DY.json").read_text())
     assert plan["files"][0]["uuid"] == str(uproot.open(workflow.root / files[0]).file.uuid)
+
+
+def test_damaged_batch_and_plan_files_are_redone(workflow: Workflow, nanoaod: Path) -> None:
+    workflow.write({"processor": DIMUON, "chunksize": 20}, {"DY": {"files": [str(nanoaod / "nano_dy.root")]}})
+    workflow.run()
+    results = workflow.root / "results"
+    clean = coffea_smk.load(results / "result.npz")
+    plan = results / "plan" / "DY.json"
+    plan.write_text('{"truncated": ')
+    proc = workflow.run(check=False)
+    assert proc.returncode != 0 and "DY.json was corrupted" in proc.stderr and not plan.exists()
+    workflow.run()  # the results were valid: nothing needs the plan again
+    assert_same_result(coffea_smk.load(results / "result.npz"), clean)
+
+    # a damaged preprocessing output is found when the plan is made again
+    (batch,) = results.glob("preprocess/DY/*.json")
+    batch.write_bytes(b"\x00\x01garbage")
+    for path in (results / "datasets" / "DY.npz", results / "result.npz"):
+        path.unlink()
+    proc = workflow.run(check=False)
+    assert proc.returncode != 0 and batch.name in proc.stderr and "corrupted" in proc.stderr
+    assert not batch.exists()
+    workflow.run()
+    assert json.loads(plan.read_text())["expected_events"] == 40
+    assert_same_result(coffea_smk.load(results / "result.npz"), clean)

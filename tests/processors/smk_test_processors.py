@@ -40,7 +40,12 @@ class FailsWhileMarked:
 
         md = events.metadata
         marker = os.environ.get("SMK_TEST_FAIL_MARKER", "")
-        if marker and os.path.exists(marker) and md["dataset"] == "DY" and md["entrystart"] <= 20 < md["entrystop"]:
+        if (
+            marker
+            and os.path.exists(marker)
+            and md["dataset"] == "DY"
+            and md["entrystart"] <= 20 < md["entrystop"]
+        ):
             raise ValueError("deliberate failure while the marker file exists")
         return self.inner.process(events)
 
