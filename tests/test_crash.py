@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Workflow, assert_same_result
 
 import coffea_smk
-from conftest import Workflow, assert_same_result
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from conftest import Workflow, assert_same_result, run_coffea
 
 import coffea_smk
 from coffea_smk.examples.dimuon import DimuonProcessor
 from coffea_smk.storage import IncompleteResultWarning
-from conftest import Workflow, assert_same_result, run_coffea
 
 pytestmark = pytest.mark.slow
 
