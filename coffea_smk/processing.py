@@ -20,6 +20,7 @@ from typing import Any
 
 from coffea_smk import storage
 from coffea_smk._atomic import write_json
+from coffea_smk._ranges import coalesce, covered
 from coffea_smk.accumulate import AccumulateError, add
 from coffea_smk.nanoevents import ReadStats, TreeLayout
 from coffea_smk.plan import unit_by_id
@@ -64,27 +65,6 @@ class _UnitState:
     failed: list[dict[str, Any]] = field(default_factory=list)
 
 
-def coalesce(ranges: list[list[int]]) -> list[list[int]]:
-    """Sorted, merged ``[start, stop)`` ranges.
-
-    Raises:
-        ValueError: Two ranges overlap (an event would be counted twice).
-    """
-    out: list[list[int]] = []
-    for start, stop in sorted(ranges):
-        if out and start < out[-1][1]:
-            raise ValueError(f"entry ranges {out[-1]} and {[start, stop]} overlap")
-        if out and start == out[-1][1]:
-            out[-1][1] = stop
-        else:
-            out.append([start, stop])
-    return out
-
-
-def _covered(ranges: list[list[int]], start: int, stop: int) -> bool:
-    return any(a <= start and stop <= b for a, b in ranges)
-
-
 def run_unit(
     plan: dict[str, Any],
     unit_name: str,
@@ -112,7 +92,7 @@ def run_unit(
         state.metrics = list(previous.meta.get("chunks", []))
         done = {k: [list(r) for r in v] for k, v in previous.meta.get("ranges", {}).items()}
         state.ranges = {k: [list(r) for r in v] for k, v in done.items()}
-    todo = [c for c in unit["chunks"] if not _covered(done.get(files[c[0]]["key"], []), c[1], c[2])]
+    todo = [c for c in unit["chunks"] if not covered(done.get(files[c[0]]["key"], []), c[1], c[2])]
     log.info(
         "unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit["chunks"])
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk import storage
+from coffea_smk._ranges import coalesce
 from coffea_smk.accumulate import AccumulateError, add
-from coffea_smk.processing import coalesce
 
 log = logging.getLogger("coffea_smk.reduce")
 
