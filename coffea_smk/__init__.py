@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from coffea_smk._version import __version__
-from coffea_smk.accumulate import accumulate
-from coffea_smk.paths import profile_dir, snakefile
-from coffea_smk.storage import load, load_meta
 
 __all__ = ["__version__", "accumulate", "load", "load_meta", "profile_dir", "snakefile"]
+
+# Names are imported on first use: a job command (`python -m coffea_smk job`)
+# must start without importing numpy when a job server runs it.
+_WHERE = {
+    "accumulate": "coffea_smk.accumulate",
+    "load": "coffea_smk.storage",
+    "load_meta": "coffea_smk.storage",
+    "profile_dir": "coffea_smk.paths",
+    "snakefile": "coffea_smk.paths",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'coffea_smk' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from coffea_smk.paths import profile_dir, snakefile
@@ -114,13 +119,64 @@ def _final_word(configfile: str, code: int, extra: list[str]) -> None:
         )
 
 
+def _runs_locally(args: list[str]) -> bool:
+    """Whether the resolved Snakemake arguments run jobs on this machine."""
+    import yaml
+
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--executor", "-e") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--executor="):
+            value = arg.split("=", 1)[1]
+        if value is not None and value not in ("local", "dryrun", "touch"):
+            return False
+        if arg == "--profile" and i + 1 < len(args):
+            for name in ("config.v8+.yaml", "config.yaml"):
+                path = Path(args[i + 1]) / name
+                if path.is_file():
+                    settings = yaml.safe_load(path.read_text()) or {}
+                    if settings.get("executor", "local") not in ("local", "dryrun", "touch"):
+                        return False
+                    break
+    return True
+
+
+@contextlib.contextmanager
+def _job_server(enabled: bool) -> Iterator[dict[str, str]]:
+    """Start the local fork server for the duration of a run (see coffea_smk._jobserver)."""
+    from coffea_smk._jobserver import ENV, address
+
+    if not enabled or os.environ.get(ENV) == "off":
+        yield {}
+        return
+    tmp = tempfile.mkdtemp(prefix="coffea-smk-")
+    sock = os.path.join(tmp, "jobs.sock")
+    server = subprocess.Popen([sys.executable, "-m", "coffea_smk", "jobserver", sock])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield {ENV: address(sock)} if os.path.exists(sock) else {}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def cmd_run(configfile: str, extra: list[str]) -> int:
     if not Path(configfile).is_file():
         print(f"coffea-smk: analysis config {configfile} does not exist", file=sys.stderr)
         return 2
     if "--unlock" not in extra:
         _unlock_if_stale(configfile)
-    code = subprocess.call(snakemake_command(configfile, extra))
+    cmd = snakemake_command(configfile, extra)
+    dry = any(a in extra for a in ("-n", "--dry-run", "--unlock", "--lint"))
+    with _job_server(not dry and _runs_locally(cmd)) as env:
+        code = subprocess.call(cmd, env={**os.environ, **env})
     _final_word(configfile, code, extra)
     return code
 

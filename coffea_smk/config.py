@@ -48,7 +48,7 @@ class AnalysisConfig(BaseModel):
         100_000, description="Events per chunk: one call of process()."
     )
     events_per_job: Annotated[int, Field(gt=0)] = Field(
-        1_000_000,
+        2_000_000,
         description="Target events per work unit (one Snakemake job); a unit reads consecutive "
         "chunks of as few files as possible.",
     )
@@ -56,7 +56,7 @@ class AnalysisConfig(BaseModel):
         20, description="Files preprocessed by one Snakemake job (each is opened at most once)."
     )
     merge_fanin: Annotated[int, Field(ge=2)] = Field(
-        16, description="Inputs per merge job in the per-dataset merge tree."
+        64, description="Inputs per merge job in the per-dataset merge tree."
     )
     treename: str = Field("Events", description="Default tree name when the fileset gives none.")
     align_chunks: bool = Field(

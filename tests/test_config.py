@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_defaults_and_unknown_keys() -> None:
     cfg = parse_config({"fileset": "f.json", "processor": "m:P"})
-    assert cfg.chunksize == 100_000 and cfg.outdir == "results" and cfg.merge_fanin == 16
+    assert cfg.chunksize == 100_000 and cfg.outdir == "results" and cfg.merge_fanin == 64
+    assert cfg.events_per_job == 2_000_000
     with pytest.raises(ConfigError, match=r"field 'chunksiz'"):
         parse_config({"fileset": "f.json", "processor": "m:P", "chunksiz": 5})
     with pytest.raises(ConfigError, match=r"field 'chunksize'.*greater than 0"):

@@ -1,0 +1,167 @@
+"""A fork server for local jobs: the cost of importing numpy, awkward, uproot and hist is paid once.
+
+Every Snakemake job is a new Python process; importing the scientific stack
+costs ~0.3-0.7 s, which for thousands of short jobs is most of the run. When
+``coffea-smk run`` executes locally it starts this server, which imports the
+stack once and forks a child per job. The job command (``python -m
+coffea_smk job ...``) becomes a thin client: it sends its arguments, working
+directory, environment and its stdout/stderr file descriptors over a Unix
+socket, waits for the exit code, and exits with it. If the client is killed,
+the child notices and dies with it; if the server is unreachable, the client
+runs the job itself. Cluster executors never use it (the socket's host must
+be the job's host).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+from typing import Any
+
+ENV = "COFFEA_SMK_JOBSERVER"
+_MAX_REQUEST = 1 << 24
+
+
+def address(sock_path: str) -> str:
+    """The value of ``$COFFEA_SMK_JOBSERVER``: host and socket path."""
+    return f"{socket.gethostname()}:{sock_path}"
+
+
+# ---- client (imported by `python -m coffea_smk job`; keep it light) ---------------------
+def run_via_server(argv: list[str]) -> int | None:
+    """Run a job step in the server; None if there is no usable server here."""
+    value = os.environ.get(ENV, "")
+    host, _, path = value.partition(":")
+    if not path or host != socket.gethostname() or not os.path.exists(path):
+        return None
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        socket.send_fds(conn, [struct.pack("!I", len(request))], [1, 2])
+        conn.sendall(request)
+    except OSError:
+        conn.close()
+        return None
+    reply = b""
+    while len(reply) < 4:
+        chunk = conn.recv(4 - len(reply))
+        if not chunk:
+            print("coffea_smk: the job server died during the job", file=sys.stderr)
+            return 1
+        reply += chunk
+    conn.close()
+    return int(struct.unpack("!i", reply)[0])
+
+
+# ---- server ------------------------------------------------------------------------------
+def _preload() -> None:
+    import awkward  # noqa: F401
+    import hist  # noqa: F401
+    import numpy  # noqa: F401
+    import uproot  # noqa: F401
+    import vector  # noqa: F401
+
+    import coffea_smk._jobs
+    import coffea_smk.nanoevents
+    import coffea_smk.plan
+    import coffea_smk.preprocess
+    import coffea_smk.processing
+    import coffea_smk.reduce  # noqa: F401
+
+
+def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """Runs in the forked child: become the job, report its exit code."""
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for fd in fds:
+        os.close(fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = ["coffea_smk", "job", *request["argv"]]
+
+    def watch() -> None:
+        # The client sends nothing more: EOF means it was killed, and so is the job.
+        try:
+            conn.recv(1)
+        finally:
+            os._exit(137)
+
+    threading.Thread(target=watch, daemon=True).start()
+    code = 1
+    try:
+        from coffea_smk._jobs import main
+
+        code = main(request["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException as err:
+        print(f"coffea_smk job failed in the job server: {err!r}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            conn.sendall(struct.pack("!i", code))
+        finally:
+            os._exit(code)
+
+
+def _receive(conn: socket.socket) -> tuple[list[int], dict[str, Any]]:
+    msg, fds, _, _ = socket.recv_fds(conn, 4, 2)
+    (size,) = struct.unpack("!I", msg)
+    if size > _MAX_REQUEST:
+        raise ValueError("request too large")
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+    return list(fds), json.loads(data)
+
+
+def serve(sock_path: str) -> None:
+    """Serve jobs until the parent process (``coffea-smk run``) exits or SIGTERM."""
+    _preload()
+    parent = os.getppid()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path + ".tmp")
+    os.chmod(sock_path + ".tmp", 0o600)  # only the user's own jobs may connect
+    server.listen(64)
+    os.replace(sock_path + ".tmp", sock_path)  # ready when the path appears
+    try:
+        while os.getppid() == parent:
+            ready, _, _ = select.select([server], [], [], 1.0)
+            if not ready:
+                continue
+            conn, _ = server.accept()
+            try:
+                fds, request = _receive(conn)
+            except (OSError, ValueError):
+                conn.close()
+                continue
+            if os.fork() == 0:
+                server.close()
+                _child(conn, fds, request)
+            for fd in fds:
+                os.close(fd)
+            conn.close()
+    finally:
+        server.close()
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
