@@ -156,3 +156,75 @@ def assert_same_result(ours: Any, theirs: Any, where: str = "result") -> None:
             assert_same_result(ours[key], theirs[key], f"{where}[{key!r}]")
         return
     assert ours == theirs, f"{where}: {ours!r} != {theirs!r}"
+
+
+# ---- real batch schedulers on this machine (the cluster tests) ------------------------
+
+SCHEDULERS = REPO / ".ci" / "schedulers"
+SCHED_BASE = Path(os.environ.get("SCHED_BASE", "/tmp/sched"))
+# daemon whose pid file tells whether a scheduler is already up (started by .ci/run or by hand)
+_SCHEDULER_PIDFILE = {
+    "slurm": (SCHED_BASE / "slurm" / "run" / "slurmctld.pid", "slurmctld"),
+    "sge": (SCHED_BASE / "sge" / "run" / "qmaster.pid", "sge_qmaster"),
+}
+_SCHEDULER_PLUGIN = {
+    "slurm": "snakemake_executor_plugin_slurm",
+    "sge": "snakemake_executor_plugin_cluster_generic",
+}
+
+
+def _daemon_alive(name: str) -> bool:
+    pidfile, comm = _SCHEDULER_PIDFILE[name]
+    try:
+        pid = pidfile.read_text().strip()
+        return Path(f"/proc/{pid}/comm").read_text().strip() == comm
+    except (OSError, ValueError):
+        return False
+
+
+def _scheduler(name: str) -> Any:
+    """Start a real single-node scheduler with .ci/schedulers/start-NAME.sh; stop it after if we started it.
+
+    Skips only where it cannot work (not root, no apt); under CI=true it fails instead.
+    """
+    import importlib.util
+    import shutil
+
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    reason = None
+    if os.geteuid() != 0:
+        reason = "the cluster tests install and start a real scheduler: they must run as root"
+    elif shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
+        reason = "the cluster tests install the scheduler from Debian packages: apt-get is missing"
+    if reason is not None:
+        if in_ci:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    plugin = _SCHEDULER_PLUGIN[name]
+    if importlib.util.find_spec(plugin) is None:
+        pytest.fail(f"{plugin} is not installed: pip install -e '.[test]'")
+    was_running = _daemon_alive(name)
+    env = {**os.environ, "SCHED_BASE": str(SCHED_BASE)}
+    SCHED_BASE.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["bash", str(SCHEDULERS / f"start-{name}.sh")], env=env, text=True, capture_output=True, timeout=900
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"start-{name}.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    yield
+    if not was_running:
+        subprocess.run(
+            ["bash", str(SCHEDULERS / f"stop-{name}.sh")], env=env, capture_output=True, timeout=300
+        )
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Any:
+    """A running single-node Slurm (no accounting: use --slurm-status-command squeue)."""
+    yield from _scheduler("slurm")
+
+
+@pytest.fixture(scope="session")
+def sge() -> Any:
+    """A running single-host Grid Engine (qsub, qstat, qacct, qdel)."""
+    yield from _scheduler("sge")
