@@ -30,10 +30,10 @@ from coffea_smk._atomic import write_json
 from coffea_smk.layout import Layout
 from coffea_smk.preprocess import record_path
 
-PROCESSOR = '''
+PROCESSOR = """
 def count(events):
     return {"events": len(events)}
-'''
+"""
 
 
 def synthesise(work: Path, n_files: int, entries: int, n_datasets: int) -> Layout:
@@ -60,9 +60,18 @@ def synthesise(work: Path, n_files: int, entries: int, n_datasets: int) -> Layou
             for identity in ids:
                 rp = record_path(layout.cache_dir, identity)
                 record = {
-                    "version": 1, "path": identity.path, "treename": identity.treename, "size": identity.size,
-                    "mtime_ns": identity.mtime_ns, "key": identity.key, "uuid": identity.key, "entries": entries,
-                    "clusters": [0, entries], "nbranches": 1, "branches_hash": "x", "seconds": 0.0,
+                    "version": 1,
+                    "path": identity.path,
+                    "treename": identity.treename,
+                    "size": identity.size,
+                    "mtime_ns": identity.mtime_ns,
+                    "key": identity.key,
+                    "uuid": identity.key,
+                    "entries": entries,
+                    "clusters": [0, entries],
+                    "nbranches": 1,
+                    "branches_hash": "x",
+                    "seconds": 0.0,
                 }
                 write_json(rp, record)
                 records.append({**record, "record_path": str(rp)})
@@ -94,13 +103,19 @@ def fake_outputs(work: Path, layout: Layout) -> int:
                 ranges: dict[str, list] = {}
                 for fi, a, b in unit["chunks"]:
                     ranges.setdefault(plan["files"][fi]["key"], []).append([a, b])
-                storage.save(path, {"events": unit["events"]}, {"dataset": plan["dataset"], "events": unit["events"], "ranges": ranges})
+                storage.save(
+                    path,
+                    {"events": unit["events"]},
+                    {"dataset": plan["dataset"], "events": unit["events"], "ranges": ranges},
+                )
             n += 1
     return n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--datasets", type=int, default=10)
@@ -115,7 +130,10 @@ def main() -> None:
     plans = [layout.read_plan(s) for s in layout.datasets]
     chunks = sum(len(u["chunks"]) for p in plans if p for u in p["units"])
     units = sum(len(p["units"]) for p in plans if p)
-    print(f"plan (records synthesised; DAG + {len(plans)} plan jobs): {t_plan:.1f} s -> {units} units, {chunks} chunks", flush=True)
+    print(
+        f"plan (records synthesised; DAG + {len(plans)} plan jobs): {t_plan:.1f} s -> {units} units, {chunks} chunks",
+        flush=True,
+    )
 
     n = fake_outputs(work, layout)
     t_dry, out = snakemake(work, "-n", "--quiet", "rules")

@@ -1,0 +1,271 @@
+"""coffea_smk against coffea's Runner and plain uproot, on the same files, in one invocation.
+
+Builds (once, cached under DATA) a scaled dataset by replicating the real
+events of ``../shared/data/nanoaod`` (``replicate.py``), then runs
+in this order, on the same files with the same dimuon + jets processor:
+
+1. plain uproot: 2 processes, each opening its files and reading the columns
+   the processor touches (taken from coffea_smk's own metrics);
+2. coffea's Runner with ``FuturesExecutor(workers=2)`` at several chunk sizes
+   (its best is kept; every fresh Runner preprocesses again, as in coffea);
+3. coffea_smk through ``coffea-smk run`` (local profile, 2 cores): cold (no
+   cache), warm re-run (nothing changed: must open zero ROOT files) and
+   incremental (one dataset added: only it runs);
+
+checks that coffea_smk's histograms equal coffea's bin for bin, and prints
+events/s, ratios, preprocessing cost per file (cold, cached), peak memory per
+job and the share of wall time spent outside the jobs' own work.
+
+    python benchmarks/compare.py DATA [--events 2000000] [--files 8]
+
+Figures, not tests: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import replicate  # noqa: E402
+from dimuon_ht import DimuonHT  # noqa: E402
+
+AUDIT = textwrap.dedent(
+    """
+    import os, sys
+    _log = os.environ.get("COFFEA_SMK_BENCH_OPENLOG")
+    if _log:
+        def _hook(event, args, _log=_log):
+            if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+                if os.fsdecode(args[0]).endswith(".root"):
+                    with open(_log, "a") as f:
+                        f.write(os.fsdecode(args[0]) + "\\n")
+        sys.addaudithook(_hook)
+    """
+)
+
+
+def _read_columns(job: tuple[list[str], list[str]]) -> int:
+    import uproot
+
+    paths, columns = job
+    n = 0
+    for path in paths:
+        with uproot.open(path) as f:
+            tree = f["Events"]
+            arrays = tree.arrays(columns, library="ak", how=dict)
+            n += len(next(iter(arrays.values())))
+    return n
+
+
+def plain_uproot(paths: list[str], columns: list[str], workers: int = 2) -> float:
+    """Events/s of opening every file and reading ``columns`` with ``workers`` processes."""
+    jobs = [(paths[i::workers], columns) for i in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        pool.map(_read_columns, [([], columns)] * workers)  # start-up not counted
+        t0 = time.perf_counter()
+        n = sum(pool.map(_read_columns, jobs))
+    return n / (time.perf_counter() - t0)
+
+
+def coffea_runner(fileset: dict[str, Any], chunksize: int, workers: int = 2) -> tuple[float, Any]:
+    import warnings
+
+    from coffea import processor
+    from coffea.nanoevents import NanoAODSchema
+
+    class Wrapped(processor.ProcessorABC):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.inner = DimuonHT()
+
+        def process(self, events: Any) -> Any:
+            return self.inner.process(events)
+
+        def postprocess(self, accumulator: Any) -> Any:
+            return accumulator
+
+    runner = processor.Runner(
+        executor=processor.FuturesExecutor(workers=workers, status=False),
+        schema=NanoAODSchema,
+        chunksize=chunksize,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = runner(fileset, processor_instance=Wrapped(), treename="Events")
+    return time.perf_counter() - t0, out
+
+
+def run_smk(work: Path, *args: str) -> tuple[float, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(work / "_audit"), os.environ.get("PYTHONPATH", "")]),
+        "COFFEA_SMK_BENCH_OPENLOG": str(work / "opened.log"),
+    }
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "coffea_smk", "run", "analysis.yaml", "--cores", "2", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"coffea-smk run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return dt, proc.stdout + proc.stderr
+
+
+def same_histograms(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    import numpy as np
+
+    for key, h in theirs.items():
+        if not hasattr(h, "axes"):
+            if ours.get(key) != h:
+                return False
+            continue
+        for ds in h.axes["dataset"]:
+            if not np.array_equal(
+                ours[key][{"dataset": ds}].view(flow=True), h[{"dataset": ds}].view(flow=True)
+            ):
+                return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("data", type=Path, help="where the built files are cached")
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--coffea-chunks", default="250000,500000")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="coffea_smk work directory (default DATA/work)"
+    )
+    a = parser.parse_args()
+
+    per_file = a.events // a.files
+    sources = ["DY", "DoubleMuon", "TT"]
+    files = []
+    for i in range(a.files + 1):
+        name = sources[i % 3]
+        path = replicate.write(name, a.data / f"{name}_{per_file}_{i}.root", per_file, seed=100 + i)
+        files.append((name, path, per_file))
+    extra = files[-1]  # the dataset added for the incremental run
+    files = files[:-1]
+    fileset: dict[str, Any] = {}
+    for name, path, _ in files:
+        fileset.setdefault(name, {"files": {}})["files"][str(path)] = "Events"
+    n_events = sum(n for _, _, n in files)
+    print(
+        f"dataset: {len(files)} files, {n_events} events, {sum(p.stat().st_size for _, p, _ in files) / 1e6:.0f} MB"
+    )
+
+    work = (a.work or a.data / "work").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "_audit").mkdir(parents=True)
+    (work / "_audit" / "sitecustomize.py").write_text(AUDIT)
+    (work / "fileset.json").write_text(json.dumps(fileset))
+    config = {"fileset": str(work / "fileset.json"), "processor": "dimuon_ht:DimuonHT", "basedir": str(HERE)}
+    (work / "analysis.yaml").write_text(json.dumps(config))
+
+    rows: list[tuple[str, float]] = []
+    # coffea_smk cold
+    t_cold, _ = run_smk(work)
+    import coffea_smk
+
+    ours = coffea_smk.load(work / "results" / "result.npz")
+    meta = coffea_smk.load_meta(work / "results" / "result.npz")
+    columns = sorted({c for d in meta["datasets"].values() for c in d["columns"]})
+    rows.append(("coffea_smk cold run (2 cores)", n_events / t_cold))
+
+    # coffea's Runner, same files and processor
+    best = None
+    for chunk in (int(c) for c in a.coffea_chunks.split(",")):
+        dt, out = coffea_runner(fileset, chunk)
+        print(
+            f"coffea Runner Futures(2), chunksize {chunk}: {dt:.1f} s, {n_events / dt:,.0f} events/s",
+            flush=True,
+        )
+        if best is None or dt < best[0]:
+            best = (dt, out, chunk)
+    assert best is not None
+    rows.append((f"coffea Runner Futures(2), chunksize {best[2]}", n_events / best[0]))
+    identical = same_histograms(ours, best[1])
+
+    plain = plain_uproot([str(p) for _, p, _ in files], columns)
+    rows.append((f"plain uproot: open + read {len(columns)} columns (2 processes)", plain))
+
+    # warm re-run: nothing changed
+    (work / "opened.log").unlink(missing_ok=True)
+    t_warm, out = run_smk(work)
+    opened = (work / "opened.log").read_text().split() if (work / "opened.log").exists() else []
+    assert "Nothing to be done" in out
+
+    # incremental: one dataset added
+    before = set((work / "results").rglob("partials/**/*.npz"))
+    fileset["Added"] = {"files": {str(extra[1]): "Events"}}
+    (work / "fileset.json").write_text(json.dumps(fileset))
+    t_inc, _ = run_smk(work)
+    new = set((work / "results").rglob("partials/**/*.npz")) - before
+    new_datasets = {p.parts[-3] for p in new}
+
+    # preprocessing: cold seconds per file from the records; cached cost per file
+    from coffea_smk.layout import Layout
+    from coffea_smk.preprocess import preprocess_files
+
+    records = [json.loads(p.read_text()) for p in (work / "results" / "cache" / "files").rglob("*.json")]
+    cold_pre = sum(r["seconds"] for r in records) / len(records)
+    os.chdir(work)
+    layout = Layout.from_file("analysis.yaml")
+    ids = [i for v in layout.identities.values() for i in v]
+    t0 = time.perf_counter()
+    for _ in range(20):
+        preprocess_files(ids, layout.cache_dir)
+    cached_job = (time.perf_counter() - t0) / 20 / len(ids)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        Layout.from_file("analysis.yaml")
+    parse = (time.perf_counter() - t0) / 20 / len(ids)
+
+    partials = list((work / "results").rglob("partials/**/*.npz"))
+    metas = [coffea_smk.load_meta(p) for p in partials]
+    peak = max(c["peak_rss_mb"] for m in metas for c in m["chunks"])
+    busy = sum(m["wall_s"] for m in metas if m["dataset"] != "Added")
+
+    print()
+    print(f"{'':62} {'events/s':>12} {'ratio':>7}")
+    ref = rows[1][1]
+    for label, rate in rows:
+        print(f"{label:62} {rate:12,.0f} {rate / ref:6.2f}x")
+    print(f"coffea_smk / plain uproot: {rows[0][1] / plain:.2f}")
+    print(f"results identical to coffea's (bin for bin): {identical}")
+    print(
+        f"cold run {t_cold:.1f} s; warm re-run {t_warm:.1f} s opening {len(opened)} ROOT files; "
+        f"incremental (+1 dataset) {t_inc:.1f} s, new partials only in {sorted(new_datasets)}"
+    )
+    print(
+        f"preprocessing per file: cold {1e3 * cold_pre:.0f} ms (open + metadata), cached {1e3 * cached_job:.3f} ms "
+        f"in a job, {1e3 * parse:.3f} ms when the workflow starts (stat + key)"
+    )
+    print(
+        f"peak RSS of a processing job: {peak:.0f} MB; process jobs busy {busy:.1f} s of {2 * t_cold:.1f} core-s "
+        f"({100 * (1 - busy / (2 * t_cold)):.0f}% of the cold run's core time outside process jobs' work)"
+    )
+
+
+if __name__ == "__main__":
+    main()
