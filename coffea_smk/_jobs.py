@@ -64,9 +64,13 @@ def step_plan(a: argparse.Namespace) -> None:
 def step_process(a: argparse.Namespace) -> None:
     from coffea_smk.processing import process_unit_to_file
     from coffea_smk.processor import load_processor
+    from coffea_smk.reading import EventsOptions
 
     processor = load_processor(a.processor, a.basedir)
-    process_unit_to_file(_read_json(a.plan), a.unit, processor, a.out, allow_pickle=a.allow_pickle)
+    events = EventsOptions.from_json(a.events)
+    process_unit_to_file(
+        _read_json(a.plan), a.unit, processor, a.out, allow_pickle=a.allow_pickle, events=events
+    )
 
 
 def step_merge(a: argparse.Namespace) -> None:
@@ -115,7 +119,7 @@ def main(argv: list[str]) -> int:
 
     add("preprocess", "files", "cache")
     add("plan", "spec", inputs=True)
-    add("process", "plan", "unit", processor=True)
+    add("process", "plan", "unit", processor=True).add_argument("--events")
     add("merge", inputs=True, processor=True)
     add("dataset", "plan", inputs=True, processor=True)
     add("result", inputs=True, processor=True)

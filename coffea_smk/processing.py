@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import time
 import traceback
 from itertools import groupby
@@ -11,10 +10,10 @@ from typing import Any
 
 from coffea_smk import storage
 from coffea_smk.accumulate import AccumulateError, add
-from coffea_smk.nanoevents import ReadStats, TreeLayout
 from coffea_smk.plan import unit_by_id
 from coffea_smk.preprocess import InputFileError, open_tree
 from coffea_smk.processor import Processor
+from coffea_smk.reading import EventsOptions, FileReader, UnitReader
 
 log = logging.getLogger("coffea_smk.process")
 
@@ -40,28 +39,34 @@ def coalesce(ranges: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def run_unit(plan: dict[str, Any], unit_id: str, processor: Processor) -> tuple[Any, dict[str, Any]]:
+def run_unit(
+    plan: dict[str, Any], unit_id: str, processor: Processor, events: EventsOptions | None = None
+) -> tuple[Any, dict[str, Any]]:
     """Process every chunk of a work unit; return the accumulated output and its meta record."""
     unit = unit_by_id(plan, unit_id)
     files = plan["files"]
     accumulator: Any = None
     ranges: dict[str, list[list[int]]] = {}
     chunk_metrics: list[dict[str, Any]] = []
-    for file_index, chunks in groupby(unit["chunks"], key=lambda c: c[0]):
-        record = files[file_index]
-        rootfile, tree = open_tree(record["path"], record["treename"])
-        with rootfile:
-            uuid = str(rootfile.file.uuid)
-            if uuid != record["uuid"]:
-                raise InputFileError(
-                    f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
-                    f"became {uuid}); re-run so that it is preprocessed again"
-                )
-            layout = TreeLayout(tree)
-            for _, start, stop in chunks:
-                accumulator, metrics = _run_chunk(plan, record, layout, start, stop, processor, accumulator)
-                ranges.setdefault(record["key"], []).append([start, stop])
-                chunk_metrics.append(metrics)
+    with UnitReader(events, processor.wants_coffea_events) as reader:
+        for file_index, chunks in groupby(unit["chunks"], key=lambda c: c[0]):
+            record = files[file_index]
+            file_ranges = [(start, stop) for _, start, stop in chunks]
+            rootfile, tree = open_tree(record["path"], record["treename"])
+            with rootfile:
+                uuid = str(rootfile.file.uuid)
+                if uuid != record["uuid"]:
+                    raise InputFileError(
+                        f"{record['path']}: the file changed since it was preprocessed (UUID "
+                        f"{record['uuid']} became {uuid}); re-run so that it is preprocessed again"
+                    )
+                with reader.open(rootfile, tree, record["treename"], file_ranges) as source:
+                    for start, stop in file_ranges:
+                        accumulator, metrics = _run_chunk(
+                            plan, record, source, start, stop, processor, accumulator
+                        )
+                        ranges.setdefault(record["key"], []).append([start, stop])
+                        chunk_metrics.append(metrics)
     meta = {
         "dataset": plan["dataset"],
         "unit": unit_id,
@@ -75,7 +80,7 @@ def run_unit(plan: dict[str, Any], unit_id: str, processor: Processor) -> tuple[
 def _run_chunk(
     plan: dict[str, Any],
     record: dict[str, Any],
-    layout: TreeLayout,
+    source: FileReader,
     start: int,
     stop: int,
     processor: Processor,
@@ -90,17 +95,16 @@ def _run_chunk(
         "entrystop": stop,
         "fileuuid": record["uuid"],
     }
-    stats = ReadStats()
     t0 = time.perf_counter()
-    events = layout.events(start, stop, metadata, stats)
-    try:
-        output = processor.process(events)
-    except Exception as err:
-        tb = "".join(traceback.format_exception(err))
-        raise ChunkError(
-            f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
-            f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
-        ) from err
+    with source.chunk(start, stop, metadata) as chunk:
+        try:
+            output = processor.process(chunk.events)
+        except Exception as err:
+            tb = "".join(traceback.format_exception(err))
+            raise ChunkError(
+                f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
+                f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
+            ) from err
     t_process = time.perf_counter() - t0
     try:
         accumulator = add(accumulator, output)
@@ -114,23 +118,23 @@ def _run_chunk(
         "entrystart": start,
         "entrystop": stop,
         "events": stop - start,
-        "columns": sorted(stats.columns),
-        "bytes_compressed": stats.bytes_compressed,
-        "bytes_uncompressed": stats.bytes_uncompressed,
-        "read_s": round(stats.read_seconds, 6),
-        "process_s": round(t_process - stats.read_seconds, 6),
-        "total_s": round(time.perf_counter() - t0, 6),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **chunk.metrics(t_process, time.perf_counter() - t0),
     }
     return accumulator, metrics
 
 
 def process_unit_to_file(
-    plan: dict[str, Any], unit_id: str, processor: Processor, out_path: str, *, allow_pickle: bool = False
+    plan: dict[str, Any],
+    unit_id: str,
+    processor: Processor,
+    out_path: str,
+    *,
+    allow_pickle: bool = False,
+    events: EventsOptions | None = None,
 ) -> dict[str, Any]:
     """Run a unit and write its partial result atomically; return the meta record."""
     t0 = time.perf_counter()
-    result, meta = run_unit(plan, unit_id, processor)
+    result, meta = run_unit(plan, unit_id, processor, events)
     meta["wall_s"] = round(time.perf_counter() - t0, 6)
     storage.save(out_path, result, meta, allow_pickle=allow_pickle)
     log.info("unit %s: %d events in %.2f s", unit_id, meta["events"], meta["wall_s"])

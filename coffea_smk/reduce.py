@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from coffea_smk import storage
+from coffea_smk import metrics, storage
 from coffea_smk.accumulate import AccumulateError, add
 from coffea_smk.processing import coalesce
 
@@ -40,8 +40,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         events += int(meta.get("events", 0))
         for key, rs in meta.get("ranges", {}).items():
             ranges.setdefault(key, []).extend([list(r) for r in rs])
-        for name, value in _metric_totals(meta).items():
-            totals[name] = totals.get(name, 0.0) + value
+        totals = metrics.add_totals(totals, metrics.unit_totals(meta))
         columns.update(_columns(meta))
     for key, rs in ranges.items():
         try:
@@ -60,18 +59,6 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         "columns": sorted(columns),
     }
     return storage.Stored(result, meta_out)
-
-
-def _metric_totals(meta: dict[str, Any]) -> dict[str, float]:
-    if "totals" in meta:
-        return dict(meta["totals"])
-    totals: dict[str, float] = {"chunks": 0.0}
-    for chunk in meta.get("chunks", []):
-        totals["chunks"] += 1
-        for name in ("bytes_compressed", "bytes_uncompressed", "read_s", "process_s", "total_s"):
-            totals[name] = totals.get(name, 0.0) + float(chunk.get(name, 0))
-    totals["wall_s"] = float(meta.get("wall_s", 0.0))
-    return totals
 
 
 def _columns(meta: dict[str, Any]) -> set[str]:
@@ -106,6 +93,7 @@ def finish_dataset(
         empty_files=len(plan["empty_files"]),
         complete=not missing and not unexpected and meta["events"] == plan["expected_events"],
         incomplete_files=missing,
+        rates=metrics.rates(meta["totals"]),
     )
     if unexpected:
         raise MergeError(
@@ -143,6 +131,7 @@ def finish_global(
             "files": m["files"],
             "empty_files": m["empty_files"],
             "totals": m.get("totals", {}),
+            "rates": metrics.rates(m.get("totals", {})),
             "columns": m.get("columns", []),
             "path": path,
         }
@@ -150,12 +139,18 @@ def finish_global(
         post = postprocess(result)
         if post is not None:
             result = post
+    totals: dict[str, float] = {}
+    for d in per_dataset.values():
+        totals = metrics.add_totals(totals, d["totals"])
     meta = {
         "dataset": None,
         "datasets": per_dataset,
         "events": sum(d["events"] for d in per_dataset.values()),
         "events_expected": sum(d["events_expected"] for d in per_dataset.values()),
         "complete": all(d["complete"] for d in per_dataset.values()),
+        "totals": totals,
+        "rates": metrics.rates(totals),
+        "columns": sorted({c for d in per_dataset.values() for c in d["columns"]}),
     }
     storage.save(out, result, meta, allow_pickle=allow_pickle)
     return meta

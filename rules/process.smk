@@ -11,6 +11,8 @@ rule process:
     params:
         plan=analysis.path("plan"),
         opts=analysis.get_job_options,
+        events=analysis.get_events_options,
         job=analysis.job("process"),
     shell:
-        "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --out {output:q} --log {log:q}"
+        "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --events {params.events} "
+        "--out {output:q} --log {log:q}"
