@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 log = logging.getLogger("coffea_smk.buffers")
 
 __all__ = [
@@ -114,6 +112,7 @@ class ReadStats:
 
 _QUEUED, _RUNNING, _DONE, _FAILED = "queued", "running", "done", "failed"
 _MISSING: Any = object()
+_Described = tuple[tuple[str, ...], tuple[int, int]]
 
 
 class _Entry:
@@ -175,15 +174,15 @@ class FileBuffers:
         with self._lock:
             self._stats[(start, stop)] = stats
 
-    def _account(self, key: str, entry: _Entry, seconds: float) -> None:
+    def _account(self, key: str, entry: _Entry, seconds: float, described: _Described) -> None:
         # under self._lock
+        branches, (compressed, uncompressed) = described
         stats = self._stats_for(self.source.key_range(key))
         stats.buffers += 1
         if key in stats._seen:
             stats.rereads += 1
         stats._seen.add(key)
-        stats.columns.update(self.source.key_branches(key))
-        compressed, uncompressed = self.source.key_bytes(key)
+        stats.columns.update(branches)
         stats.bytes_compressed += compressed
         stats.bytes_uncompressed += uncompressed
         if entry.background:
@@ -263,7 +262,7 @@ class FileBuffers:
                     self._touch(key, entry)
                     del self._entries[key]
                     assert entry.error is not None
-                    raise self._error(key, entry.error) from entry.error
+                    raise entry.error
                 # being read by a prefetch thread: wait for it
                 done = entry.done
                 self._stats_for(self.source.key_range(key)).prefetch_waits += 1
@@ -278,6 +277,9 @@ class FileBuffers:
 
     def _complete(self, key: str, array: Any) -> None:
         me = threading.get_ident()
+        t1 = time.perf_counter()
+        # described outside the lock: it walks the branch's baskets
+        described = (self.source.key_branches(key), self.source.key_bytes(key))
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -290,21 +292,24 @@ class FileBuffers:
                 return
             entry.state = _DONE
             entry.array = array
-            self._account(key, entry, time.perf_counter() - entry.started)
+            self._account(key, entry, t1 - entry.started, described)
             entry.done.set()
 
-    def _error(self, key: str, err: BaseException) -> BufferReadError:
+    def _error(self, key: str, err: BaseException, background: bool = False) -> BufferReadError:
         if isinstance(err, BufferReadError):
             return err
         start, stop = self.source.key_range(key)
         branches = ", ".join(self.source.key_branches(key)) or key
-        return BufferReadError(
-            f"reading {branches} from {self.source.where}, entries {start}-{stop}, failed: "
+        where = " (in a prefetch thread)" if background else ""
+        out = BufferReadError(
+            f"reading {branches} from {self.source.where}, entries {start}-{stop}, failed{where}: "
             f"{type(err).__name__}: {err}"
         )
+        out.__cause__ = err
+        return out
 
     # ---- prefetching ----------------------------------------------------------------
-    def _queue(self, key: str, prefetcher: Prefetcher) -> _Task | None:
+    def _queue(self, key: str) -> _Task | None:
         with self._lock:
             if key in self._entries:
                 return None
@@ -340,7 +345,7 @@ class FileBuffers:
             with self._lock:
                 if self._entries.get(task.key) is entry and entry.state == _RUNNING:
                     entry.state = _FAILED
-                    entry.error = err
+                    entry.error = self._error(task.key, err, background=True)
                     self._stats_for(self.source.key_range(task.key)).prefetch_errors += 1
                 self._release(entry)
             log.debug("prefetch of %s failed: %s", task.key, err)
@@ -466,7 +471,7 @@ class Prefetcher:
 
     def submit(self, store: FileBuffers, keys: Iterable[str]) -> int:
         """Queue reads of the keys the store does not hold yet; return how many were queued."""
-        tasks = [t for t in (store._queue(k, self) for k in keys) if t is not None]
+        tasks = [t for t in (store._queue(k) for k in keys) if t is not None]
         if not tasks:
             return 0
         with self._cond:
@@ -474,7 +479,7 @@ class Prefetcher:
                 store.drop(t.key for t in tasks)
                 return 0
             self._queue.extend(tasks)
-            while len(self._threads) < min(self.nthreads, len(self._queue) + len(self._threads)):
+            while len(self._threads) < self.nthreads:
                 thread = threading.Thread(
                     target=self._work, name=f"coffea_smk-{self.name}-{len(self._threads)}", daemon=True
                 )
@@ -602,14 +607,9 @@ class BufferManager:
 
     def _keys_of_name(self, name: str) -> list[str]:
         if self.events is not None:
-            target = self.events
-            try:
-                for part in name.split("."):
-                    target = target[part]
-            except Exception:
-                target = None
-            if target is not None:
-                return self._keys_of(target)
+            found = _project(self.events, name.split("."))
+            if found is not None:
+                return [k for k in found if self._mine(k)]
         if self._by_branch is None:
             self._by_branch = {}
             if self.events is not None:
@@ -674,7 +674,6 @@ def _flatten(items: Iterable[Any]) -> Iterator[Any]:
 def virtual_buffer_keys(array: Any) -> list[str]:
     """Buffer keys of the lazy (virtual) buffers behind an awkward array, without reading any."""
     import awkward as ak
-    from awkward._nplikes.virtual import VirtualNDArray
 
     try:
         layout = ak.to_layout(array, allow_record=True)
@@ -686,17 +685,51 @@ def virtual_buffer_keys(array: Any) -> list[str]:
     stack = [layout]
     while stack:
         node = stack.pop()
-        for attr in ("data", "offsets", "starts", "stops", "index", "tags", "mask"):
-            buf = getattr(node, attr, None)
-            if isinstance(buf, ak.index.Index):
-                buf = buf.data
-            if isinstance(buf, VirtualNDArray) and buf.buffer_key is not None:
-                out.append(buf.buffer_key)
-        if isinstance(node, ak.contents.RecordArray) or isinstance(node, ak.contents.UnionArray):
-            stack.extend(reversed(node.contents))
+        out.extend(_own_keys(node))
+        if isinstance(node, (ak.contents.RecordArray, ak.contents.UnionArray)):
+            stack.extend(reversed(_children(node)))
         elif hasattr(node, "content"):
             stack.append(node.content)
     return out
+
+
+def _own_keys(node: Any) -> list[str]:
+    """Keys of a layout node's own virtual buffers (not its children's)."""
+    import awkward as ak
+    from awkward._nplikes.virtual import VirtualNDArray
+
+    out = []
+    for attr in ("data", "offsets", "starts", "stops", "index", "tags", "mask"):
+        buf = getattr(node, attr, None)
+        if isinstance(buf, ak.index.Index):
+            buf = buf.data
+        if isinstance(buf, VirtualNDArray) and buf.buffer_key is not None:
+            out.append(buf.buffer_key)
+    return out
+
+
+def _project(events: Any, path: list[str]) -> list[str] | None:
+    """Keys behind ``events.a.b`` found on the layout, so that nothing is read (None: no such field)."""
+    import awkward as ak
+
+    node = ak.to_layout(events)
+    above: list[str] = []
+    for part in path:
+        while not isinstance(node, ak.contents.RecordArray):
+            if not hasattr(node, "content"):
+                return None
+            above.extend(_own_keys(node))  # the offsets of the lists on the way
+            node = node.content
+        if part not in node.fields:
+            return None
+        node = _children(node)[node.field_to_index(part)]
+    return above + virtual_buffer_keys(node)
+
+
+def _children(node: Any) -> list[Any]:
+    # RecordArray.contents/content() ask for the record's length, which for a
+    # collection's content means reading its offsets: take the stored contents.
+    return list(getattr(node, "_contents", None) or node.contents)
 
 
 # ---- the module-level API --------------------------------------------------------------
@@ -767,7 +800,3 @@ def reader_for(store: FileBuffers, key: str) -> Callable[[], Any]:
         return store.load(key)
 
     return generate
-
-
-def as_numpy(array: Any) -> np.ndarray:
-    return np.asarray(array)
