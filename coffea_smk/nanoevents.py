@@ -20,6 +20,9 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+from awkward._nplikes.numpy import Numpy
+from awkward._nplikes.shape import unknown_length
+from awkward._nplikes.virtual import VirtualNDArray
 
 from coffea_smk import behaviors
 from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
@@ -27,6 +30,7 @@ from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
 __all__ = ["NanoEventsArray", "ReadStats", "TreeLayout"]
 
 EVENTS_RECORD = "NanoEvents"
+_NUMPY = Numpy.instance()
 
 
 class NanoEventsArray(ak.Array):  # type: ignore[misc]
@@ -46,6 +50,7 @@ class _Column:
     branch: str
     kind: str  # "flat", "offsets" (from a counter), "jagged" (content of X_y)
     dtype: np.dtype[Any]
+    counter: str = ""  # for "jagged": the counter whose offsets give its length
 
 
 class TreeLayout:
@@ -118,7 +123,7 @@ class TreeLayout:
             coll = counter[1:]
             self.columns[f"{counter}.offsets"] = _Column(counter, "offsets", np.dtype(np.int64))
             content = _record(
-                {f: self._numpy(b, "jagged", jagged[b][1]) for f, b in members.items()},
+                {f: self._numpy(b, "jagged", jagged[b][1], counter) for f, b in members.items()},
                 behaviors.record_name(set(members)),
             )
             top[coll] = {
@@ -133,13 +138,13 @@ class TreeLayout:
             top[name] = {
                 "class": "ListOffsetArray",
                 "offsets": "i64",
-                "content": self._numpy(name, "jagged", dtype),
+                "content": self._numpy(name, "jagged", dtype, counter),
                 "form_key": f"{counter}.offsets",
             }
         return _record(top, EVENTS_RECORD)
 
-    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any]) -> dict[str, Any]:
-        self.columns[branch] = _Column(branch, kind, dtype)
+    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any], counter: str = "") -> dict[str, Any]:
+        self.columns[branch] = _Column(branch, kind, dtype, counter)
         return {
             "class": "NumpyArray",
             "primitive": ak.types.numpytype.dtype_to_primitive(dtype),
@@ -170,10 +175,21 @@ class TreeLayout:
         if stats is not None:
             store.attach(entry_start, entry_stop, stats)
         prefix = f"{entry_start}-{entry_stop}/"
+        n = entry_stop - entry_start
         container = {}
+        # The virtual buffers are made here rather than by from_buffers: much
+        # cheaper per buffer, and a jagged content learns its length from its
+        # counter's offsets without being read.
         for key, col in self.columns.items():
             full = f"{prefix}{key}/{'offsets' if col.kind == 'offsets' else 'data'}"
-            container[full] = reader_for(store, full)
+            if col.kind == "jagged":
+                shape: tuple[Any, ...] = (unknown_length,)
+                shape_of = _content_shape(store, f"{prefix}{col.counter}.offsets/offsets")
+            else:
+                shape, shape_of = ((n + 1,) if col.kind == "offsets" else (n,)), None
+            container[full] = VirtualNDArray(
+                _NUMPY, shape, col.dtype, reader_for(store, full), shape_of, full, __enable_caching__=False
+            )
         events = ak.from_buffers(
             self.form,
             entry_stop - entry_start,
@@ -246,6 +262,13 @@ class TreeLayout:
     def key_for(self, suffix: str, start: int, stop: int) -> str | None:
         column = suffix.rpartition("/")[0]
         return f"{start}-{stop}/{suffix}" if column in self.columns else None
+
+
+def _content_shape(store: FileBuffers, offsets_key: str) -> Any:
+    def shape() -> tuple[int]:
+        return (int(store.load(offsets_key)[-1]),)
+
+    return shape
 
 
 def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, Any]:
