@@ -75,6 +75,7 @@ def step_process(a: argparse.Namespace) -> None:
     from coffea_smk.preprocess import StaleRecordError
     from coffea_smk.processing import ErrorPolicy, process_unit_to_file
     from coffea_smk.processor import load_processor
+    from coffea_smk.reading import EventsOptions
 
     policy = json.loads(a.policy)
     plan = _read_json(a.plan)
@@ -89,6 +90,7 @@ def step_process(a: argparse.Namespace) -> None:
             previous_path=a.inputs[0] if a.inputs else None,
             failures_path=a.failures,
             allow_pickle=a.allow_pickle,
+            events=EventsOptions.from_json(a.events),
         )
     except StaleRecordError:
         _invalidate(plan, a.plan)
@@ -151,7 +153,7 @@ def main(argv: list[str]) -> int:
 
     add("preprocess", "files", "cache", "failures").add_argument("--skip-bad-files", action="store_true")
     add("plan", "spec", inputs=True)
-    add("process", "plan", "unit", "policy", "failures", inputs=True, processor=True)
+    add("process", "plan", "unit", "policy", "failures", inputs=True, processor=True).add_argument("--events")
     add("merge", inputs=True, processor=True)
     add("dataset", "plan", inputs=True, processor=True)
     add("result", inputs=True, processor=True)

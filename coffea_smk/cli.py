@@ -20,6 +20,7 @@ USAGE = """coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
        coffea-smk status ANALYSIS.yaml
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
+       coffea-smk metrics RESULT.npz
        coffea-smk schema"""
 
 
@@ -221,6 +222,14 @@ def cmd_summary(path: str) -> int:
     return 0
 
 
+def cmd_metrics(path: str) -> int:
+    from coffea_smk.metrics import report
+    from coffea_smk.storage import load_meta
+
+    print(report(load_meta(path)))
+    return 0
+
+
 def cmd_schema() -> int:
     import json
 
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_demo(ns.dir, ns.scale, extra)
     if command == "summary" and rest:
         return cmd_summary(rest[0])
+    if command == "metrics" and rest:
+        return cmd_metrics(rest[0])
     if command == "schema":
         return cmd_schema()
     print(USAGE, file=sys.stderr)

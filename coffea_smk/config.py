@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_SCHEMA_CLASS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*([.:][A-Za-z_]\w*)$")
 
 
 class ConfigError(ValueError):
@@ -63,9 +64,23 @@ class AnalysisConfig(BaseModel):
         True, description="Move chunk boundaries onto the file's cluster boundaries when close."
     )
     schema_: str = Field(
-        "nanoaod",
+        "auto",
         alias="schema",
-        description="Event schema: 'nanoaod' (built in, lazy, vector behaviours).",
+        description="Events the processor gets: 'nanoaod' (coffea_smk's own lazy NanoAOD events, "
+        "vector behaviours), 'coffea' (coffea's NanoEvents with NanoAODSchema, virtual mode; needs "
+        "coffea_smk[coffea]), a coffea schema class ('coffea.nanoevents.PHYSLITESchema', "
+        "'module:Class'), or 'auto': coffea for coffea ProcessorABC processors, else 'nanoaod'.",
+    )
+    prefetch: bool = Field(
+        True,
+        description="Automatic prefetch: read the columns the processor touched in earlier chunks "
+        "in background threads while it computes (results are identical either way).",
+    )
+    prefetch_threads: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="Threads of the automatic prefetch."
+    )
+    prefetch_max_mb: Annotated[int, Field(gt=0)] = Field(
+        512, description="At most this many MB read ahead of the processor by the automatic prefetch."
     )
     version: str = Field(
         "",
@@ -110,9 +125,12 @@ class AnalysisConfig(BaseModel):
     @field_validator("schema_")
     @classmethod
     def _known_schema(cls, value: str) -> str:
-        if value not in ("nanoaod",):
-            raise ValueError(f"unknown schema {value!r}; known: 'nanoaod'")
-        return value
+        if value in ("auto", "nanoaod", "coffea") or _SCHEMA_CLASS.match(value):
+            return value
+        raise ValueError(
+            f"unknown schema {value!r}; use 'auto', 'nanoaod', 'coffea' or a coffea schema class "
+            "such as 'coffea.nanoevents.NanoAODSchema' or 'mymodule:MySchema'"
+        )
 
 
 @dataclass(frozen=True)

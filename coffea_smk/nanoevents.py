@@ -6,21 +6,31 @@ opening a NanoAOD file) and builds the awkward form: flat branches, counters
 (``events.Muon.pt``), and flat ``X_*`` groups (``events.MET.pt``). Each chunk
 then gets :func:`awkward.from_buffers` with callables, so a column is read from
 the file only when the processor touches it, and once per chunk.
+
+The read buffers live in a :class:`~coffea_smk.buffers.FileBuffers` store, not
+inside awkward's arrays (their caching is off), so that
+:func:`coffea_smk.buffers.clear` can free them and prefetch threads can fill
+them. A buffer key is ``"<start>-<stop>/<column>/<attribute>"``.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import awkward as ak
 import numpy as np
+from awkward._nplikes.numpy import Numpy
+from awkward._nplikes.shape import unknown_length
+from awkward._nplikes.virtual import VirtualNDArray
 
 from coffea_smk import behaviors
+from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
+
+__all__ = ["NanoEventsArray", "ReadStats", "TreeLayout"]
 
 EVENTS_RECORD = "NanoEvents"
+_NUMPY = Numpy.instance()
 
 
 class NanoEventsArray(ak.Array):  # type: ignore[misc]
@@ -35,21 +45,12 @@ behavior: dict[Any, Any] = dict(behaviors.behavior)
 behavior["*", EVENTS_RECORD] = NanoEventsArray
 
 
-@dataclass
-class ReadStats:
-    """What a chunk read from the file."""
-
-    columns: set[str] = field(default_factory=set)
-    bytes_compressed: int = 0
-    bytes_uncompressed: int = 0
-    read_seconds: float = 0.0
-
-
 @dataclass(frozen=True)
 class _Column:
     branch: str
     kind: str  # "flat", "offsets" (from a counter), "jagged" (content of X_y)
     dtype: np.dtype[Any]
+    counter: str = ""  # for "jagged": the counter whose offsets give its length
 
 
 class TreeLayout:
@@ -122,7 +123,7 @@ class TreeLayout:
             coll = counter[1:]
             self.columns[f"{counter}.offsets"] = _Column(counter, "offsets", np.dtype(np.int64))
             content = _record(
-                {f: self._numpy(b, "jagged", jagged[b][1]) for f, b in members.items()},
+                {f: self._numpy(b, "jagged", jagged[b][1], counter) for f, b in members.items()},
                 behaviors.record_name(set(members)),
             )
             top[coll] = {
@@ -137,13 +138,13 @@ class TreeLayout:
             top[name] = {
                 "class": "ListOffsetArray",
                 "offsets": "i64",
-                "content": self._numpy(name, "jagged", dtype),
+                "content": self._numpy(name, "jagged", dtype, counter),
                 "form_key": f"{counter}.offsets",
             }
         return _record(top, EVENTS_RECORD)
 
-    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any]) -> dict[str, Any]:
-        self.columns[branch] = _Column(branch, kind, dtype)
+    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any], counter: str = "") -> dict[str, Any]:
+        self.columns[branch] = _Column(branch, kind, dtype, counter)
         return {
             "class": "NumpyArray",
             "primitive": ak.types.numpytype.dtype_to_primitive(dtype),
@@ -156,7 +157,8 @@ class TreeLayout:
         entry_stop: int,
         metadata: dict[str, Any],
         stats: ReadStats | None = None,
-        reader: Callable[[str, str, int, int], np.ndarray] | None = None,
+        store: FileBuffers | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> NanoEventsArray:
         """Lazy events for entries ``[entry_start, entry_stop)``.
 
@@ -165,58 +167,108 @@ class TreeLayout:
             entry_stop: One past the last entry.
             metadata: Exposed as ``events.metadata``.
             stats: Filled with the columns and bytes that the processor makes us read.
-            reader: Replaces :meth:`read` (used for prefetching).
+            store: Where read buffers are kept (shared with prefetch threads); a
+                private one when not given.
+            attrs: More ``attrs`` for the events (e.g. their buffer manager).
         """
-        stats = stats if stats is not None else ReadStats()
-        read = reader or self.read
-        container: dict[str, Callable[[], np.ndarray]] = {}
+        store = store if store is not None else FileBuffers(self)
+        if stats is not None:
+            store.attach(entry_start, entry_stop, stats)
+        prefix = f"{entry_start}-{entry_stop}/"
+        n = entry_stop - entry_start
+        container = {}
+        # The virtual buffers are made here rather than by from_buffers: much
+        # cheaper per buffer, and a jagged content learns its length from its
+        # counter's offsets without being read.
         for key, col in self.columns.items():
-            container[f"{key}-offsets" if col.kind == "offsets" else f"{key}-data"] = _lazy(
-                read, key, entry_start, entry_stop, stats
+            full = f"{prefix}{key}/{'offsets' if col.kind == 'offsets' else 'data'}"
+            if col.kind == "jagged":
+                shape: tuple[Any, ...] = (unknown_length,)
+                shape_of = _content_shape(store, f"{prefix}{col.counter}.offsets/offsets")
+            else:
+                shape, shape_of = ((n + 1,) if col.kind == "offsets" else (n,)), None
+            container[full] = VirtualNDArray(
+                _NUMPY, shape, col.dtype, reader_for(store, full), shape_of, full, __enable_caching__=False
             )
         events = ak.from_buffers(
             self.form,
             entry_stop - entry_start,
             container,
+            buffer_key=prefix + "{form_key}/{attribute}",
             behavior=behavior,
-            attrs={"@metadata": metadata},
+            attrs={"@metadata": metadata, **(attrs or {})},
+            enable_virtualarray_caching=False,
         )
         assert isinstance(events, NanoEventsArray)
         return events
 
-    def read(self, key: str, entry_start: int, entry_stop: int, stats: ReadStats | None = None) -> np.ndarray:
+    def read(self, key: str, entry_start: int, entry_stop: int) -> np.ndarray:
         """Read one buffer (a flat column, a counter's offsets or a jagged content)."""
         col = self.columns[key]
         branch = self.tree[col.branch]
-        t0 = time.perf_counter()
+        # array_cache=None: the store keeps what was read; uproot's own cache
+        # would hold memory that clear() cannot free and hide re-reads.
         if col.kind == "offsets":
-            counts = branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np")
+            counts = branch.array(
+                entry_start=entry_start, entry_stop=entry_stop, library="np", array_cache=None
+            )
             out = np.zeros(len(counts) + 1, dtype=np.int64)
             np.cumsum(counts, out=out[1:])
-        elif col.kind == "flat":
-            out = np.asarray(
-                branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np"), dtype=col.dtype
+            return out
+        if col.kind == "flat":
+            return np.asarray(
+                branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np", array_cache=None),
+                dtype=col.dtype,
             )
-        else:
-            layout = branch.array(entry_start=entry_start, entry_stop=entry_stop, library="ak").layout
-            offsets = np.asarray(layout.offsets)
-            out = np.asarray(layout.content.data[offsets[0] : offsets[-1]], dtype=col.dtype)
-        if stats is not None:
-            stats.read_seconds += time.perf_counter() - t0
-            stats.columns.add(col.branch)
-            compressed, uncompressed = _basket_bytes(branch, entry_start, entry_stop)
-            stats.bytes_compressed += compressed
-            stats.bytes_uncompressed += uncompressed
-        return out
+        layout = branch.array(
+            entry_start=entry_start, entry_stop=entry_stop, library="ak", array_cache=None
+        ).layout
+        offsets = np.asarray(layout.offsets)
+        return np.asarray(layout.content.data[offsets[0] : offsets[-1]], dtype=col.dtype)
+
+    # ---- the KeySource protocol of coffea_smk.buffers ---------------------------------
+    @property
+    def where(self) -> str:
+        return str(getattr(self.tree.file, "file_path", "") or self.tree.object_path)
+
+    @staticmethod
+    def _parse(key: str) -> tuple[int, int, str]:
+        rng, _, rest = key.partition("/")
+        start, _, stop = rng.partition("-")
+        return int(start), int(stop), rest.rpartition("/")[0]
+
+    def read_key(self, key: str) -> np.ndarray:
+        start, stop, column = self._parse(key)
+        return self.read(column, start, stop)
+
+    def key_range(self, key: str) -> tuple[int, int]:
+        start, stop, _ = self._parse(key)
+        return start, stop
+
+    def key_branches(self, key: str) -> tuple[str, ...]:
+        col = self.columns.get(self._parse(key)[2])
+        return (col.branch,) if col is not None else ()
+
+    def key_bytes(self, key: str) -> tuple[int, int]:
+        start, stop, column = self._parse(key)
+        col = self.columns.get(column)
+        if col is None:
+            return 0, 0
+        return _basket_bytes(self.tree[col.branch], start, stop)
+
+    def suffix(self, key: str) -> str:
+        return key.partition("/")[2]
+
+    def key_for(self, suffix: str, start: int, stop: int) -> str | None:
+        column = suffix.rpartition("/")[0]
+        return f"{start}-{stop}/{suffix}" if column in self.columns else None
 
 
-def _lazy(
-    read: Callable[..., np.ndarray], key: str, start: int, stop: int, stats: ReadStats
-) -> Callable[[], np.ndarray]:
-    def generate() -> np.ndarray:
-        return read(key, start, stop, stats)
+def _content_shape(store: FileBuffers, offsets_key: str) -> Any:
+    def shape() -> tuple[int]:
+        return (int(store.load(offsets_key)[-1]),)
 
-    return generate
+    return shape
 
 
 def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ message that names the dataset, file and entry range.
 from __future__ import annotations
 
 import logging
-import resource
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -22,10 +21,10 @@ from coffea_smk import storage
 from coffea_smk._atomic import write_json
 from coffea_smk._ranges import coalesce, covered
 from coffea_smk.accumulate import AccumulateError, add
-from coffea_smk.nanoevents import ReadStats, TreeLayout
 from coffea_smk.plan import unit_by_id
 from coffea_smk.preprocess import InputFileError, StaleRecordError, open_tree
 from coffea_smk.processor import Processor
+from coffea_smk.reading import EventsOptions, FileReader, UnitReader
 
 log = logging.getLogger("coffea_smk.process")
 
@@ -72,6 +71,7 @@ def run_unit(
     policy: ErrorPolicy | None = None,
     previous: storage.Stored | None = None,
     traceback_dir: Path | None = None,
+    events: EventsOptions | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Process the chunks of a work unit that ``previous`` does not already cover.
 
@@ -96,22 +96,23 @@ def run_unit(
     log.info(
         "unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit["chunks"])
     )
-    for file_index, chunks_iter in groupby(todo, key=lambda c: c[0]):
-        chunks = list(chunks_iter)
-        record = files[file_index]
-        try:
-            rootfile, layout = _open(record, policy)
-        except Exception as err:
-            if not policy.continues(err):
-                raise
-            for _, start, stop in chunks:
-                _record_failure(state, plan, record, start, stop, err, 1, traceback_dir, unit_name)
-            continue
-        with rootfile:
-            for _, start, stop in chunks:
-                _run_with_policy(
-                    state, plan, record, layout, start, stop, processor, policy, traceback_dir, unit_name
-                )
+    with UnitReader(events, processor.wants_coffea_events) as reader:
+        for file_index, chunks_iter in groupby(todo, key=lambda c: c[0]):
+            chunks = [(start, stop) for _, start, stop in chunks_iter]
+            record = files[file_index]
+            try:
+                rootfile, tree = _open(record, policy)
+            except Exception as err:
+                if not policy.continues(err):
+                    raise
+                for start, stop in chunks:
+                    _record_failure(state, plan, record, start, stop, err, 1, traceback_dir, unit_name)
+                continue
+            with rootfile, reader.open(rootfile, tree, record["treename"], chunks) as source:
+                for start, stop in chunks:
+                    _run_with_policy(
+                        state, plan, record, source, start, stop, processor, policy, traceback_dir, unit_name
+                    )
     meta = {
         "dataset": plan["dataset"],
         "unit": unit_name,
@@ -124,7 +125,7 @@ def run_unit(
     return state.accumulator, meta
 
 
-def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, TreeLayout]:
+def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, Any]:
     tries = 0
     while True:
         try:
@@ -144,7 +145,7 @@ def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, TreeLayout]
             f"became {uuid}) although its size and modification time did not; its records were "
             "invalidated: run again to preprocess it anew"
         )
-    return rootfile, TreeLayout(tree)
+    return rootfile, tree
 
 
 def _sleep(policy: ErrorPolicy, tries: int, what: str, err: BaseException) -> None:
@@ -165,7 +166,7 @@ def _run_with_policy(
     state: _UnitState,
     plan: dict[str, Any],
     record: dict[str, Any],
-    layout: TreeLayout,
+    source: FileReader,
     start: int,
     stop: int,
     processor: Processor,
@@ -176,7 +177,7 @@ def _run_with_policy(
     tries = 0
     while True:
         try:
-            output, metrics = _run_chunk(plan, record, layout, start, stop, processor)
+            output, metrics = _run_chunk(plan, record, source, start, stop, processor)
             break
         except Exception as err:
             cause = err.__cause__ if isinstance(err, ChunkError) and err.__cause__ is not None else err
@@ -246,7 +247,7 @@ def _record_failure(
 def _run_chunk(
     plan: dict[str, Any],
     record: dict[str, Any],
-    layout: TreeLayout,
+    source: FileReader,
     start: int,
     stop: int,
     processor: Processor,
@@ -260,30 +261,23 @@ def _run_chunk(
         "entrystop": stop,
         "fileuuid": record["uuid"],
     }
-    stats = ReadStats()
     t0 = time.perf_counter()
-    events = layout.events(start, stop, metadata, stats)
-    try:
-        output = processor.process(events)
-    except Exception as err:
-        tb = "".join(traceback.format_exception(err))
-        raise ChunkError(
-            f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
-            f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
-        ) from err
+    with source.chunk(start, stop, metadata) as chunk:
+        try:
+            output = processor.process(chunk.events)
+        except Exception as err:
+            tb = "".join(traceback.format_exception(err))
+            raise ChunkError(
+                f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
+                f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
+            ) from err
     t_process = time.perf_counter() - t0
     metrics = {
         "file": record["key"],
         "entrystart": start,
         "entrystop": stop,
         "events": stop - start,
-        "columns": sorted(stats.columns),
-        "bytes_compressed": stats.bytes_compressed,
-        "bytes_uncompressed": stats.bytes_uncompressed,
-        "read_s": round(stats.read_seconds, 6),
-        "process_s": round(t_process - stats.read_seconds, 6),
-        "total_s": round(time.perf_counter() - t0, 6),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **chunk.metrics(t_process, time.perf_counter() - t0),
     }
     return output, metrics
 
@@ -298,6 +292,7 @@ def process_unit_to_file(
     previous_path: str | None = None,
     failures_path: str | None = None,
     allow_pickle: bool = False,
+    events: EventsOptions | None = None,
 ) -> dict[str, Any]:
     """Run a unit and write its partial result atomically; return the meta record.
 
@@ -314,7 +309,7 @@ def process_unit_to_file(
             Path(previous_path).unlink(missing_ok=True)
             raise storage.ResultFileError(f"{err}\nRemoved it: run again and it is redone.") from None
     tb_dir = Path(failures_path).parent / "tracebacks" if failures_path else None
-    result, meta = run_unit(plan, unit_name, processor, policy, previous, tb_dir)
+    result, meta = run_unit(plan, unit_name, processor, policy, previous, tb_dir, events)
     meta["wall_s"] = round(time.perf_counter() - t0, 6)
     if meta["failed"] and failures_path:
         write_json(failures_path, {"dataset": plan["dataset"], "unit": unit_name, "failed": meta["failed"]})

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from coffea_smk import storage
+from coffea_smk import metrics, storage
 from coffea_smk._ranges import coalesce
 from coffea_smk.accumulate import AccumulateError, add
 
@@ -51,8 +51,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         events += int(meta.get("events", 0))
         for key, rs in meta.get("ranges", {}).items():
             ranges.setdefault(key, []).extend([list(r) for r in rs])
-        for name, value in _metric_totals(meta).items():
-            totals[name] = totals.get(name, 0.0) + value
+        totals = metrics.add_totals(totals, metrics.unit_totals(meta))
         columns.update(_columns(meta))
         failed.extend(meta.get("failed", []))
     for key, rs in ranges.items():
@@ -73,18 +72,6 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
         "failed": failed,
     }
     return storage.Stored(result, meta_out)
-
-
-def _metric_totals(meta: dict[str, Any]) -> dict[str, float]:
-    if "totals" in meta:
-        return dict(meta["totals"])
-    totals: dict[str, float] = {"chunks": 0.0}
-    for chunk in meta.get("chunks", []):
-        totals["chunks"] += 1
-        for name in ("bytes_compressed", "bytes_uncompressed", "read_s", "process_s", "total_s"):
-            totals[name] = totals.get(name, 0.0) + float(chunk.get(name, 0))
-    totals["wall_s"] = float(meta.get("wall_s", 0.0))
-    return totals
 
 
 def _columns(meta: dict[str, Any]) -> set[str]:
@@ -121,6 +108,7 @@ def finish_dataset(
         bad_files=bad,
         complete=not missing and not unexpected and not bad and meta["events"] == plan["expected_events"],
         incomplete_files=missing,
+        rates=metrics.rates(meta["totals"]),
     )
     if unexpected:
         raise MergeError(
@@ -162,6 +150,7 @@ def finish_global(
             "bad_files": m.get("bad_files", []),
             "failed_chunks": len(m.get("failed", [])),
             "totals": m.get("totals", {}),
+            "rates": metrics.rates(m.get("totals", {})),
             "columns": m.get("columns", []),
             "path": path,
         }
@@ -169,6 +158,9 @@ def finish_global(
         post = postprocess(result)
         if post is not None:
             result = post
+    totals: dict[str, float] = {}
+    for d in per_dataset.values():
+        totals = metrics.add_totals(totals, d["totals"])
     meta = {
         "dataset": None,
         "datasets": per_dataset,
@@ -177,6 +169,9 @@ def finish_global(
         "complete": all(d["complete"] for d in per_dataset.values()),
         "failed_chunks": sum(d["failed_chunks"] for d in per_dataset.values()),
         "bad_files": sum(len(d["bad_files"]) for d in per_dataset.values()),
+        "totals": totals,
+        "rates": metrics.rates(totals),
+        "columns": sorted({c for d in per_dataset.values() for c in d["columns"]}),
     }
     storage.save(out, result, meta, allow_pickle=allow_pickle)
     return meta

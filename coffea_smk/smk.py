@@ -22,6 +22,22 @@ from coffea_smk.plan import PlanSettings
 __all__ = ["WILDCARDS", "Analysis"]
 
 
+class ShellArg:
+    """A shell argument that Snakemake does not record as a param.
+
+    Snakemake re-runs a job when a recorded param changes; values that are not
+    plain Python types are not recorded. Reading settings (prefetch) do not
+    change results, so changing them must not redo finished work; the schema,
+    which does, is part of every result's path already.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Analysis:
     """The analysis described by a config, as Snakemake sees it."""
 
@@ -135,6 +151,14 @@ class Analysis:
 
     def get_dataset_results(self, wildcards: Any = None) -> list[str]:
         return [self.layout.path("dataset", dataset=slug) for slug in self.layout.datasets]
+
+    def get_events_options(self, wildcards: Any = None) -> ShellArg:
+        """How process jobs build and read events (schema, prefetch), as ``--events JSON``."""
+        from coffea_smk.reading import EventsOptions
+
+        c = self.cfg
+        options = EventsOptions(c.schema_, c.prefetch, c.prefetch_threads, c.prefetch_max_mb)
+        return ShellArg(shlex.quote(options.to_json()))
 
     def get_job_options(self, wildcards: Any = None) -> str:
         """Options every processing/merging job needs, shell-quoted."""

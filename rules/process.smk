@@ -17,7 +17,8 @@ rule process:
         opts=analysis.get_job_options,
         policy=analysis.get_policy,
         failures=analysis.layout.failure("partial"),
+        events=analysis.get_events_options,
         job=analysis.job("process"),
     shell:
         "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --policy {params.policy}"
-        " --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"
+        " --events {params.events} --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"

@@ -102,12 +102,28 @@ def workflow(tmp_path: Path) -> Workflow:
     return Workflow(tmp_path)
 
 
-def run_coffea(fileset: dict[str, Any], processor_factory: Callable[[], Any], chunksize: int) -> Any:
-    """Run coffea's own Runner (iterative executor, NanoAODSchema) on a fileset."""
+def run_coffea(fileset: dict[str, Any], processor_factory: Callable[[], Any] | Any, chunksize: int) -> Any:
+    """Run coffea's own Runner (iterative executor, NanoAODSchema) on a fileset.
+
+    ``processor_factory`` makes a processor with ``process(events)``, or is a
+    coffea ``ProcessorABC`` already, which then runs as it is.
+    """
     import warnings
 
     from coffea import processor
     from coffea.nanoevents import NanoAODSchema
+
+    if isinstance(processor_factory, processor.ProcessorABC):
+        instance = processor_factory
+        runner = processor.Runner(
+            executor=processor.IterativeExecutor(),
+            schema=NanoAODSchema,
+            chunksize=chunksize,
+            savemetrics=False,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return runner(fileset, processor_instance=instance, treename="Events")
 
     class Wrapped(processor.ProcessorABC):  # type: ignore[misc]
         def __init__(self) -> None:

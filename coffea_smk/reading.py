@@ -1,0 +1,168 @@
+"""Reading a work unit's events: one buffer store per file, automatic prefetch across chunks.
+
+The processing loop opens each file once and asks a :class:`UnitReader` for
+the file's :class:`FileReader`; each chunk is then a :class:`ChunkRun` (a
+context manager) whose ``events`` the processor gets. Events are coffea_smk's
+own lazy NanoAOD events, or coffea's NanoEvents (virtual mode) for coffea
+processors and coffea schemas (:mod:`coffea_smk.coffea_compat`).
+
+Automatic prefetch (config ``prefetch: true``): the buffers the processor
+touched in a chunk are, for the next chunks of the unit, read by background
+threads in the order it touched them, starting with the current chunk and
+reading ahead into the next one of the same file, while the processor
+computes. Prefetched bytes not yet used by the processor are bounded by
+``prefetch_max_mb``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from coffea_smk import buffers, metrics
+from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
+
+log = logging.getLogger("coffea_smk.reading")
+
+
+@dataclass(frozen=True)
+class EventsOptions:
+    """How a processing job builds and reads events (from the analysis config)."""
+
+    schema: str = "auto"
+    """``auto``, ``nanoaod``, ``coffea`` or a coffea schema class (see the config's ``schema``)."""
+    prefetch: bool = True
+    """Automatic prefetch of the columns the processor touched in earlier chunks."""
+    prefetch_threads: int = 1
+    """Threads of the automatic prefetch."""
+    prefetch_max_mb: int = 512
+    """Bound on prefetched bytes the processor has not used yet."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> EventsOptions:
+        return cls(**json.loads(text)) if text else cls()
+
+
+class UnitReader:
+    """The reading side of one work unit (a context manager)."""
+
+    def __init__(self, options: EventsOptions | None = None, wants_coffea_events: bool = False) -> None:
+        from coffea_smk.coffea_compat import schema_class
+
+        self.options = options or EventsOptions()
+        self.schemaclass = schema_class(self.options.schema, wants_coffea_events)
+        self.learned: list[str] = []
+        self.prefetcher: Prefetcher | None = None
+        if self.options.prefetch:
+            budget = Budget(self.options.prefetch_max_mb * 1024 * 1024)
+            self.prefetcher = Prefetcher(self.options.prefetch_threads, budget, name="auto")
+
+    def __enter__(self) -> UnitReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+
+    def open(self, rootfile: Any, tree: Any, treename: str, ranges: list[tuple[int, int]]) -> FileReader:
+        """The reader of one open file; ``ranges`` are the unit's chunks in it, in order."""
+        if self.schemaclass is None:
+            from coffea_smk.nanoevents import TreeLayout
+
+            source: Any = TreeLayout(tree)
+        else:
+            from coffea_smk.coffea_compat import CoffeaSource
+
+            source = CoffeaSource(rootfile, tree, treename, self.schemaclass)
+        return FileReader(self, source, ranges)
+
+
+class FileReader:
+    """The chunks of one file; a context manager that ends the file's background reads."""
+
+    def __init__(self, unit: UnitReader, source: Any, ranges: list[tuple[int, int]]) -> None:
+        self.unit = unit
+        self.source = source
+        self.ranges = list(ranges)
+        self.store = FileBuffers(source)
+
+    def __enter__(self) -> FileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel queued reads of this file and wait for those in flight (before it is closed)."""
+        if self.unit.prefetcher is not None:
+            self.unit.prefetcher.cancel(self.store)
+        for done in self.store.in_flight():
+            done.wait()
+        self.store.drop(self.store.keys())
+
+    def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
+        return ChunkRun(self, start, stop, metadata)
+
+    def _prefetch(self, start: int, stop: int) -> None:
+        prefetcher, learned = self.unit.prefetcher, self.unit.learned
+        if prefetcher is None or not learned:
+            return
+        todo = [(start, stop)]
+        if (start, stop) in self.ranges:
+            i = self.ranges.index((start, stop))
+            todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
+        for s, e in todo:
+            keys = [k for k in (self.source.key_for(x, s, e) for x in learned) if k is not None]
+            prefetcher.submit(self.store, keys)
+
+
+class ChunkRun:
+    """One chunk: its lazy events, its buffer manager and, after it, its metrics."""
+
+    def __init__(self, reader: FileReader, start: int, stop: int, metadata: dict[str, Any]) -> None:
+        self.reader = reader
+        self.start = start
+        self.stop = stop
+        self.metadata = metadata
+        self.events: Any = None
+        self.manager: BufferManager | None = None
+        self.stats = ReadStats()
+        self.events_s = 0.0
+        self._token: Any = None
+
+    def __enter__(self) -> ChunkRun:
+        metrics.reset_peak_rss()
+        t0 = time.perf_counter()
+        reader = self.reader
+        reader._prefetch(self.start, self.stop)
+        self.manager = BufferManager(reader.store, self.start, self.stop)
+        self.events = reader.source.events(
+            self.start, self.stop, self.metadata, store=reader.store, attrs={ATTR: self.manager}
+        )
+        self.manager.events = self.events
+        self._token = buffers.activate(self.manager)
+        self.events_s = time.perf_counter() - t0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        buffers.deactivate(self._token)
+        assert self.manager is not None
+        self.manager.close()
+        self.stats = self.reader.store.end_chunk(self.start, self.stop)
+        if self.stats.touched:
+            self.reader.unit.learned = [self.reader.source.suffix(k) for k in self.stats.touched]
+        self.manager.events = None
+        self.events = None
+
+    def metrics(self, process_s: float, total_s: float) -> dict[str, Any]:
+        """The chunk's metrics record (after the ``with`` block)."""
+        return metrics.chunk_metrics(self.stats, events_s=self.events_s, process_s=process_s, total_s=total_s)
