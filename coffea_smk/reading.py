@@ -121,7 +121,10 @@ class FileReader:
             i = self.ranges.index((start, stop))
             todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
         for s, e in todo:
-            keys = [k for k in (self.source.key_for(x, s, e) for x in learned) if k is not None]
+            # Last-touched first: the processor reads the first ones itself as soon
+            # as it starts (taking them off the queue), the thread works from the
+            # other end, and both read at once instead of one behind the other.
+            keys = [k for k in (self.source.key_for(x, s, e) for x in reversed(learned)) if k is not None]
             prefetcher.submit(self.store, keys)
 
 

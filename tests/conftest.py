@@ -107,7 +107,10 @@ def run_coffea(fileset: dict[str, Any], processor_factory: Callable[[], Any] | A
     if isinstance(processor_factory, processor.ProcessorABC):
         instance = processor_factory
         runner = processor.Runner(
-            executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=chunksize, savemetrics=False
+            executor=processor.IterativeExecutor(),
+            schema=NanoAODSchema,
+            chunksize=chunksize,
+            savemetrics=False,
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -20,15 +20,15 @@ pytest.importorskip(
     "coffea", reason="coffea cannot be imported: install coffea_smk[coffea] to test running coffea processors"
 )
 
-import coffea_smk  # noqa: E402
-from coffea_smk import buffers  # noqa: E402
-from coffea_smk.coffea_compat import SchemaError, schema_class  # noqa: E402
-from coffea_smk.preprocess import open_tree  # noqa: E402
-from coffea_smk.processor import Processor  # noqa: E402
-from coffea_smk.reading import ChunkRun, EventsOptions, UnitReader  # noqa: E402
+import coffea_smk
+from coffea_smk import buffers
+from coffea_smk.coffea_compat import SchemaError, schema_class
+from coffea_smk.preprocess import open_tree
+from coffea_smk.processor import Processor
+from coffea_smk.reading import ChunkRun, EventsOptions, UnitReader
 
 sys.path.insert(0, str(PROCESSORS))
-from coffea_test_processors import MatchedJets  # noqa: E402
+from coffea_test_processors import MatchedJets
 
 sys.path.remove(str(PROCESSORS))
 
@@ -69,7 +69,10 @@ def test_coffea_nanoevents_processor_through_the_workflow(workflow: Workflow, na
     assert {"nMuon", "Muon_pt", "Muon_eta", "Muon_phi", "Muon_mass"} <= set(meta["columns"])
     assert meta["datasets"]["ZJets"]["rates"]["events_per_s"] > 0
     table = subprocess.run(
-        [sys.executable, "-m", "coffea_smk", "metrics", str(result)], text=True, capture_output=True, check=True
+        [sys.executable, "-m", "coffea_smk", "metrics", str(result)],
+        text=True,
+        capture_output=True,
+        check=True,
     ).stdout
     assert "ZJets" in table and "Data" in table and "(all)" in table
 
@@ -90,12 +93,15 @@ def test_cross_references_equal_coffea_with_prefetch(nanoaod: Path, tmp_path: Pa
     from test_buffers import run_all
 
     processor = MatchedJets()
-    fileset = {p.stem: {"files": {str(p): "Events"}} for p in (nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root")}
-    theirs = run_coffea(fileset, processor, 10)
+    fileset = {
+        p.stem: {"files": {str(p): "Events"}}
+        for p in (nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root")
+    }
+    theirs = run_coffea(fileset, processor, 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # coffea's schema warns about these files
         ours, chunks = run_all(
-            _plans(nanoaod, tmp_path, 10),
+            _plans(nanoaod, tmp_path, 20),
             processor.process,
             EventsOptions(schema="coffea", prefetch=True, prefetch_threads=2),
         )
