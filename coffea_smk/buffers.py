@@ -7,7 +7,7 @@ freed at any moment and read ahead in background threads::
     from coffea_smk import buffers
 
     def process(self, events):
-        with buffers.prefetch(events.Jet[["pt", "eta", "phi", "mass"]], nthreads=2):
+        with buffers.prefetch(["Jet.pt", "Jet.eta", "Jet.phi"], nthreads=2):
             muons = select_muons(events.Muon)     # runs while the jet columns are read
         jets = events.Jet[events.Jet.pt > 30]     # ready (or waits for the read in flight)
         ...
@@ -15,8 +15,9 @@ freed at any moment and read ahead in background threads::
         # touching events.Jet again re-reads it from the file
 
 Both functions take arrays that come from ``events`` (``events.Jet``,
-``events.Jet.pt``, ``events[["run", "luminosityBlock"]]``), field paths
-(``"Jet"``, ``"Jet.pt"``) or branch names (``"Jet_pt"``), or lists of them.
+``events.Jet.pt``), field paths (``"Jet"``, ``"Jet.pt"``) or branch names
+(``"Jet_pt"``), or lists of them. Names are resolved without reading anything
+(awkward itself reads a collection's offsets to give ``events.Jet.pt``).
 They work the same with coffea_smk's events and with coffea's NanoEvents run
 by coffea_smk. :func:`manager` gives the chunk's :class:`BufferManager`
 (resident bytes, columns read).
@@ -157,6 +158,7 @@ class FileBuffers:
         self._entries: dict[str, _Entry] = {}
         self._running: set[_Entry] = set()  # prefetch reads in flight, dropped or not
         self._stats: dict[tuple[int, int], ReadStats] = {}
+        self._closed = False
 
     # ---- statistics ------------------------------------------------------------
     def stats(self, start: int, stop: int) -> ReadStats:
@@ -325,7 +327,7 @@ class FileBuffers:
     def _start(self, task: _Task, budget: tuple[Budget, int] | None) -> bool:
         with self._lock:
             entry = self._entries.get(task.key)
-            if task.cancelled or entry is not task.entry or entry.state != _QUEUED:
+            if self._closed or task.cancelled or entry is not task.entry or entry.state != _QUEUED:
                 return False
             entry.state = _RUNNING
             entry.owner = threading.get_ident()
@@ -398,6 +400,19 @@ class FileBuffers:
                         )
         self.drop(keys)
         return stats
+
+    def close(self) -> None:
+        """No more prefetch reads start; wait for those in flight, then forget everything."""
+        with self._lock:
+            self._closed = True
+            running = [e.done for e in self._running]
+        for done in running:
+            done.wait()
+        with self._lock:
+            for entry in self._entries.values():
+                self._cancel_queued(entry)
+                self._release(entry)
+            self._entries.clear()
 
     def in_flight(self) -> list[threading.Event]:
         """Completion events of the reads that prefetch threads are doing now."""

@@ -105,9 +105,7 @@ class FileReader:
         """Cancel queued reads of this file and wait for those in flight (before it is closed)."""
         if self.unit.prefetcher is not None:
             self.unit.prefetcher.cancel(self.store)
-        for done in self.store.in_flight():
-            done.wait()
-        self.store.drop(self.store.keys())
+        self.store.close()
 
     def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
         return ChunkRun(self, start, stop, metadata)
