@@ -215,6 +215,7 @@ class ManyColumns:
         from coffea_smk import buffers
 
         sums: dict[str, float] = {}
+        peak = 0
         for name in self.COLLECTIONS:
             if name not in events.fields:
                 continue
@@ -223,9 +224,10 @@ class ManyColumns:
                 column = coll[field]
                 if str(ak.type(column)).endswith("float32"):
                     sums[f"{name}_{field}"] = float(ak.sum(column))
+            peak = max(peak, buffers.manager().resident_bytes)
             if self.clear:
                 buffers.clear(coll)
-        return {"sums": {k: 1 for k in sums}, "columns": len(sums)}
+        return {"columns": {k: 1 for k in sums}, "peak_buffers": [peak]}
 
 
 # ---- running one configuration (in its own process) -------------------------------------
@@ -305,6 +307,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     events = sum(e for _, _, e in files)
+    peak_buffers = max(result.pop("peak_buffers", [0])) if isinstance(result, dict) else 0
     digest = _digest(result)
     summed = {
         k: round(sum(c.get(k, 0) for c in chunks), 3)
@@ -326,6 +329,7 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         ),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "mb_read": round(sum(c.get("bytes_compressed", 0) for c in chunks) / 1e6, 1),
+        "peak_buffers_mb": round(peak_buffers / 1e6, 1),
         "digest": digest,
     }
 
@@ -373,10 +377,12 @@ def _coffea_runner(files: list[tuple[str, Path, int]], chunksize: int) -> Any:
 # ---- the matrix ---------------------------------------------------------------------------
 
 
-def _spawn(cfg: dict[str, Any], cpus: str) -> dict[str, Any]:
+def _spawn(cfg: dict[str, Any], cpus: str, nice: int = 0) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "one", json.dumps(cfg)]
     if cpus and shutil.which("taskset"):
         cmd = ["taskset", "-c", cpus, *cmd]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     proc = subprocess.run(cmd, text=True, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -395,6 +401,7 @@ _COLUMNS = [
     ("events s", "events_s", ">8.2f"),
     ("process s", "process_s", ">9.2f"),
     ("peak RSS MB", "peak_rss_mb", ">11.0f"),
+    ("buffers MB", "peak_buffers_mb", ">10.0f"),
     ("result", "digest", "<12"),
 ]
 
@@ -445,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             "--cold", action="store_true", help="evict the files from the page cache before each run"
         )
         p.add_argument("--repeat", type=int, default=1, help="runs per configuration (the fastest is kept)")
+        p.add_argument(
+            "--nice",
+            type=int,
+            default=0,
+            help="run under nice -n NICE (negative: ahead of a busy machine's load)",
+        )
     one = sub.add_parser("one")
     one.add_argument("config")
     a = parser.parse_args(argv)
@@ -461,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         f"files: {', '.join(f'{n} {e} events ({Path(p).stat().st_size / 1e6:.0f} MB)' for n, p, e in spec)}"
     )
     print(
-        f"cpus: {a.cpus or 'all'} | cache: {'cold' if a.cold else 'warm'} | python {sys.version.split()[0]}"
+        f"cpus: {a.cpus or 'all'} | cache: {'cold' if a.cold else 'warm'} | python {sys.version.split()[0]} "
+        f"| load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     chunks = [int(c) for c in a.chunks.split(",")]
     modes = a.modes.split(",") if a.command == "run" else ["memory-keep", "memory-clear"]
@@ -477,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cold": a.cold,
                     "events_per_job": a.events_per_job,
                 }
-                r = _spawn(cfg, a.cpus)
+                r = _spawn(cfg, a.cpus, a.nice)
                 print(json.dumps(r), flush=True)
                 if (chunk, mode) not in best or r["wall_s"] < best[chunk, mode]["wall_s"]:
                     best[chunk, mode] = r

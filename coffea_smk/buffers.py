@@ -7,7 +7,7 @@ freed at any moment and read ahead in background threads::
     from coffea_smk import buffers
 
     def process(self, events):
-        with buffers.prefetch(events.Jet[["pt", "eta", "phi", "mass"]], nthreads=2):
+        with buffers.prefetch(["Jet.pt", "Jet.eta", "Jet.phi"], nthreads=2):
             muons = select_muons(events.Muon)     # runs while the jet columns are read
         jets = events.Jet[events.Jet.pt > 30]     # ready (or waits for the read in flight)
         ...
@@ -15,8 +15,9 @@ freed at any moment and read ahead in background threads::
         # touching events.Jet again re-reads it from the file
 
 Both functions take arrays that come from ``events`` (``events.Jet``,
-``events.Jet.pt``, ``events[["run", "luminosityBlock"]]``), field paths
-(``"Jet"``, ``"Jet.pt"``) or branch names (``"Jet_pt"``), or lists of them.
+``events.Jet.pt``), field paths (``"Jet"``, ``"Jet.pt"``) or branch names
+(``"Jet_pt"``), or lists of them. Names are resolved without reading anything
+(awkward itself reads a collection's offsets to give ``events.Jet.pt``).
 They work the same with coffea_smk's events and with coffea's NanoEvents run
 by coffea_smk. :func:`manager` gives the chunk's :class:`BufferManager`
 (resident bytes, columns read).
@@ -155,7 +156,9 @@ class FileBuffers:
         self.source = source
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._running: set[_Entry] = set()  # prefetch reads in flight, dropped or not
         self._stats: dict[tuple[int, int], ReadStats] = {}
+        self._closed = False
 
     # ---- statistics ------------------------------------------------------------
     def stats(self, start: int, stop: int) -> ReadStats:
@@ -275,25 +278,23 @@ class FileBuffers:
                 stats.read_seconds += seconds
                 stats.wait_seconds += seconds
 
-    def _complete(self, key: str, array: Any) -> None:
+    def _complete(self, key: str, array: Any, entry: _Entry | None = None) -> None:
+        """Record a finished read by the calling thread (``entry``: a prefetch task's own)."""
         me = threading.get_ident()
         t1 = time.perf_counter()
         # described outside the lock: it walks the branch's baskets
         described = (self.source.key_branches(key), self.source.key_bytes(key))
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                # stored without a read we know of (e.g. preloaded): keep it
-                entry = self._entries[key] = _Entry(_DONE)
-                entry.array = array
-                entry.done.set()
+            current = self._entries.get(key)
+            target = entry if entry is not None else current
+            if target is None or target.state != _RUNNING or target.owner != me:
                 return
-            if entry.state != _RUNNING or entry.owner != me:
-                return
-            entry.state = _DONE
-            entry.array = array
-            self._account(key, entry, t1 - entry.started, described)
-            entry.done.set()
+            target.state = _DONE
+            if target is current:
+                target.array = array
+            # else: cleared or dropped while it was read; counted, not kept
+            self._account(key, target, t1 - target.started, described)
+            target.done.set()
 
     def _error(self, key: str, err: BaseException, background: bool = False) -> BufferReadError:
         if isinstance(err, BufferReadError):
@@ -326,7 +327,7 @@ class FileBuffers:
     def _start(self, task: _Task, budget: tuple[Budget, int] | None) -> bool:
         with self._lock:
             entry = self._entries.get(task.key)
-            if task.cancelled or entry is not task.entry or entry.state != _QUEUED:
+            if self._closed or task.cancelled or entry is not task.entry or entry.state != _QUEUED:
                 return False
             entry.state = _RUNNING
             entry.owner = threading.get_ident()
@@ -334,6 +335,7 @@ class FileBuffers:
             entry.started = time.perf_counter()
             entry.budget = budget
             entry.task = None
+            self._running.add(entry)
             return True
 
     def _run(self, task: _Task) -> None:
@@ -350,11 +352,13 @@ class FileBuffers:
                 self._release(entry)
             log.debug("prefetch of %s failed: %s", task.key, err)
         else:
-            self._complete(task.key, array)
+            self._complete(task.key, array, entry)
             with self._lock:
                 if self._entries.get(task.key) is not entry:
                     self._release(entry)  # cleared or dropped while it was read
         finally:
+            with self._lock:
+                self._running.discard(entry)
             entry.done.set()
 
     def _release(self, entry: _Entry) -> None:
@@ -397,10 +401,23 @@ class FileBuffers:
         self.drop(keys)
         return stats
 
+    def close(self) -> None:
+        """No more prefetch reads start; wait for those in flight, then forget everything."""
+        with self._lock:
+            self._closed = True
+            running = [e.done for e in self._running]
+        for done in running:
+            done.wait()
+        with self._lock:
+            for entry in self._entries.values():
+                self._cancel_queued(entry)
+                self._release(entry)
+            self._entries.clear()
+
     def in_flight(self) -> list[threading.Event]:
         """Completion events of the reads that prefetch threads are doing now."""
         with self._lock:
-            return [e.done for e in self._entries.values() if e.state == _RUNNING and e.background]
+            return [e.done for e in self._running]
 
     def resident(self, keys: Iterable[str] | None = None) -> int:
         """Bytes of the buffers held (all, or of ``keys``)."""
@@ -579,8 +596,9 @@ class BufferManager:
         self.start = start
         self.stop = stop
         self.events = events
-        self._prefetchers: list[Prefetcher] = []
+        self._prefetchers: dict[int, Prefetcher] = {}
         self._by_branch: dict[str, list[str]] | None = None
+        self._closed = False
 
     # ---- resolving what the user means -----------------------------------------------
     def keys(self, *what: Any) -> list[str]:
@@ -632,11 +650,14 @@ class BufferManager:
 
     def prefetch(self, *what: Any, nthreads: int = 1) -> Prefetch:
         """Start reading the buffers behind ``what`` in ``nthreads`` background threads."""
+        if self._closed:
+            raise RuntimeError("this chunk is over: prefetch inside process(events)")
         keys = self.keys(*what)
         prefetcher = None
         if keys:
-            prefetcher = Prefetcher(nthreads, name="explicit")
-            self._prefetchers.append(prefetcher)
+            prefetcher = self._prefetchers.get(nthreads)
+            if prefetcher is None:
+                prefetcher = self._prefetchers[nthreads] = Prefetcher(nthreads, name="explicit")
             prefetcher.submit(self.store, keys)
         return Prefetch(self, keys, prefetcher)
 
@@ -658,7 +679,8 @@ class BufferManager:
 
     def close(self) -> None:
         """End the chunk's explicit prefetches: cancel what is queued, let reads in flight finish."""
-        for prefetcher in self._prefetchers:
+        self._closed = True
+        for prefetcher in self._prefetchers.values():
             prefetcher.close()
         self._prefetchers.clear()
 

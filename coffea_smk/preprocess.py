@@ -100,8 +100,9 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
     """
     import uproot
 
-    # Local files are memory-mapped: ~20% less reading time than uproot's default
-    # (fsspec) source, which hands every read to an I/O thread (falls back by itself).
+    # Local files are memory-mapped (uproot falls back by itself where mmap fails):
+    # cheaper than uproot's default fsspec source, which hands every read to an
+    # I/O thread and opens the file again for it.
     options = {} if "://" in path else {"handler": uproot.source.file.MemmapSource}
     try:
         rootfile = uproot.open(path, **options)

@@ -105,9 +105,7 @@ class FileReader:
         """Cancel queued reads of this file and wait for those in flight (before it is closed)."""
         if self.unit.prefetcher is not None:
             self.unit.prefetcher.cancel(self.store)
-        for done in self.store.in_flight():
-            done.wait()
-        self.store.drop(self.store.keys())
+        self.store.close()
 
     def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
         return ChunkRun(self, start, stop, metadata)
@@ -121,7 +119,10 @@ class FileReader:
             i = self.ranges.index((start, stop))
             todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
         for s, e in todo:
-            keys = [k for k in (self.source.key_for(x, s, e) for x in learned) if k is not None]
+            # Last-touched first: the processor reads the first ones itself as soon
+            # as it starts (taking them off the queue), the thread works from the
+            # other end, and both read at once instead of one behind the other.
+            keys = [k for k in (self.source.key_for(x, s, e) for x in reversed(learned)) if k is not None]
             prefetcher.submit(self.store, keys)
 
 

@@ -224,6 +224,29 @@ def test_explicit_prefetch_reads_in_background_while_processing(nanoaod: Path) -
         assert mgr.stats.prefetch_hits == 3 and mgr.stats.buffers == len(handle.keys)
 
 
+def test_clear_while_a_prefetch_read_is_in_flight(nanoaod: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    read = TreeLayout.read
+    started = threading.Event()
+
+    def slow(self: TreeLayout, key: str, start: int, stop: int) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            started.set()
+            time.sleep(0.3)
+        return read(self, key, start, stop)
+
+    monkeypatch.setattr(TreeLayout, "read", slow)
+    with one_chunk(nanoaod / "nano_dy.root") as chunk:
+        mgr = buffers.manager()
+        buffers.prefetch("Jet_pt")
+        assert started.wait(10)
+        assert buffers.clear("Jet_pt") == 0  # nothing in memory yet: the read is in flight
+        for done in mgr.store.in_flight():
+            done.wait(10)
+        assert mgr.resident_bytes == 0  # the late result was not stored
+        assert float(ak.sum(chunk.events.Jet.pt)) > 0  # read again, in this thread
+        assert mgr.stats.rereads == 1
+
+
 # ---- read errors in prefetch threads -----------------------------------------------------
 
 

@@ -83,10 +83,11 @@ def test_coffea_nanoevents_processor_through_the_workflow(workflow: Workflow, na
     assert "Nothing to be done" in proc.stdout + proc.stderr and workflow.opened() == []
 
 
-def _plans(nanoaod: Path, tmp_path: Path, chunksize: int) -> list[Any]:
+def _plans(nanoaod: Path, tmp_path: Path, chunksize: int, events_per_job: int = 20) -> list[Any]:
     from test_buffers import make_plans
 
-    return make_plans([nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"], tmp_path, chunksize, 20)
+    paths = [nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"]
+    return make_plans(paths, tmp_path, chunksize, events_per_job)
 
 
 def test_cross_references_equal_coffea_with_prefetch(nanoaod: Path, tmp_path: Path) -> None:
@@ -97,11 +98,11 @@ def test_cross_references_equal_coffea_with_prefetch(nanoaod: Path, tmp_path: Pa
         p.stem: {"files": {str(p): "Events"}}
         for p in (nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root")
     }
-    theirs = run_coffea(fileset, processor, 10)
+    theirs = run_coffea(fileset, processor, 20)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # coffea's schema warns about these files
         ours, chunks = run_all(
-            _plans(nanoaod, tmp_path, 10),
+            _plans(nanoaod, tmp_path, 20, 40),
             processor.process,
             EventsOptions(schema="coffea", prefetch=True, prefetch_threads=2),
         )
