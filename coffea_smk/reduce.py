@@ -29,6 +29,15 @@ def _load_input(path: str, allow_pickle: bool) -> storage.Stored:
         raise MergeError(f"{err}\nRemoved {path}: run again and it is redone (nothing was merged).") from None
 
 
+def _add_input(result: Any, path: str, allow_pickle: bool) -> tuple[Any, storage.Stored]:
+    """Load one merge input and add its result to ``result``."""
+    stored = _load_input(path, allow_pickle)
+    try:
+        return add(result, stored.result), stored
+    except AccumulateError as err:
+        raise MergeError(f"cannot merge {path}: {err}") from err
+
+
 def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage.Stored:
     """Accumulate results and their bookkeeping; each input is read exactly once."""
     result: Any = None
@@ -41,11 +50,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> storage
     n_inputs = 0
     for path in paths:
         n_inputs += 1
-        stored = _load_input(path, allow_pickle)
-        try:
-            result = add(result, stored.result)
-        except AccumulateError as err:
-            raise MergeError(f"cannot merge {path}: {err}") from err
+        result, stored = _add_input(result, path, allow_pickle)
         meta = stored.meta
         datasets.add(meta.get("dataset", ""))
         events += int(meta.get("events", 0))
@@ -135,11 +140,7 @@ def finish_global(
     result: Any = None
     per_dataset: dict[str, Any] = {}
     for path in paths:
-        stored = _load_input(path, allow_pickle)
-        try:
-            result = add(result, stored.result)
-        except AccumulateError as err:
-            raise MergeError(f"cannot merge {path}: {err}") from err
+        result, stored = _add_input(result, path, allow_pickle)
         m = stored.meta
         per_dataset[m["dataset"]] = {
             "events": m["events"],
