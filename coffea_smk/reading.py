@@ -8,10 +8,10 @@ processors and coffea schemas (:mod:`coffea_smk.coffea_compat`).
 
 Automatic prefetch (config ``prefetch: true``): the buffers the processor
 touched in a chunk are, for the next chunks of the unit, read by background
-threads in the order it touched them, starting with the current chunk and
-reading ahead into the next one of the same file, while the processor
-computes. Prefetched bytes not yet used by the processor are bounded by
-``prefetch_max_mb``.
+threads while the processor computes: those of the current chunk (last
+touched first, since the processor takes the first ones itself at once), then
+those of the next chunk of the same file. Prefetched bytes not yet used by the
+processor are bounded by ``prefetch_max_mb``.
 """
 
 from __future__ import annotations
