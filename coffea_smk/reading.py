@@ -28,6 +28,10 @@ from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetc
 log = logging.getLogger("coffea_smk.reading")
 
 
+class EventsError(RuntimeError):
+    """The events of a chunk cannot be built (e.g. coffea's schema fails on the file)."""
+
+
 @dataclass(frozen=True)
 class EventsOptions:
     """How a processing job builds and reads events (from the analysis config)."""
@@ -146,9 +150,15 @@ class ChunkRun:
         reader = self.reader
         reader._prefetch(self.start, self.stop)
         self.manager = BufferManager(reader.store, self.start, self.stop)
-        self.events = reader.source.events(
-            self.start, self.stop, self.metadata, store=reader.store, attrs={ATTR: self.manager}
-        )
+        try:
+            self.events = reader.source.events(
+                self.start, self.stop, self.metadata, store=reader.store, attrs={ATTR: self.manager}
+            )
+        except Exception as err:
+            raise EventsError(
+                f"building the events of {reader.source.where}, entries {self.start}-{self.stop}, "
+                f"failed: {type(err).__name__}: {err}"
+            ) from err
         self.manager.events = self.events
         self._token = buffers.activate(self.manager)
         self.events_s = time.perf_counter() - t0
