@@ -72,7 +72,9 @@ class KeySource(Protocol):
     one chunk touched can be asked for in the next.
     """
 
-    where: str
+    @property
+    def where(self) -> str:
+        """The file, for messages."""
 
     def read_key(self, key: str) -> Any: ...
     def key_range(self, key: str) -> tuple[int, int]: ...

@@ -8,10 +8,10 @@ processors and coffea schemas (:mod:`coffea_smk.coffea_compat`).
 
 Automatic prefetch (config ``prefetch: true``): the buffers the processor
 touched in a chunk are, for the next chunks of the unit, read by background
-threads in the order it touched them, starting with the current chunk and
-reading ahead into the next one of the same file, while the processor
-computes. Prefetched bytes not yet used by the processor are bounded by
-``prefetch_max_mb``.
+threads while the processor computes: those of the current chunk (last
+touched first, since the processor takes the first ones itself at once), then
+those of the next chunk of the same file. Prefetched bytes not yet used by the
+processor are bounded by ``prefetch_max_mb``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from coffea_smk import buffers, metrics
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
 
 log = logging.getLogger("coffea_smk.reading")
+
+
+class EventsError(RuntimeError):
+    """The events of a chunk cannot be built (e.g. coffea's schema fails on the file)."""
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,15 @@ class ChunkRun:
         reader = self.reader
         reader._prefetch(self.start, self.stop)
         self.manager = BufferManager(reader.store, self.start, self.stop)
-        self.events = reader.source.events(
-            self.start, self.stop, self.metadata, store=reader.store, attrs={ATTR: self.manager}
-        )
+        try:
+            self.events = reader.source.events(
+                self.start, self.stop, self.metadata, store=reader.store, attrs={ATTR: self.manager}
+            )
+        except Exception as err:
+            raise EventsError(
+                f"building the events of {reader.source.where}, entries {self.start}-{self.stop}, "
+                f"failed: {type(err).__name__}: {err}"
+            ) from err
         self.manager.events = self.events
         self._token = buffers.activate(self.manager)
         self.events_s = time.perf_counter() - t0

@@ -155,7 +155,7 @@ def test_clear_inside_process_bounds_memory(nanoaod: Path, tmp_path: Path) -> No
 
         return process
 
-    plans = make_plans([nanoaod / "nano_tt_v15.root"], tmp_path, 200)
+    plans = make_plans([nanoaod / "nano_dy.root"], tmp_path, 40)
     kept, kept_chunks = run_all(plans, many_columns(False), OFF)
     cleared, cleared_chunks = run_all(plans, many_columns(True), OFF)
     assert kept == cleared

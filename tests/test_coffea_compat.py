@@ -83,26 +83,17 @@ def test_coffea_nanoevents_processor_through_the_workflow(workflow: Workflow, na
     assert "Nothing to be done" in proc.stdout + proc.stderr and workflow.opened() == []
 
 
-def _plans(nanoaod: Path, tmp_path: Path, chunksize: int, events_per_job: int = 20) -> list[Any]:
-    from test_buffers import make_plans
-
-    paths = [nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"]
-    return make_plans(paths, tmp_path, chunksize, events_per_job)
-
-
 def test_cross_references_equal_coffea_with_prefetch(nanoaod: Path, tmp_path: Path) -> None:
-    from test_buffers import run_all
+    from test_buffers import make_plans, run_all
 
     processor = MatchedJets()
-    fileset = {
-        p.stem: {"files": {str(p): "Events"}}
-        for p in (nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root")
-    }
-    theirs = run_coffea(fileset, processor, 20)
+    path = nanoaod / "nano_dimuon.root"  # 84 muons: cross-references to exercise
+    fileset = {path.stem: {"files": {str(path): "Events"}}}
+    theirs = run_coffea(fileset, processor, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # coffea's schema warns about these files
         ours, chunks = run_all(
-            _plans(nanoaod, tmp_path, 20, 40),
+            make_plans([path], tmp_path, 10, 40),
             processor.process,
             EventsOptions(schema="coffea", prefetch=True, prefetch_threads=2),
         )
@@ -129,7 +120,7 @@ def test_each_file_is_opened_once_per_work_unit(
 ) -> None:
     import uproot
     from coffea.processor.test_items import NanoEventsProcessor
-    from test_buffers import run_all
+    from test_buffers import make_plans, run_all
 
     opened: list[str] = []
     real_open = uproot.open
@@ -141,14 +132,14 @@ def test_each_file_is_opened_once_per_work_unit(
     counting_open.defaults = real_open.defaults  # type: ignore[attr-defined]
     monkeypatch.setattr(uproot, "open", counting_open)
     processor = NanoEventsProcessor(mode="virtual", check_filehandle=True)
-    plans = _plans(nanoaod, tmp_path, 10)  # preprocessing opens each file once
+    plans = make_plans([nanoaod / "nano_dy.root"], tmp_path, 10, 20)  # preprocessing opens it once
     opened.clear()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out, chunks = run_all(plans, processor.process, EventsOptions(schema="coffea"))
-    # two units of two chunks per file: one open per unit (coffea's Runner opens one per chunk)
-    assert Counter(Path(p).name for p in opened) == {"nano_dy.root": 2, "nano_dimuon.root": 2}
-    assert len(chunks) == 8 and out["cutflow"]["nano_dy_pt"] == 18
+    # two units of two chunks: one open per unit (coffea's Runner opens one per chunk)
+    assert Counter(Path(p).name for p in opened) == {"nano_dy.root": 2}
+    assert len(chunks) == 4 and out["cutflow"]["nano_dy_pt"] == 18
 
 
 def test_clear_and_prefetch_on_coffea_events(nanoaod: Path) -> None:
