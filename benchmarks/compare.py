@@ -171,7 +171,8 @@ def main() -> None:
         fileset.setdefault(name, {"files": {}})["files"][str(path)] = "Events"
     n_events = sum(n for _, _, n in files)
     print(
-        f"dataset: {len(files)} files, {n_events} events, {sum(p.stat().st_size for _, p, _ in files) / 1e6:.0f} MB"
+        f"dataset: {len(files)} files, {n_events} events, "
+        f"{sum(p.stat().st_size for _, p, _ in files) / 1e6:.0f} MB"
     )
 
     work = (a.work or a.data / "work").resolve()
@@ -258,11 +259,13 @@ def main() -> None:
         f"incremental (+1 dataset) {t_inc:.1f} s, new partials only in {sorted(new_datasets)}"
     )
     print(
-        f"preprocessing per file: cold {1e3 * cold_pre:.0f} ms (open + metadata), cached {1e3 * cached_job:.3f} ms "
+        f"preprocessing per file: cold {1e3 * cold_pre:.0f} ms (open + metadata), "
+        f"cached {1e3 * cached_job:.3f} ms "
         f"in a job, {1e3 * parse:.3f} ms when the workflow starts (stat + key)"
     )
     print(
-        f"peak RSS of a processing job: {peak:.0f} MB; process jobs busy {busy:.1f} s of {2 * t_cold:.1f} core-s "
+        f"peak RSS of a processing job: {peak:.0f} MB; "
+        f"process jobs busy {busy:.1f} s of {2 * t_cold:.1f} core-s "
         f"({100 * (1 - busy / (2 * t_cold)):.0f}% of the cold run's core time outside process jobs' work)"
     )
 

@@ -91,7 +91,8 @@ def write(source: str, out: Path, events: int, seed: int, basket: int = 20_000, 
             tree.extend(batch)
     tmp.rename(out)
     print(
-        f"  wrote {out.name}: {events} events, {out.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t0:.0f} s",
+        f"  wrote {out.name}: {events} events, {out.stat().st_size / 1e6:.0f} MB "
+        f"in {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
     return out

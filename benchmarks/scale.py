@@ -131,7 +131,8 @@ def main() -> None:
     chunks = sum(len(u["chunks"]) for p in plans if p for u in p["units"])
     units = sum(len(p["units"]) for p in plans if p)
     print(
-        f"plan (records synthesised; DAG + {len(plans)} plan jobs): {t_plan:.1f} s -> {units} units, {chunks} chunks",
+        f"plan (records synthesised; DAG + {len(plans)} plan jobs): {t_plan:.1f} s "
+        f"-> {units} units, {chunks} chunks",
         flush=True,
     )
 
