@@ -69,52 +69,11 @@ def _read_source(path: Path) -> tuple[int, dict[str, np.ndarray], dict[str, dict
     return tree.num_entries, flat, groups
 
 
-def _jitter(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if values.dtype != np.float32 or values.size == 0:
-        return values
-    out = np.array(values, dtype=np.float32)
-    bits = out.view(np.uint32)
-    ok = np.isfinite(out) & (out != 0)
-    noise = rng.integers(0, 256, size=out.shape, dtype=np.uint32)
-    bits[ok] = (bits[ok] & ~np.uint32(0xFF)) | noise[ok]
-    return out
-
-
 def build_file(source: Path, out: Path, events: int, basket: int, seed: int) -> None:
-    import awkward as ak
-    import uproot
+    """All branches of ``source``, replicated (see ``replicate.write_events``)."""
+    from replicate import write_events
 
-    n, flat, groups = _read_source(source)
-    rng = np.random.default_rng(seed)
-    tmp = out.with_suffix(".tmp")
-    t0 = time.perf_counter()
-    with uproot.recreate(tmp, compression=uproot.ZLIB(1)) as f:
-        tree = None
-        for start in range(0, events, basket):
-            size = min(basket, events - start)
-            idx = rng.integers(0, n, size)
-            batch: dict[str, Any] = {k: _jitter(v[idx], rng) for k, v in flat.items()}
-            batch["event"] = np.arange(start + 1, start + size + 1, dtype=batch["event"].dtype)
-            for coll, fields in groups.items():
-                cols = {}
-                for k, v in fields.items():
-                    taken = v[idx]
-                    content = _jitter(ak.to_numpy(ak.flatten(taken)), rng)
-                    cols[k] = ak.unflatten(content, ak.num(taken))
-                batch[coll] = ak.zip(cols)
-            if tree is None:
-                types = {
-                    k: v.dtype if isinstance(v, np.ndarray) else v.type.content for k, v in batch.items()
-                }
-                tree = f.mktree("Events", types)
-            tree.extend(batch)
-    tmp.rename(out)
-    size_mb = out.stat().st_size / 1e6
-    print(
-        f"  wrote {out.name}: {events} events, {size_mb:.0f} MB "
-        f"({1e6 * size_mb / events:.0f} B/event) in {time.perf_counter() - t0:.0f} s",
-        flush=True,
-    )
+    write_events(out, *_read_source(source), events, seed, basket)
 
 
 def build(data: Path, spec: str, basket: int) -> list[tuple[str, Path, int]]:

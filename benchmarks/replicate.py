@@ -50,22 +50,31 @@ def _source(path: Path, extra: int) -> tuple[int, dict[str, np.ndarray], dict[st
 
 
 def _jitter(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Randomise the low 8 mantissa bits of float32 values (relative change < 3e-5), so that
-    repeated events do not compress better than real ones."""
-    if values.dtype != np.float32:
+    """Randomise the low 8 mantissa bits of finite, non-zero float32 values (relative change
+    < 3e-5), so that repeated events do not compress better than real ones."""
+    if values.dtype != np.float32 or values.size == 0:
         return values
-    bits = values.view(np.uint32) ^ rng.integers(0, 256, values.shape, dtype=np.uint32)
-    return bits.view(np.float32)
+    out = np.array(values, dtype=np.float32)
+    bits = out.view(np.uint32)
+    ok = np.isfinite(out) & (out != 0)
+    noise = rng.integers(0, 256, size=out.shape, dtype=np.uint32)
+    bits[ok] = (bits[ok] & ~np.uint32(0xFF)) | noise[ok]
+    return out
 
 
-def write(source: str, out: Path, events: int, seed: int, basket: int = 20_000, extra: int = 300) -> Path:
-    """Write ``events`` replicated events of ``source`` (DY, DoubleMuon, TT) to ``out`` (once)."""
+def write_events(
+    out: Path,
+    n: int,
+    flat: dict[str, np.ndarray],
+    groups: dict[str, dict[str, Any]],
+    events: int,
+    seed: int,
+    basket: int,
+) -> None:
+    """Write ``events`` events drawn from the source columns to ``out`` (atomically)."""
     import awkward as ak
     import uproot
 
-    if out.exists():
-        return out
-    n, flat, groups = _source(SAMPLES / SOURCES[source], extra)
     rng = np.random.default_rng(seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -95,4 +104,10 @@ def write(source: str, out: Path, events: int, seed: int, basket: int = 20_000, 
         f"in {time.perf_counter() - t0:.0f} s",
         flush=True,
     )
+
+
+def write(source: str, out: Path, events: int, seed: int, basket: int = 20_000, extra: int = 300) -> Path:
+    """Write ``events`` replicated events of ``source`` (DY, DoubleMuon, TT) to ``out`` (once)."""
+    if not out.exists():
+        write_events(out, *_source(SAMPLES / SOURCES[source], extra), events, seed, basket)
     return out
