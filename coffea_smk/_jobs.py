@@ -100,10 +100,12 @@ def step_process(a: argparse.Namespace) -> None:
 def _invalidate(plan: dict[str, Any], plan_path: str) -> None:
     """Drop the cache records of a dataset and mark its plan stale (the next run re-plans)."""
     from coffea_smk._atomic import write_json
+    from coffea_smk.baskets import map_path
 
     for f in plan["files"]:
         if f.get("record_path"):
             Path(f["record_path"]).unlink(missing_ok=True)
+            map_path(f["record_path"]).unlink(missing_ok=True)
     write_json(f"{plan_path}.stale", {"batch_outputs": sorted({f["batch_output"] for f in plan["files"]})})
 
 

@@ -25,6 +25,7 @@ from awkward._nplikes.shape import unknown_length
 from awkward._nplikes.virtual import VirtualNDArray
 
 from coffea_smk import behaviors
+from coffea_smk.baskets import FLAT, JAGGED, BasketReader, TreeMap, source_fetch, uproot_fallback
 from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
 
 __all__ = ["NanoEventsArray", "ReadStats", "TreeLayout"]
@@ -54,39 +55,46 @@ class _Column:
 
 
 class TreeLayout:
-    """The NanoAOD form of one tree, decoded once and reused for every chunk."""
+    """The NanoAOD form of one tree, built once and reused for every chunk.
 
-    def __init__(self, tree: Any) -> None:
-        import uproot
+    Built from a :class:`~coffea_smk.baskets.TreeMap` (kept by preprocessing,
+    so the tree's metadata is not decoded again) and read through a
+    :class:`~coffea_smk.baskets.BasketReader`; ``TreeLayout(tree)`` builds both
+    from an open uproot tree.
+    """
 
-        self.tree = tree
+    def __init__(self, tree: Any = None, reader: BasketReader | None = None) -> None:
+        self._tree = tree  # keeps an uproot file open while its events live
+        if reader is None:
+            tmap = TreeMap.from_tree(tree)
+            where = str(getattr(tree.file, "file_path", ""))
+            reader = BasketReader(tmap, source_fetch(tree.file), where, uproot_fallback(lambda: tree))
+        self.reader = reader
         self.columns: dict[str, _Column] = {}
         self.skipped: list[str] = []
+        kinds = reader.map.kinds
         flat: dict[str, np.dtype[Any]] = {}
         jagged: dict[str, tuple[str, np.dtype[Any]]] = {}
         own_counters: set[str] = set()
-        pending: list[tuple[str, Any]] = []
-        for name, branch in tree.items(recursive=False):
-            interp = branch.interpretation
-            if isinstance(interp, uproot.AsJagged) and isinstance(interp.content, uproot.AsDtype):
-                pending.append((name, branch))
-            elif isinstance(interp, uproot.AsDtype) and interp.to_dtype.shape == ():
-                flat[name] = np.dtype(interp.to_dtype).newbyteorder("=")
+        pending: list[tuple[str, str, str]] = []
+        for name, (kind, dtype, counter, _) in kinds.items():
+            if kind == FLAT:
+                flat[name] = np.dtype(dtype).newbyteorder("=")
+            elif kind == JAGGED:
+                pending.append((name, dtype, counter))
             else:
                 self.skipped.append(name)
-        for name, branch in pending:
+        for name, dtype, own in pending:
             # NanoAOD's counter for X_y is nX; some writers also give every
             # jagged branch a private counter (nX_y): prefer the shared one.
             prefix = name.partition("_")[0]
-            counter = f"n{prefix}" if f"n{prefix}" in flat else None
-            if counter is None and branch.count_branch is not None and branch.count_branch.name in flat:
-                counter = branch.count_branch.name
+            counter = f"n{prefix}" if f"n{prefix}" in flat else own if own in flat else None
             if counter is None:
                 self.skipped.append(name)
                 continue
-            if branch.count_branch is not None and branch.count_branch.name != counter:
-                own_counters.add(branch.count_branch.name)
-            jagged[name] = (counter, np.dtype(branch.interpretation.content.to_dtype).newbyteorder("="))
+            if own != counter:
+                own_counters.add(own)
+            jagged[name] = (counter, np.dtype(dtype).newbyteorder("="))
         for name in own_counters:
             flat.pop(name, None)
         self.form = ak.forms.from_dict(self._form_dict(flat, jagged))
@@ -205,31 +213,17 @@ class TreeLayout:
     def read(self, key: str, entry_start: int, entry_stop: int) -> np.ndarray:
         """Read one buffer (a flat column, a counter's offsets or a jagged content)."""
         col = self.columns[key]
-        branch = self.tree[col.branch]
-        # array_cache=None: the store keeps what was read; uproot's own cache
-        # would hold memory that clear() cannot free and hide re-reads.
+        values, _, _ = self.reader.read(col.branch, entry_start, entry_stop)
         if col.kind == "offsets":
-            counts = branch.array(
-                entry_start=entry_start, entry_stop=entry_stop, library="np", array_cache=None
-            )
-            out = np.zeros(len(counts) + 1, dtype=np.int64)
-            np.cumsum(counts, out=out[1:])
+            out = np.zeros(len(values) + 1, dtype=np.int64)
+            np.cumsum(values, out=out[1:])
             return out
-        if col.kind == "flat":
-            return np.asarray(
-                branch.array(entry_start=entry_start, entry_stop=entry_stop, library="np", array_cache=None),
-                dtype=col.dtype,
-            )
-        layout = branch.array(
-            entry_start=entry_start, entry_stop=entry_stop, library="ak", array_cache=None
-        ).layout
-        offsets = np.asarray(layout.offsets)
-        return np.asarray(layout.content.data[offsets[0] : offsets[-1]], dtype=col.dtype)
+        return values
 
     # ---- the KeySource protocol of coffea_smk.buffers ---------------------------------
     @property
     def where(self) -> str:
-        return str(getattr(self.tree.file, "file_path", "") or self.tree.object_path)
+        return self.reader.where
 
     @staticmethod
     def _parse(key: str) -> tuple[int, int, str]:
@@ -254,7 +248,7 @@ class TreeLayout:
         col = self.columns.get(column)
         if col is None:
             return 0, 0
-        return _basket_bytes(self.tree[col.branch], start, stop)
+        return self.reader.basket_bytes(col.branch, start, stop)
 
     def suffix(self, key: str) -> str:
         return key.partition("/")[2]

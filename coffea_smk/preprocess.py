@@ -1,5 +1,9 @@
 """Preprocessing: one small JSON record per input file, the persistent cache.
 
+Beside each record, a basket map (:mod:`coffea_smk.baskets`) keeps where every
+branch's baskets are, so that processing jobs read columns without decoding
+the tree's metadata again.
+
 A record holds what planning needs (entries, cluster boundaries) and what
 identifies the file (path, tree, size, mtime, UUID, a hash of the branch list).
 Its path is derived from the file's identity (path, tree, size, mtime), so an
@@ -23,7 +27,7 @@ from coffea_smk.config import InputFile
 
 log = logging.getLogger("coffea_smk.preprocess")
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 class InputFileError(RuntimeError):
@@ -98,6 +102,16 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
     Raises:
         InputFileError: Not found, not a ROOT file, truncated, or no such tree.
     """
+    rootfile = open_file(path)
+    return rootfile, tree_of(rootfile, path, treename)
+
+
+def open_file(path: str) -> Any:
+    """Open ``path`` with uproot (reads its header and directory only: cheap).
+
+    Raises:
+        InputFileError: Not found, not a ROOT file, or truncated.
+    """
     import uproot
 
     # Local files are memory-mapped (uproot falls back by itself where mmap fails):
@@ -105,7 +119,7 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
     # I/O thread and opens the file again for it.
     options = {} if "://" in path else {"handler": uproot.source.file.MemmapSource}
     try:
-        rootfile = uproot.open(path, **options)
+        return uproot.open(path, **options)
     except FileNotFoundError:
         raise InputFileError(f"{path}: file not found; fix its path in the fileset") from None
     except Exception as err:
@@ -113,6 +127,14 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
             f"{path}: cannot be opened as a ROOT file ({type(err).__name__}: {err}); "
             "it may be truncated or not a ROOT file: replace it or remove it from the fileset"
         ) from err
+
+
+def tree_of(rootfile: Any, path: str, treename: str) -> Any:
+    """The tree ``treename`` of an open file (decodes its metadata: the costly part).
+
+    Raises:
+        InputFileError: No such tree, or it cannot be read (the file is closed).
+    """
     try:
         tree = rootfile[treename]
     except KeyError:
@@ -133,29 +155,29 @@ def open_tree(path: str, treename: str) -> tuple[Any, Any]:
     if not hasattr(tree, "num_entries") or not hasattr(tree, "branches"):
         rootfile.close()
         raise InputFileError(f"{path}: {treename!r} is not a TTree")
-    return rootfile, tree
+    return tree
 
 
-def inspect_file(identity: FileIdentity) -> dict[str, Any]:
-    """Open the file once and build its record."""
+def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str, Any]:
+    """Open the file once and build its record (and write its basket map at ``map_to``)."""
+    from coffea_smk.baskets import TreeMap
+
     t0 = time.perf_counter()
-    rootfile, tree = open_tree(identity.path, identity.treename)
+    rootfile = open_file(identity.path)
     with rootfile:
-        entries = int(tree.num_entries)
-        try:
-            clusters = [int(x) for x in tree.common_entry_offsets()] if entries else [0]
-        except Exception:  # a tree without baskets or with odd clustering
-            clusters = [0, entries]
-        branches = sorted((b.name, b.typename) for b in tree.branches)
+        uuid = str(rootfile.file.uuid)
+        tmap = TreeMap.read(rootfile, identity.path, identity.treename, uuid)
+        if map_to is not None:
+            tmap.save(map_to, identity.key)
         record = {
             "version": RECORD_VERSION,
             **asdict(identity),
             "key": identity.key,
-            "uuid": str(rootfile.file.uuid),
-            "entries": entries,
-            "clusters": clusters,
-            "nbranches": len(branches),
-            "branches_hash": key_of(branches),
+            "uuid": uuid,
+            "entries": tmap.entries,
+            "clusters": tmap.clusters() if tmap.entries else [0],
+            "nbranches": len(tmap.kinds),
+            "branches_hash": tmap.branches_hash(),
             "seconds": round(time.perf_counter() - t0, 4),
         }
     return record
@@ -181,7 +203,9 @@ def preprocess_files(
         if record is None:
             log.info("opening %s (tree %s)", identity.path, identity.treename)
             try:
-                record = inspect_file(identity)
+                from coffea_smk.baskets import map_path
+
+                record = inspect_file(identity, map_path(path))
             except InputFileError as err:
                 if not skip_bad_files:
                     raise

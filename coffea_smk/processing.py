@@ -22,7 +22,7 @@ from coffea_smk._atomic import write_json
 from coffea_smk._ranges import coalesce, covered
 from coffea_smk.accumulate import AccumulateError, add
 from coffea_smk.plan import unit_by_id
-from coffea_smk.preprocess import InputFileError, StaleRecordError, open_tree
+from coffea_smk.preprocess import InputFileError, StaleRecordError, open_file
 from coffea_smk.processor import Processor
 from coffea_smk.reading import EventsOptions, FileReader, UnitReader
 
@@ -101,14 +101,14 @@ def run_unit(
             chunks = [(start, stop) for _, start, stop in chunks_iter]
             record = files[file_index]
             try:
-                rootfile, tree = _open(record, policy)
+                rootfile = _open(record, policy)
             except Exception as err:
                 if not policy.continues(err):
                     raise
                 for start, stop in chunks:
                     _record_failure(state, plan, record, start, stop, err, 1, traceback_dir, unit_name)
                 continue
-            with rootfile, reader.open(rootfile, tree, record["treename"], chunks) as source:
+            with rootfile, reader.open(rootfile, record, chunks) as source:
                 for start, stop in chunks:
                     _run_with_policy(
                         state, plan, record, source, start, stop, processor, policy, traceback_dir, unit_name
@@ -125,11 +125,12 @@ def run_unit(
     return state.accumulator, meta
 
 
-def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, Any]:
+def _open(record: dict[str, Any], policy: ErrorPolicy) -> Any:
+    """Open a file (header and directory only) and check it is the one preprocessed."""
     tries = 0
     while True:
         try:
-            rootfile, tree = open_tree(record["path"], record["treename"])
+            rootfile = open_file(record["path"])
             break
         except InputFileError as err:
             cause = err.__cause__
@@ -145,7 +146,7 @@ def _open(record: dict[str, Any], policy: ErrorPolicy) -> tuple[Any, Any]:
             f"became {uuid}) although its size and modification time did not; its records were "
             "invalidated: run again to preprocess it anew"
         )
-    return rootfile, tree
+    return rootfile
 
 
 def _sleep(policy: ErrorPolicy, tries: int, what: str, err: BaseException) -> None:

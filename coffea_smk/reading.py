@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coffea_smk import buffers, metrics
+from coffea_smk.baskets import TreeMap
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
 
 log = logging.getLogger("coffea_smk.reading")
@@ -77,17 +78,39 @@ class UnitReader:
         if self.prefetcher is not None:
             self.prefetcher.close()
 
-    def open(self, rootfile: Any, tree: Any, treename: str, ranges: list[tuple[int, int]]) -> FileReader:
-        """The reader of one open file; ``ranges`` are the unit's chunks in it, in order."""
+    def open(self, rootfile: Any, record: dict[str, Any], ranges: list[tuple[int, int]]) -> FileReader:
+        """The reader of one open file (its preprocessing ``record``); ``ranges`` are the
+        unit's chunks in it, in order."""
+        from coffea_smk.preprocess import tree_of
+
+        path, treename = record["path"], record["treename"]
         if self.schemaclass is None:
+            from coffea_smk.baskets import BasketReader, source_fetch, uproot_fallback
             from coffea_smk.nanoevents import TreeLayout
 
-            source: Any = TreeLayout(tree)
+            tmap = _basket_map(record)
+            if tmap is None:  # no usable map: read the tree's metadata here
+                tmap = TreeMap.read(rootfile, path, treename, record.get("uuid", ""))
+            fallback = uproot_fallback(lambda: tree_of(rootfile, path, treename))
+            source: Any = TreeLayout(tmap, BasketReader(tmap, source_fetch(rootfile), path, fallback))
         else:
             from coffea_smk.coffea_compat import CoffeaSource
 
-            source = CoffeaSource(rootfile, tree, treename, self.schemaclass)
+            source = CoffeaSource(rootfile, tree_of(rootfile, path, treename), treename, self.schemaclass)
         return FileReader(self, source, ranges)
+
+
+def _basket_map(record: dict[str, Any]) -> TreeMap | None:
+    """The basket map that preprocessing kept for this file, or None (then say why)."""
+    from coffea_smk.baskets import BasketMapError, map_path
+
+    if not record.get("record_path"):
+        return None  # e.g. a file opened outside a planned analysis
+    try:
+        return TreeMap.load(map_path(record["record_path"]), record["key"], record.get("uuid", ""))
+    except BasketMapError as err:
+        log.warning("%s: %s; decoding the tree's metadata instead", record["path"], err)
+        return None
 
 
 class FileReader:

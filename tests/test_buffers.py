@@ -56,7 +56,10 @@ def one_chunk(path: Path, start: int = 0, stop: int | None = None) -> Iterator[C
     with UnitReader(OFF) as unit:
         rootfile, tree = open_tree(str(path), "Events")
         stop = tree.num_entries if stop is None else stop
-        with rootfile, unit.open(rootfile, tree, "Events", [(start, stop)]) as reader:
+        with (
+            rootfile,
+            unit.open(rootfile, {"path": str(path), "treename": "Events"}, [(start, stop)]) as reader,
+        ):
             with reader.chunk(start, stop, {"dataset": "d"}) as chunk:
                 yield chunk
 
@@ -175,7 +178,9 @@ class ExplicitPrefetch(DimuonProcessor):
     def process(self, events: Any) -> dict[str, Any]:
         with buffers.prefetch(events.Jet.pt, "Muon", nthreads=self.nthreads) as handle:
             assert handle.keys
-            return super().process(events)
+            out = super().process(events)
+            handle.wait()  # every asked-for column is read before the chunk ends (else it is cancelled)
+            return out
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def coffea_chunk(path: Path, options: EventsOptions, wants: bool = True) -> Iter
         with UnitReader(options, wants) as unit:
             rootfile, tree = open_tree(str(path), "Events")
             n = tree.num_entries
-            with rootfile, unit.open(rootfile, tree, "Events", [(0, n)]) as reader:
+            with rootfile, unit.open(rootfile, {"path": str(path), "treename": "Events"}, [(0, n)]) as reader:
                 with reader.chunk(0, n, {"dataset": "d", "filename": str(path)}) as chunk:
                     yield chunk
 

@@ -1,0 +1,193 @@
+"""The basket map and reader: equal to uproot on every branch, every file, every cut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from coffea_smk.baskets import (
+    OTHER,
+    BasketMapError,
+    BasketReader,
+    TreeMap,
+    local_fetch,
+    map_path,
+    source_fetch,
+    uproot_fallback,
+)
+
+SAMPLES = ["nano_dy.root", "nano_dimuon.root", "nano_tt_v15.root", "nano_dy_empty.root"]
+
+
+def _uproot_values(tree: Any, name: str, start: int, stop: int) -> np.ndarray:
+    array = tree[name].array(entry_start=start, entry_stop=stop, library="ak")
+    return np.asarray(ak.flatten(array) if array.ndim > 1 else array)
+
+
+def _assert_reads_like_uproot(
+    path: Path, ranges: list[tuple[int, int]], names: list[str] | None = None
+) -> None:
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        tmap = TreeMap.read(f, str(path), "Events", str(f.file.uuid))
+        reader = BasketReader(tmap, source_fetch(f), str(path))
+        for name in names or [n for n, k in tmap.kinds.items() if k[0] != OTHER]:
+            for start, stop in ranges:
+                got, _, _ = reader.read(name, start, stop)
+                expected = _uproot_values(tree, name, start, stop)
+                assert got.dtype == expected.dtype.newbyteorder("=")
+                np.testing.assert_array_equal(got, expected, err_msg=f"{path.name} {name} [{start}, {stop})")
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_map_equals_uproots_view_of_the_tree(nanoaod: Path, sample: str) -> None:
+    path = nanoaod / sample
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        fast = TreeMap.read(f, str(path), "Events")
+        slow = TreeMap.from_tree(tree, by_uproot=True)
+        assert fast.entries == tree.num_entries
+        assert fast.kinds == slow.kinds
+        assert {k[0] for k in fast.kinds.values()} <= {"flat", "jagged"}  # all of NanoAOD is mapped
+        for name in fast.kinds:
+            a, b = fast.branch(name), slow.branch(name)
+            np.testing.assert_array_equal(a.seek, tree[name].member("fBasketSeek")[: len(a.seek)])
+            assert np.array_equal(a.seek, b.seek) and np.array_equal(a.nbytes, b.nbytes)
+            assert np.array_equal(a.entries, b.entries)
+        expected = [int(x) for x in tree.common_entry_offsets()] if tree.num_entries else [0]
+        assert (fast.clusters() if fast.entries else [0]) == expected
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_every_branch_reads_like_uproot(nanoaod: Path, sample: str) -> None:
+    path = nanoaod / sample
+    n = uproot.open(path)["Events"].num_entries
+    _assert_reads_like_uproot(path, [(0, n), (n // 3, n // 2 + 1), (min(1, n), max(n - 1, min(1, n)))])
+
+
+def _write_multibasket(path: Path, source: Path, compression: Any, rounds: int = 4) -> int:
+    """A NanoAOD-like file with ``rounds`` baskets per branch (flat, jagged, bool, small ints)."""
+    with uproot.open(source) as f:
+        tree = f["Events"]
+        arrays = tree.arrays(
+            [
+                "run",
+                "event",
+                "nMuon",
+                "Muon_pt",
+                "Muon_charge",
+                "Muon_tightId",
+                "nJet",
+                "Jet_pt",
+                "HLT_IsoMu24",
+            ],
+            library="ak",
+        )
+    parts: dict[str, Any] = {k: ak.to_numpy(arrays[k]) for k in ["run", "event", "HLT_IsoMu24"]}
+    parts["Muon"] = ak.zip({k: arrays[f"Muon_{k}"] for k in ["pt", "charge", "tightId"]})
+    parts["Jet"] = ak.zip({"pt": arrays["Jet_pt"]})
+    types = {k: v.dtype if isinstance(v, np.ndarray) else v.type.content for k, v in parts.items()}
+    with uproot.recreate(path, compression=compression) as out:
+        tree = out.mktree("Events", types)
+        for _ in range(rounds):
+            tree.extend(parts)  # one basket per branch and call
+    return rounds * len(arrays)
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [uproot.ZLIB(1), uproot.LZMA(2), uproot.LZ4(1), uproot.ZSTD(3), None],
+    ids=["zlib", "lzma", "lz4", "zstd", "none"],
+)
+def test_ranges_that_cut_baskets_and_every_compression(
+    nanoaod: Path, tmp_path: Path, compression: Any
+) -> None:
+    path = tmp_path / "multi.root"
+    n = _write_multibasket(path, nanoaod / "nano_dimuon.root", compression)
+    with uproot.open(path) as f:
+        assert f["Events"]["Muon_pt"].num_baskets == 4
+    ranges = [(0, n), (0, 1), (3, 77), (39, 41), (40, 80), (55, 155), (n - 1, n), (7, 7)]
+    _assert_reads_like_uproot(path, ranges)
+
+
+def test_consecutive_ranges_reuse_the_shared_basket(nanoaod: Path, tmp_path: Path) -> None:
+    path = tmp_path / "multi.root"
+    n = _write_multibasket(path, nanoaod / "nano_dimuon.root", uproot.ZLIB(1))
+    with uproot.open(path) as f:
+        tmap = TreeMap.read(f, str(path), "Events")
+    fetch, close = local_fetch(str(path))
+    reads: list[int] = []
+
+    def counting(offset: int, size: int) -> bytes:
+        reads.append(offset)
+        return fetch(offset, size)
+
+    reader = BasketReader(tmap, counting, str(path))
+    pieces = [reader.read("Muon_pt", a, min(a + 30, n))[0] for a in range(0, n, 30)]
+    close()
+    assert len(reads) == 4  # each basket fetched once although chunks cut them
+    np.testing.assert_array_equal(
+        np.concatenate(pieces), _uproot_values(uproot.open(path)["Events"], "Muon_pt", 0, n)
+    )
+
+
+def test_saved_map_round_trips_and_refuses_another_file(nanoaod: Path, tmp_path: Path) -> None:
+    path = nanoaod / "nano_dimuon.root"
+    with uproot.open(path) as f:
+        uuid = str(f.file.uuid)
+        tmap = TreeMap.read(f, str(path), "Events", uuid)
+    target = map_path(tmp_path / "abc.json")
+    assert target.name == "abc.baskets.npz"
+    tmap.save(target, "abc")
+    loaded = TreeMap.load(target, "abc", uuid)
+    assert loaded.kinds == tmap.kinds and loaded.entries == tmap.entries
+    for name in ["Muon_pt", "nMuon", "HLT_IsoMu24"]:
+        a, b = loaded.branch(name), tmap.branch(name)
+        assert np.array_equal(a.seek, b.seek) and np.array_equal(a.entries, b.entries)
+    with pytest.raises(BasketMapError, match="not for this file"):
+        TreeMap.load(target, "abc", "another-uuid")
+    with pytest.raises(BasketMapError, match="not for this file"):
+        TreeMap.load(target, "another-key", uuid)
+    target.write_bytes(target.read_bytes()[:100])
+    with pytest.raises(BasketMapError, match="damaged"):
+        TreeMap.load(target, "abc", uuid)
+    with pytest.raises(BasketMapError, match="no basket map"):
+        TreeMap.load(tmp_path / "missing.npz", "abc", uuid)
+
+
+def test_branches_the_map_cannot_read_go_through_uproot(nanoaod: Path) -> None:
+    path = nanoaod / "nano_dimuon.root"
+    with uproot.open(path) as f:
+        tree = f["Events"]
+        tmap = TreeMap.from_tree(tree)
+        kind = tmap.kinds["Muon_pt"]
+        tmap.kinds["Muon_pt"] = (*kind[:3], False)
+        tmap._built["Muon_pt"] = tmap.branch("Muon_pt").__class__(
+            "Muon_pt", *kind[:3], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), False
+        )
+        with pytest.raises(BasketMapError, match="Muon_pt"):
+            BasketReader(tmap, source_fetch(f), str(path)).read("Muon_pt", 0, 40)
+        reader = BasketReader(tmap, source_fetch(f), str(path), uproot_fallback(lambda: tree))
+        got, _, _ = reader.read("Muon_pt", 5, 30)
+        np.testing.assert_array_equal(got, _uproot_values(tree, "Muon_pt", 5, 30))
+
+
+def test_a_damaged_basket_names_file_branch_and_basket(nanoaod: Path, tmp_path: Path) -> None:
+    path = tmp_path / "multi.root"
+    _write_multibasket(path, nanoaod / "nano_dimuon.root", uproot.ZLIB(1))
+    with uproot.open(path) as f:
+        tmap = TreeMap.read(f, str(path), "Events")
+    b = tmap.branch("Muon_pt")
+    data = bytearray(path.read_bytes())
+    at = int(b.seek[1]) + int(b.nbytes[1]) - 20
+    data[at : at + 10] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+    fetch, close = local_fetch(str(path))
+    with pytest.raises(OSError, match=r"branch Muon_pt, basket 1"):
+        BasketReader(tmap, fetch, str(path)).read("Muon_pt", 0, 160)
+    close()
