@@ -153,6 +153,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--coffea-chunks", default="250000,500000")
     parser.add_argument(
+        "--events-per-job", default="2000000,500000,250000", help="coffea_smk work-unit sizes to try"
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="coffea_smk work directory (default DATA/work)"
     )
     a = parser.parse_args()
@@ -176,22 +179,41 @@ def main() -> None:
     )
 
     work = (a.work or a.data / "work").resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "_audit").mkdir(parents=True)
-    (work / "_audit" / "sitecustomize.py").write_text(AUDIT)
-    (work / "fileset.json").write_text(json.dumps(fileset))
-    config = {"fileset": str(work / "fileset.json"), "processor": "dimuon_ht:DimuonHT", "basedir": str(HERE)}
-    (work / "analysis.yaml").write_text(json.dumps(config))
-
     rows: list[tuple[str, float]] = []
-    # coffea_smk cold
-    t_cold, _ = run_smk(work)
+    # coffea_smk cold, at several work-unit sizes (as coffea gets several chunk sizes);
+    # the best is kept for the warm and incremental runs
+    cold: list[tuple[float, int]] = []
+    for per_job in (int(x) for x in a.events_per_job.split(",")):
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "_audit").mkdir(parents=True)
+        (work / "_audit" / "sitecustomize.py").write_text(AUDIT)
+        (work / "fileset.json").write_text(json.dumps(fileset))
+        config = {
+            "fileset": str(work / "fileset.json"),
+            "processor": "dimuon_ht:DimuonHT",
+            "basedir": str(HERE),
+            "events_per_job": per_job,
+        }
+        (work / "analysis.yaml").write_text(json.dumps(config))
+        t, _ = run_smk(work)
+        print(
+            f"coffea_smk cold run, events_per_job {per_job}: {t:.1f} s, {n_events / t:,.0f} events/s",
+            flush=True,
+        )
+        cold.append((t, per_job))
+    t_cold, best_per_job = min(cold)
+    if best_per_job != cold[-1][1]:  # redo the best so that its outputs are the ones kept
+        shutil.rmtree(work / "results", ignore_errors=True)
+        shutil.rmtree(work / ".snakemake", ignore_errors=True)
+        config["events_per_job"] = best_per_job
+        (work / "analysis.yaml").write_text(json.dumps(config))
+        run_smk(work)
     import coffea_smk
 
     ours = coffea_smk.load(work / "results" / "result.npz")
     meta = coffea_smk.load_meta(work / "results" / "result.npz")
     columns = sorted({c for d in meta["datasets"].values() for c in d["columns"]})
-    rows.append(("coffea_smk cold run (2 cores)", n_events / t_cold))
+    rows.append((f"coffea_smk cold run (2 cores), events_per_job {best_per_job}", n_events / t_cold))
 
     # coffea's Runner, same files and processor
     best = None

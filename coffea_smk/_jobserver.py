@@ -133,7 +133,6 @@ def _receive(conn: socket.socket) -> tuple[list[int], dict[str, Any]]:
 
 def serve(sock_path: str) -> None:
     """Serve jobs until the parent process (``coffea-smk run``) exits or SIGTERM."""
-    _preload()
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -144,6 +143,9 @@ def serve(sock_path: str) -> None:
     os.chmod(sock_path + ".tmp", 0o600)  # only the user's own jobs may connect
     server.listen(64)
     os.replace(sock_path + ".tmp", sock_path)  # ready when the path appears
+    # Imports after listening: Snakemake starts meanwhile, and its first jobs
+    # wait in the backlog rather than `coffea-smk run` waiting for the imports.
+    _preload()
     try:
         while os.getppid() == parent:
             ready, _, _ = select.select([server], [], [], 1.0)

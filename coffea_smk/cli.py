@@ -103,21 +103,7 @@ def _final_word(configfile: str, code: int, extra: list[str]) -> None:
             file=sys.stderr,
         )
         return
-    try:
-        from coffea_smk.layout import Layout
-        from coffea_smk.storage import load_meta
-
-        meta = load_meta(Layout.from_file(configfile).path("result"))
-    except Exception:
-        return
-    if meta.get("complete") is False:
-        print(
-            f"coffea-smk: WARNING: the result is INCOMPLETE ({meta['events']} of {meta['events_expected']} "
-            f"events; {meta.get('failed_chunks', 0)} chunks failed, "
-            f"{meta.get('bad_files', 0)} files unreadable). "
-            f"`coffea-smk status {configfile}` lists them; run again to retry them.",
-            file=sys.stderr,
-        )
+    # an incomplete result is reported by the workflow itself (Analysis.end_of_run)
 
 
 def _runs_locally(args: list[str]) -> bool:

@@ -48,6 +48,7 @@ class Analysis:
             raise WorkflowError(
                 "no analysis config: pass --configfile analysis.yaml (or run `coffea-smk run analysis.yaml`)"
             )
+        self.configfile = str(configfiles[-1]) if configfiles else "analysis.yaml"
         try:
             self.layout = Layout.from_config(config, str(configfiles[-1]) if configfiles else None)
         except ConfigError as err:
@@ -173,3 +174,33 @@ class Analysis:
         c = self.cfg
         policy = {"continue_on": c.continue_on, "retries": c.retries, "backoff": c.retry_backoff}
         return shlex.quote(json.dumps(policy))
+
+    def end_of_run(self, success: bool) -> None:
+        """Called by the Snakefile once the run is over (``onsuccess`` / ``onerror``).
+
+        Warns when the result is incomplete (failed chunks, unreadable files),
+        and cancels the re-check timers Snakemake's scheduler leaves behind,
+        which would hold the process up to a second at exit.
+        """
+        import sys
+        import threading
+
+        for thread in threading.enumerate():
+            if isinstance(thread, threading.Timer):
+                thread.cancel()
+        if not success:
+            return
+        from coffea_smk.storage import load_meta
+
+        try:
+            meta = load_meta(self.layout.path("result"))
+        except Exception:
+            return
+        if meta.get("complete") is False:
+            print(
+                f"coffea-smk: WARNING: the result is INCOMPLETE ({meta['events']} of "
+                f"{meta['events_expected']} events; {meta.get('failed_chunks', 0)} chunks failed, "
+                f"{meta.get('bad_files', 0)} files unreadable). `coffea-smk status "
+                f"{self.configfile}` lists them; run again to retry them.",
+                file=sys.stderr,
+            )

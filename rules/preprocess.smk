@@ -14,6 +14,9 @@ rule preprocess:
         failures=analysis.layout.failure("preprocess"),
         skip="--skip-bad-files" if analysis.cfg.skip_bad_files else "",
         job=analysis.job("preprocess"),
+    # Cheap and on the way to every plan: before any processing job, so that
+    # all work units are known early and the cores stay full.
+    priority: 10
     shell:
         "{params.job} --files {params.files:q} --cache {params.cache:q} {params.skip}"
         " --failures {params.failures:q} --out {output:q} --log {log:q}"
@@ -29,6 +32,7 @@ checkpoint plan:
     params:
         spec=analysis.get_plan_spec,
         job=analysis.job("plan"),
+    priority: 10
     localrule: True
     shell:
         "{params.job} --spec {params.spec:q} --out {output:q} --log {log:q} {input:q}"
