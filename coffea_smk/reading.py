@@ -85,14 +85,23 @@ class UnitReader:
 
         path, treename = record["path"], record["treename"]
         if self.schemaclass is None:
-            from coffea_smk.baskets import BasketReader, source_fetch, uproot_fallback
+            from coffea_smk.baskets import BasketReader, local_fetch, source_fetch, uproot_fallback
             from coffea_smk.nanoevents import TreeLayout
 
             tmap = _basket_map(record)
             if tmap is None:  # no usable map: read the tree's metadata here
                 tmap = TreeMap.read(rootfile, path, treename, record.get("uuid", ""))
             fallback = uproot_fallback(lambda: tree_of(rootfile, path, treename))
-            source: Any = TreeLayout(tmap, BasketReader(tmap, source_fetch(rootfile), path, fallback))
+            closing = None
+            if "://" in path:
+                fetch = source_fetch(rootfile)
+            else:
+                # positioned reads into private buffers, freed once decompressed (reading
+                # through the memory map would keep every page read in the job's RSS)
+                fetch, closing = local_fetch(path)
+            reader = BasketReader(tmap, fetch, path, fallback)
+            source: Any = TreeLayout(tmap, reader)
+            return FileReader(self, source, ranges, closing)
         else:
             from coffea_smk.coffea_compat import CoffeaSource
 
@@ -116,8 +125,11 @@ def _basket_map(record: dict[str, Any]) -> TreeMap | None:
 class FileReader:
     """The chunks of one file; a context manager that ends the file's background reads."""
 
-    def __init__(self, unit: UnitReader, source: Any, ranges: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, unit: UnitReader, source: Any, ranges: list[tuple[int, int]], closing: Any = None
+    ) -> None:
         self.unit = unit
+        self._closing = closing
         self.source = source
         self.ranges = list(ranges)
         self.store = FileBuffers(source)
@@ -133,6 +145,9 @@ class FileReader:
         if self.unit.prefetcher is not None:
             self.unit.prefetcher.cancel(self.store)
         self.store.close()
+        if self._closing is not None:
+            self._closing()
+            self._closing = None
 
     def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
         return ChunkRun(self, start, stop, metadata)

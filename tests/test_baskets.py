@@ -191,3 +191,52 @@ def test_a_damaged_basket_names_file_branch_and_basket(nanoaod: Path, tmp_path: 
     with pytest.raises(OSError, match=r"branch Muon_pt, basket 1"):
         BasketReader(tmap, fetch, str(path)).read("Muon_pt", 0, 160)
     close()
+
+
+# ---- in the processing step ---------------------------------------------------------------
+
+
+def test_jobs_read_through_the_map_and_never_decode_the_tree(
+    nanoaod: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import assert_same_result
+    from test_buffers import OFF, make_plans, run_all
+
+    from coffea_smk import preprocess
+    from coffea_smk.examples.dimuon import DimuonProcessor
+
+    files = [nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"]
+    plans = make_plans(files, tmp_path / "cache", 13)
+    maps = sorted((tmp_path / "cache").rglob("*.baskets.npz"))
+    assert len(maps) == 2  # one map per preprocessed file, beside its record
+
+    reference, _ = run_all(plans, DimuonProcessor().process, OFF)  # with the maps
+
+    def no_tree(*args: Any) -> Any:
+        raise AssertionError("a processing job decoded the tree's metadata")
+
+    monkeypatch.setattr(preprocess, "tree_of", no_tree)
+    result, chunks = run_all(plans, DimuonProcessor().process, OFF)
+    assert_same_result(result, reference)
+    assert sum(c["events"] for c in chunks) == 40 + 40
+    assert result["cutflow"]["nano_dimuon"]["muons"] == 84
+
+    # without the maps (deleted, damaged): a warning, the branch list read from
+    # the file instead, the same result
+    monkeypatch.undo()
+    maps[0].unlink()
+    maps[1].write_bytes(b"not a map")
+    with pytest.MonkeyPatch.context() as m:
+        import logging
+
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda rec: records.append(rec.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("coffea_smk.reading").addHandler(handler)
+        m.setattr(logging.getLogger("coffea_smk.reading"), "level", logging.WARNING)
+        try:
+            again, _ = run_all(plans, DimuonProcessor().process, OFF)
+        finally:
+            logging.getLogger("coffea_smk.reading").removeHandler(handler)
+    assert_same_result(again, reference)
+    assert any("no basket map" in r for r in records) and any("damaged basket map" in r for r in records)
