@@ -85,21 +85,28 @@ class UnitReader:
 
         path, treename = record["path"], record["treename"]
         if self.schemaclass is None:
-            from coffea_smk.baskets import BasketReader, local_fetch, source_fetch, uproot_fallback
+            from coffea_smk.baskets import (
+                BasketReader,
+                local_fetch,
+                source_fetch,
+                source_fetch_many,
+                uproot_fallback,
+            )
             from coffea_smk.nanoevents import TreeLayout
 
             tmap = _basket_map(record)
             if tmap is None:  # no usable map: read the tree's metadata here
                 tmap = TreeMap.read(rootfile, path, treename, record.get("uuid", ""))
             fallback = uproot_fallback(lambda: tree_of(rootfile, path, treename))
-            closing = None
+            closing = fetch_many = None
             if "://" in path:
-                fetch = source_fetch(rootfile)
+                # remote: the baskets of a column range in one (vector) request
+                fetch, fetch_many = source_fetch(rootfile), source_fetch_many(rootfile)
             else:
                 # positioned reads into private buffers, freed once decompressed (reading
                 # through the memory map would keep every page read in the job's RSS)
                 fetch, closing = local_fetch(path)
-            reader = BasketReader(tmap, fetch, path, fallback)
+            reader = BasketReader(tmap, fetch, path, fallback, fetch_many)
             source: Any = TreeLayout(tmap, reader)
             return FileReader(self, source, ranges, closing)
         else:

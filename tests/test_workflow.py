@@ -239,3 +239,24 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     assert result["mass"].sum(flow=True) == sum(
         flow["opposite-sign pairs"] for flow in result["cutflow"].values()
     )
+
+
+def test_remote_files_over_http_equal_local(workflow: Workflow, nanoaod: Path) -> None:
+    """Files read from a (local) HTTP server with range requests, as from a storage element."""
+    from rangeserver import serve
+
+    with serve(nanoaod, latency=0.002) as remote:
+        fileset = {
+            "DY": {"files": {remote("nano_dy.root"): "Events"}},
+            "DoubleMuon": {"files": [remote("nano_dimuon.root")], "treename": "Events"},
+        }
+        workflow.write({"processor": DIMUON, "chunksize": 13, "events_per_job": 26}, fileset)
+        workflow.run()
+        assert remote.requests > 0
+        ours = coffea_smk.load(workflow.root / "results" / "result.npz")
+        assert workflow.opened() == []  # no local ROOT file was opened: all came over HTTP
+        requests = remote.requests
+        workflow.run()  # nothing changed: no job, no request
+        assert remote.requests == requests
+    assert ours["cutflow"]["DY"]["muons"] == 18 and ours["cutflow"]["DoubleMuon"]["muons"] == 84
+    assert_same_result(ours, run_coffea(two_datasets(nanoaod), DimuonProcessor, 13))
