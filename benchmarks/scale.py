@@ -28,7 +28,7 @@ import yaml
 
 from coffea_smk._atomic import write_json
 from coffea_smk.layout import Layout
-from coffea_smk.preprocess import record_path
+from coffea_smk.preprocess import RECORD_VERSION, record_path
 
 PROCESSOR = """
 def count(events):
@@ -60,7 +60,7 @@ def synthesise(work: Path, n_files: int, entries: int, n_datasets: int) -> Layou
             for identity in ids:
                 rp = record_path(layout.cache_dir, identity)
                 record = {
-                    "version": 1,
+                    "version": RECORD_VERSION,
                     "path": identity.path,
                     "treename": identity.treename,
                     "size": identity.size,

@@ -240,3 +240,18 @@ def test_jobs_read_through_the_map_and_never_decode_the_tree(
             logging.getLogger("coffea_smk.reading").removeHandler(handler)
     assert_same_result(again, reference)
     assert any("no basket map" in r for r in records) and any("damaged basket map" in r for r in records)
+
+
+def test_a_basket_of_several_compression_blocks(tmp_path: Path) -> None:
+    # ROOT compresses a basket in blocks of at most 16 MiB: a 40 MB basket has three
+    path = tmp_path / "big.root"
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=5_000_000)
+    with uproot.recreate(path, compression=uproot.ZLIB(1)) as f:
+        f.mktree("Events", {"x": values.dtype}).extend({"x": values})
+    with uproot.open(path) as f:
+        assert f["Events"]["x"].num_baskets == 1
+        tmap = TreeMap.read(f, str(path), "Events")
+        got, _, uncompressed = BasketReader(tmap, source_fetch(f), str(path)).read("x", 10, 4_999_990)
+    assert uncompressed > 2 * 16 * 2**20
+    np.testing.assert_array_equal(got, values[10:4_999_990])
