@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import Workflow, assert_same_result
 
@@ -107,7 +108,11 @@ def _finish_and_compare(wf: Workflow, reference: object) -> None:
     results = wf.root / "results"
     # whatever the crash left is either complete and valid, or absent
     for path in results.rglob("*.npz"):
-        coffea_smk.load_meta(path)
+        if path.name.endswith(".baskets.npz"):  # a preprocessing basket map
+            with np.load(path, allow_pickle=False) as npz:
+                assert {"header", "seek", "nbytes", "entries"} <= set(npz.files)
+        else:
+            coffea_smk.load_meta(path)
     wf.run()
     assert_same_result(coffea_smk.load(results / "result.npz"), reference)
     meta = coffea_smk.load_meta(results / "result.npz")
