@@ -16,7 +16,7 @@ checks that coffea_smk's histograms equal coffea's bin for bin, and prints
 events/s, ratios, preprocessing cost per file (cold, cached), peak memory per
 job and the share of wall time spent outside the jobs' own work.
 
-    python benchmarks/compare.py DATA [--events 2000000] [--files 8]
+    python benchmarks/compare.py DATA [--events 2000000] [--files 8] [--links 1]
 
 Figures, not tests: nothing here asserts a speed.
 """
@@ -153,6 +153,13 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--coffea-chunks", default="250000,500000")
     parser.add_argument(
+        "--links",
+        type=int,
+        default=1,
+        help="use each built file under this many names (hard links): --files 8 --links 12 "
+        "is an analysis of 96 files without writing more data",
+    )
+    parser.add_argument(
         "--events-per-job", default="2000000,500000,250000", help="coffea_smk work-unit sizes to try"
     )
     parser.add_argument(
@@ -169,6 +176,16 @@ def main() -> None:
         files.append((name, path, per_file))
     extra = files[-1]  # the dataset added for the incremental run
     files = files[:-1]
+    if a.links > 1:  # each built file also under more names (hard links): a larger analysis
+        linked = []
+        for name, path, n in files:
+            for k in range(a.links):
+                link = a.data / "links" / f"{path.stem}_{k}.root"
+                link.parent.mkdir(exist_ok=True)
+                if not link.exists():
+                    os.link(path, link)
+                linked.append((name, link, n))
+        files = linked
     fileset: dict[str, Any] = {}
     for name, path, _ in files:
         fileset.setdefault(name, {"files": {}})["files"][str(path)] = "Events"

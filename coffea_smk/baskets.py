@@ -37,7 +37,7 @@ from coffea_smk._atomic import write_with
 
 log = logging.getLogger("coffea_smk.baskets")
 
-MAP_VERSION = 1
+MAP_VERSION = 2
 FLAT, JAGGED, OTHER = "flat", "jagged", "other"
 
 try:  # pragma: no cover - which one depends on the environment
@@ -189,7 +189,12 @@ class TreeMap:
 
     # ---- storing ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], key: str) -> None:
-        """Write the map (compressed npz, atomically), tagged with the file's cache ``key``."""
+        """Write the map (an npz, atomically), tagged with the file's cache ``key``.
+
+        Positions are stored as differences (small numbers that compress well)
+        and deflated at level 1: a few times faster to write than
+        ``numpy.savez_compressed`` for a few % more bytes.
+        """
         bs = [self.branch(name) for name in self.kinds]
         header = {
             "version": MAP_VERSION,
@@ -202,12 +207,14 @@ class TreeMap:
         arrays = {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
             "counts": np.array([len(b.seek) for b in bs], dtype=np.int64),
-            "seek": np.concatenate([empty, *[b.seek for b in bs]]),
+            "seek": np.diff(np.concatenate([empty, *[b.seek for b in bs]]), prepend=0),
             "nbytes": np.concatenate([empty, *[b.nbytes for b in bs]]).astype(np.int32),
-            "entries": np.concatenate([empty, *[b.entries[:-1] for b in bs if len(b.entries)]]),
+            "entries": np.diff(
+                np.concatenate([empty, *[b.entries[:-1] for b in bs if len(b.entries)]]), prepend=0
+            ),
             "ends": np.array([b.entries[-1] if len(b.entries) else 0 for b in bs], dtype=np.int64),
         }
-        write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+        write_with(path, lambda handle: _write_npz(handle, arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], key: str, uuid: str) -> TreeMap:
@@ -219,7 +226,8 @@ class TreeMap:
         try:
             with np.load(io.BytesIO(Path(path).read_bytes()), allow_pickle=False) as npz:
                 header = json.loads(npz["header"].tobytes())
-                counts, seek, nbytes, first = npz["counts"], npz["seek"], npz["nbytes"], npz["entries"]
+                counts, nbytes = npz["counts"], npz["nbytes"]
+                seek, first = np.cumsum(npz["seek"]), np.cumsum(npz["entries"])
                 ends = npz["ends"]
             names = [b[0] for b in header["branches"]]
             kinds = {b[0]: (b[1], b[2], b[3], bool(b[4])) for b in header["branches"]}
@@ -338,6 +346,16 @@ def _from_uproot(branch: Any) -> tuple[str, str, str]:
     ):
         return JAGGED, interp.content.from_dtype.str, branch.count_branch.name
     return OTHER, "", ""
+
+
+def _write_npz(handle: Any, arrays: dict[str, np.ndarray]) -> None:
+    """``numpy.savez_compressed`` with deflate level 1."""
+    import zipfile
+
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def map_path(record_path: str | os.PathLike[str]) -> Path:
