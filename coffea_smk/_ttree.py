@@ -35,6 +35,7 @@ _TTREE = struct.Struct(">qqqqqdiiiiIqqqqqq")
 _TBRANCH1 = struct.Struct(">iiiiq")
 _TBRANCH2 = struct.Struct(">iIiqqqq")
 _TLEAF = struct.Struct(">iii??")
+_OBJARRAY = struct.Struct(">ii")
 
 
 class Unsupported(Exception):
@@ -168,7 +169,7 @@ class _Reader:
         end, _ = self.header()
         self.tobject()
         self.string()
-        size, _ = self.unpack(struct.Struct(">ii"))
+        size, _ = self.unpack(_OBJARRAY)
         items = [self.any_object(read) for _ in range(size)]
         self.pos = end
         return items
