@@ -145,10 +145,9 @@ class TreeMap:
 
         try:
             tree = read_tree(rootfile, treename)
-        except Unsupported as err:
-            log.debug("%s: %s; decoding %s with uproot", path, err, treename)
-            return cls.from_tree(tree_of(rootfile, path, treename), uuid)
-        except Exception:  # missing, not a tree, damaged: uproot's error says which
+        except Exception as err:  # unsupported layout, or missing/not a tree/damaged: uproot says which
+            reason = err if isinstance(err, Unsupported) else f"{type(err).__name__}: {err}"
+            log.debug("%s: %s; decoding %s with uproot", path, reason, treename)
             return cls.from_tree(tree_of(rootfile, path, treename), uuid)
         built: dict[str, BranchMap] = {}
         for b in tree.branches:

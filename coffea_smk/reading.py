@@ -23,7 +23,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from coffea_smk import buffers, metrics
-from coffea_smk.baskets import TreeMap
+from coffea_smk.baskets import (
+    BasketMapError,
+    BasketReader,
+    TreeMap,
+    local_fetch,
+    map_path,
+    source_fetch,
+    source_fetch_many,
+    uproot_fallback,
+)
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
 
 log = logging.getLogger("coffea_smk.reading")
@@ -85,13 +94,6 @@ class UnitReader:
 
         path, treename = record["path"], record["treename"]
         if self.schemaclass is None:
-            from coffea_smk.baskets import (
-                BasketReader,
-                local_fetch,
-                source_fetch,
-                source_fetch_many,
-                uproot_fallback,
-            )
             from coffea_smk.nanoevents import TreeLayout
 
             tmap = _basket_map(record)
@@ -118,8 +120,6 @@ class UnitReader:
 
 def _basket_map(record: dict[str, Any]) -> TreeMap | None:
     """The basket map that preprocessing kept for this file, or None (then say why)."""
-    from coffea_smk.baskets import BasketMapError, map_path
-
     if not record.get("record_path"):
         return None  # e.g. a file opened outside a planned analysis
     try:
