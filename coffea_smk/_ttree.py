@@ -49,6 +49,8 @@ class Leaf:
     length: int
     unsigned: bool
     count: Leaf | None
+    len_type: int = 0
+    offset: int = 0
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Branch:
     basket_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     basket_entry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     basket_seek: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    filename: str = ""
+    """``fFileName``: the file holding the baskets when not this one."""
 
 
 @dataclass
@@ -188,10 +192,10 @@ class _Reader:
         end, _ = self.header()
         self.header()  # the TLeaf base
         name, _ = self.tnamed()
-        length, _, _, _, unsigned = self.unpack(_TLEAF)
+        length, len_type, offset, _, unsigned = self.unpack(_TLEAF)
         count = self.any_object(self.leaf)
         self.pos = end
-        return Leaf(classname, name, int(length), bool(unsigned), count)
+        return Leaf(classname, name, int(length), bool(unsigned), count, int(len_type), int(offset))
 
     def branch(self, classname: str) -> Branch:
         end, version = self.header()
@@ -213,6 +217,7 @@ class _Reader:
         out.basket_bytes = self.array(max_baskets, ">i4")
         out.basket_entry = self.array(max_baskets, ">i8")
         out.basket_seek = self.array(max_baskets, ">i8")
+        out.filename = self.string()
         self.pos = end
         return out
 
@@ -239,7 +244,7 @@ def read_tree(rootfile: Any, treename: str) -> Tree:
         Unsupported: Not a tree this reader handles (the caller falls back to uproot).
         KeyError: No such object.
     """
-    from coffea_smk.baskets import _decompress
+    from coffea_smk._basket import decompress
 
     key = rootfile.key(treename)
     if key.fClassName != "TTree":
@@ -248,7 +253,7 @@ def read_tree(rootfile: Any, treename: str) -> Tree:
     source = getattr(rootfile, "source", None) or rootfile.file.source
     raw = memoryview(source.chunk(seek, seek + nbytes).raw_data).cast("B")
     payload = raw[keylen:nbytes]
-    data = payload if len(payload) == objlen else memoryview(_decompress(payload, objlen))
+    data = payload if len(payload) == objlen else memoryview(decompress(payload, objlen))
     try:
         return _Reader(data, keylen).tree()
     except (struct.error, IndexError, ValueError, UnicodeDecodeError) as err:

@@ -8,24 +8,39 @@ its baskets are (seek, size, first entry). A processing job loads that map
 (milliseconds), checks the file's UUID, and reads the baskets it needs with
 plain positioned reads: the tree metadata is never decoded again.
 
-Only the branch shapes of NanoAOD are read this way: scalars of one numeric
-type per entry, and jagged lists of one numeric type with a counter branch
-(``Muon_pt[nMuon]``). Any other branch, a basket kept inside the tree
-(``embedded``) or a map that cannot be used falls back to uproot.
+The fast path never guesses. It reads only what is on its allow-list, decided
+when the map is built:
 
-ZLIB baskets are inflated with ``isal`` (Intel ISA-L, about twice as fast as
-``zlib``) when it is installed; LZMA with the standard library; LZ4 and ZSTD
-with ``cramjam`` (an uproot dependency).
+- a plain ``TBranch`` (no sub-branches) with exactly one leaf of class
+  ``TLeafO``, ``TLeafB``, ``TLeafS``, ``TLeafI``, ``TLeafL``, ``TLeafF`` or
+  ``TLeafD`` (signed or unsigned), one value per entry (``fLen`` 1, ``fLenType``
+  its size, ``fOffset`` 0): a *flat* branch;
+- the same with a counter leaf (``Muon_pt[nMuon]``): a *jagged* branch, when
+  its counter is a flat integer branch of that name that is itself on the fast
+  path;
+- whose name no other branch of the tree has, whose baskets are all
+  free-standing records in this file (none kept inside the tree), and whose
+  basket table covers exactly the tree's entries.
+
+Each basket is then checked as it is read (:mod:`coffea_smk._basket`). Any
+other branch, and any branch whose basket turns out not to be in a proven
+layout, is read by uproot: logged at INFO with the reason, and counted in the
+chunk's metrics (``fallback_branches``). A damaged basket (a checksum that does
+not match, a block that does not decompress) is an error, never a fallback.
+
+A map records the :data:`READER_VERSION` that built it; a map of another
+version is treated as missing, so a fix to the reader is never undone by a map
+built before it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
 import os
-import struct
-import zlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,21 +48,22 @@ from typing import Any
 
 import numpy as np
 
+from coffea_smk import _basket
 from coffea_smk._atomic import write_with
+from coffea_smk._basket import Unproven
+from coffea_smk._ttree import Leaf
 
 log = logging.getLogger("coffea_smk.baskets")
 
-MAP_VERSION = 2
+MAP_VERSION = 3
+"""Version of the map's file format."""
+READER_VERSION = 2
+"""Version of the reader's rules: bump it whenever what the fast path accepts changes.
+
+1: the reader before version tagging (trusted branches it must not: issue 10).
+2: the allow-list, basket invariants, offsets rebuilt from the counter, LZ4 checksums.
+"""
 FLAT, JAGGED, OTHER = "flat", "jagged", "other"
-
-try:  # pragma: no cover - which one depends on the environment
-    from isal.isal_zlib import decompress as _inflate
-except ImportError:  # pragma: no cover
-    _inflate = zlib.decompress
-
-_KEY = struct.Struct(">ihiIhh")  # fNbytes, version, fObjlen, fDatime, fKeylen, fCycle
-_BASKET = struct.Struct(">Hiiii")  # fVersion, fBufferSize, fNevBufSize, fNevBuf, fLast
-_BLOCK = struct.Struct("<2sB3s3s")  # algorithm, method, compressed size, uncompressed size
 
 
 class BasketMapError(RuntimeError):
@@ -74,7 +90,7 @@ class BranchMap:
     entries: np.ndarray
     """First entry of each basket, then the number of entries: ``len(seek) + 1`` values."""
     readable: bool = True
-    """All baskets are free-standing (none kept inside the tree): read here, else by uproot."""
+    """On the fast path (see the module's allow-list); else read by uproot."""
 
 
 class TreeMap:
@@ -90,11 +106,14 @@ class TreeMap:
         kinds: dict[str, tuple[str, str, str, bool]],
         uuid: str = "",
         baskets: Callable[[str], BranchMap] | None = None,
+        slow: dict[str, str] | None = None,
     ) -> None:
         self.entries = entries
         self.kinds = kinds
         """Branch name -> (kind, stored dtype, counter, readable), in the tree's order."""
         self.uuid = uuid
+        self.slow: dict[str, str] = dict(slow or {})
+        """Branch name -> why it is not on the fast path (the branches uproot reads)."""
         self._built: dict[str, BranchMap] = {}
         self._baskets = baskets
 
@@ -111,26 +130,37 @@ class TreeMap:
     def from_tree(cls, tree: Any, uuid: str = "", *, by_uproot: bool = False) -> TreeMap:
         """The map of an uproot ``TTree`` (whose metadata is already decoded).
 
-        A branch's type is read from its leaf when it is a plain ``TBranch``
-        with one numeric leaf (all of NanoAOD: 10x cheaper than uproot's
-        interpretation); anything else, or every branch with ``by_uproot``,
-        asks uproot.
+        A branch on the allow-list takes its type from its leaf (all of
+        NanoAOD: 10x cheaper than uproot's interpretation); any other branch,
+        or every branch with ``by_uproot``, from uproot's interpretation. With
+        ``by_uproot``, a branch whose leaf and interpretation disagree is taken
+        off the fast path.
         """
-        built: dict[str, BranchMap] = {}
-        for name, branch in tree.items(recursive=False):
-            kind, dtype, counter = (None if by_uproot else _from_leaf(branch)) or _from_uproot(branch)
-            embedded = len(branch.embedded_baskets)
-            built[name] = _branch_map(
-                name,
-                (kind, dtype, counter),
-                embedded,
-                branch.member("fWriteBasket"),
-                branch.member("fBasketSeek"),
-                branch.member("fBasketBytes"),
-                branch.member("fBasketEntry"),
-                int(branch.num_entries),
+        rows = []
+        for branch in tree.branches:
+            leaves = [_leaf_of(x) for x in branch.member("fLeaves")]
+            allowed = _allowed(branch.classname, len(branch.member("fBranches")), leaves)
+            if isinstance(allowed, str):
+                kind, reason = _from_uproot(branch), allowed
+            elif by_uproot:
+                kind = _from_uproot(branch)
+                reason = "" if kind == allowed else f"uproot reads it as {kind}, its leaf as {allowed}"
+            else:
+                kind, reason = allowed, ""
+            rows.append(
+                _Row(
+                    branch.name,
+                    kind,
+                    reason,
+                    len(branch.embedded_baskets),
+                    branch.member("fWriteBasket"),
+                    branch.member("fBasketSeek"),
+                    branch.member("fBasketBytes"),
+                    branch.member("fBasketEntry"),
+                    int(branch.num_entries),
+                )
             )
-        return cls._of(int(tree.num_entries), built, uuid)
+        return cls._assemble(int(tree.num_entries), rows, uuid)
 
     @classmethod
     def read(cls, rootfile: Any, path: str, treename: str, uuid: str = "") -> TreeMap:
@@ -149,27 +179,55 @@ class TreeMap:
             reason = err if isinstance(err, Unsupported) else f"{type(err).__name__}: {err}"
             log.debug("%s: %s; decoding %s with uproot", path, reason, treename)
             return cls.from_tree(tree_of(rootfile, path, treename), uuid)
-        built: dict[str, BranchMap] = {}
+        rows = []
         for b in tree.branches:
-            kind = _kind_of(b.classname, b.branches, b.leaves, lambda x: x.classname, _leaf_fields)
-            if kind is None:  # not NanoAOD-like: uproot's interpretations decide
+            allowed = _allowed(b.classname, len(b.branches), b.leaves)
+            if isinstance(allowed, str):  # not NanoAOD-like: uproot's interpretations give the types
                 return cls.from_tree(tree_of(rootfile, path, treename), uuid)
-            built[b.name] = _branch_map(
-                b.name,
-                kind,
-                b.embedded,
-                b.write_basket,
-                b.basket_seek,
-                b.basket_bytes,
-                b.basket_entry,
-                b.entries,
+            rows.append(
+                _Row(
+                    b.name,
+                    allowed,
+                    "",
+                    b.embedded,
+                    b.write_basket,
+                    b.basket_seek,
+                    b.basket_bytes,
+                    b.basket_entry,
+                    b.entries,
+                    b.filename,
+                )
             )
-        return cls._of(tree.entries, built, uuid)
+        return cls._assemble(tree.entries, rows, uuid)
 
     @classmethod
-    def _of(cls, entries: int, built: dict[str, BranchMap], uuid: str) -> TreeMap:
+    def _assemble(cls, entries: int, rows: list[_Row], uuid: str) -> TreeMap:
+        """The map of a tree's branches; the tree-wide rules of the allow-list applied here."""
+        count: dict[str, int] = {}
+        for row in rows:
+            count[row.name] = count.get(row.name, 0) + 1
+        built: dict[str, BranchMap] = {}
+        slow: dict[str, str] = {}
+        for row in rows:
+            if row.name in built:
+                continue  # uproot, like ROOT, gives the first branch of a name
+            reason = row.reason
+            if not reason and count[row.name] > 1:
+                reason = f"{count[row.name]} branches of the tree are named {row.name!r}"
+            built[row.name], reason = _branch_map(row, entries, reason)
+            if reason:
+                slow[row.name] = reason
+        for name, b in built.items():
+            if b.kind != JAGGED or not b.readable:
+                continue
+            c = built.get(b.counter)
+            if c is None or c.kind != FLAT or not c.readable or np.dtype(c.dtype).kind not in "iu":
+                why = slow.get(b.counter, "not a branch of one integer per entry")
+                slow[name] = f"its counter {b.counter!r} is not on the fast path ({why})"
+                built[name] = _slow(b)
         out = cls(entries, {n: (b.kind, b.dtype, b.counter, b.readable) for n, b in built.items()}, uuid)
         out._built = built
+        out.slow = slow
         return out
 
     def clusters(self) -> list[int]:
@@ -188,7 +246,8 @@ class TreeMap:
 
     # ---- storing ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], key: str) -> None:
-        """Write the map (an npz, atomically), tagged with the file's cache ``key``.
+        """Write the map (an npz, atomically), tagged with the file's cache ``key`` and
+        the :data:`READER_VERSION` that built it.
 
         Positions are stored as differences (small numbers that compress well)
         and deflated at level 1: a few times faster to write than
@@ -197,10 +256,12 @@ class TreeMap:
         bs = [self.branch(name) for name in self.kinds]
         header = {
             "version": MAP_VERSION,
+            "reader": READER_VERSION,
             "key": key,
             "uuid": self.uuid,
             "entries": self.entries,
             "branches": [[b.name, b.kind, b.dtype, b.counter, b.readable] for b in bs],
+            "slow": self.slow,
         }
         empty = np.zeros(0, dtype=np.int64)
         arrays = {
@@ -220,7 +281,8 @@ class TreeMap:
         """Read a map written by :meth:`save`.
 
         Raises:
-            BasketMapError: Missing, damaged, of another version, or not of this file.
+            BasketMapError: Missing, damaged, of another format or reader version,
+                or not of this file.
         """
         try:
             with np.load(io.BytesIO(Path(path).read_bytes()), allow_pickle=False) as npz:
@@ -237,8 +299,13 @@ class TreeMap:
             raise BasketMapError(f"no basket map at {path}") from None
         except Exception as err:
             raise BasketMapError(f"damaged basket map {path}: {type(err).__name__}: {err}") from None
-        if header.get("version") != MAP_VERSION or header.get("key") != key or header.get("uuid") != uuid:
-            raise BasketMapError(f"basket map {path} is not for this file (or of another version)")
+        if header.get("version") != MAP_VERSION or header.get("reader") != READER_VERSION:
+            raise BasketMapError(
+                f"basket map {path} was built by another reader (format {header.get('version')}, "
+                f"reader {header.get('reader')}; this is format {MAP_VERSION}, reader {READER_VERSION})"
+            )
+        if header.get("key") != key or header.get("uuid") != uuid:
+            raise BasketMapError(f"basket map {path} is not for this file")
         bounds = np.concatenate([[0], np.cumsum(counts)])
         index = {name: i for i, name in enumerate(names)}
 
@@ -251,79 +318,120 @@ class TreeMap:
                 name, kind, dtype, counter, seek[a:b], nbytes[a:b].astype(np.int64), starts, readable
             )
 
-        return cls(entries, kinds, header["uuid"], baskets)
+        return cls(entries, kinds, header["uuid"], baskets, header.get("slow"))
 
 
-_LEAF_TYPES = {"TLeafF": "f4", "TLeafD": "f8", "TLeafI": "i4", "TLeafL": "i8", "TLeafS": "i2", "TLeafB": "i1"}
+# ---- the allow-list ---------------------------------------------------------------------
+_LEAF_TYPES = {
+    "TLeafO": "?",
+    "TLeafB": "i1",
+    "TLeafS": "i2",
+    "TLeafI": "i4",
+    "TLeafL": "i8",
+    "TLeafF": "f4",
+    "TLeafD": "f8",
+}
+"""Leaf classes of one numeric value, and their numpy type (``u`` when ``fIsUnsigned``)."""
+_COUNTER_LEAVES = ("TLeafB", "TLeafS", "TLeafI", "TLeafL")
 
 
-def _from_leaf(branch: Any) -> tuple[str, str, str] | None:
-    """Kind, stored dtype and counter of a plain one-leaf numeric uproot branch, or None."""
-    return _kind_of(
-        branch.classname,
-        branch.member("fBranches"),
-        branch.member("fLeaves"),
-        lambda x: x.classname,
-        lambda x: (x.member("fName"), x.member("fLen"), x.member("fIsUnsigned"), x.member("fLeafCount")),
+@dataclass(frozen=True)
+class _Row:
+    """One branch as the tree describes it, before the tree-wide rules."""
+
+    name: str
+    kind: tuple[str, str, str]
+    reason: str
+    """Why it is not on the fast path ("" if it may be)."""
+    embedded: int
+    write_basket: int
+    seek: Any
+    nbytes: Any
+    entry: Any
+    num_entries: int
+    filename: str = ""
+
+
+def _leaf_of(leaf: Any) -> Leaf:
+    """An uproot ``TLeaf`` model as :mod:`coffea_smk._ttree` reads it."""
+    count = leaf.member("fLeafCount")
+    return Leaf(
+        leaf.classname,
+        leaf.member("fName"),
+        int(leaf.member("fLen")),
+        bool(leaf.member("fIsUnsigned")),
+        None if count is None else _leaf_of(count),
+        int(leaf.member("fLenType")),
+        int(leaf.member("fOffset")),
     )
 
 
-def _leaf_fields(leaf: Any) -> tuple[str, int, bool, Any]:
-    return leaf.name, leaf.length, leaf.unsigned, leaf.count
-
-
-def _kind_of(
-    classname: str,
-    subbranches: Any,
-    leaves: Any,
-    class_of: Callable[[Any], str],
-    fields: Callable[[Any], tuple[str, int, bool, Any]],
-) -> tuple[str, str, str] | None:
-    """Kind, stored dtype and counter of a plain ``TBranch`` with one numeric leaf, or None."""
-    if classname != "TBranch" or len(subbranches) or len(leaves) != 1:
+def _leaf_dtype(leaf: Leaf) -> np.dtype[Any] | None:
+    code = _LEAF_TYPES.get(leaf.classname)
+    if code is None:
         return None
+    if leaf.unsigned and code[0] == "i":
+        code = "u" + code[1:]
+    return np.dtype(np.bool_) if code == "?" else np.dtype(">" + code)
+
+
+def _allowed(classname: str, nsub: int, leaves: list[Leaf]) -> tuple[str, str, str] | str:
+    """Kind, stored dtype and counter of a branch on the allow-list; else why it is not on it."""
+    if classname != "TBranch":
+        return f"a {classname}"
+    if nsub:
+        return "a branch with sub-branches"
+    if len(leaves) != 1:
+        return f"a branch of {len(leaves)} leaves"
     leaf = leaves[0]
-    _, length, unsigned, count = fields(leaf)
-    leafclass = class_of(leaf)
-    if leafclass == "TLeafO":
-        dtype = np.dtype(np.bool_).str
-    elif leafclass in _LEAF_TYPES:
-        code = _LEAF_TYPES[leafclass]
-        dtype = np.dtype(">" + ("u" + code[1:] if unsigned else code)).str
-    else:
-        return None
-    if length != 1:
-        return None
+    dtype = _leaf_dtype(leaf)
+    if dtype is None:
+        return f"a {leaf.classname} leaf"
+    if leaf.length != 1:
+        return f"a fixed-size array of {leaf.length} per entry"
+    if leaf.len_type != dtype.itemsize or leaf.offset != 0:
+        return f"a leaf of fLenType {leaf.len_type} and fOffset {leaf.offset} for {dtype}"
+    count = leaf.count
     if count is None:
-        return FLAT, dtype, ""
-    if class_of(count) not in _LEAF_TYPES or fields(count)[3] is not None:
-        return None
-    return JAGGED, dtype, fields(count)[0]
+        return FLAT, dtype.str, ""
+    if count.classname not in _COUNTER_LEAVES or count.length != 1 or count.count is not None:
+        return f"a {count.classname} counter"
+    return JAGGED, dtype.str, count.name
 
 
-def _branch_map(
-    name: str,
-    kind: tuple[str, str, str],
-    embedded: int,
-    write_basket: int,
-    seek: Any,
-    nbytes: Any,
-    entry: Any,
-    num_entries: int,
-) -> BranchMap:
-    """A branch's map from its streamed members (as uproot counts its free baskets)."""
-    seek = np.asarray(seek, dtype=np.int64)
+def _branch_map(row: _Row, tree_entries: int, reason: str) -> tuple[BranchMap, str]:
+    """A branch's map from its basket table (as uproot counts its free baskets), and
+    why it is not on the fast path ("" if it is)."""
+    seek = np.asarray(row.seek, dtype=np.int64)
     n = 0
-    while n < len(seek) and seek[n] != 0 and n != write_basket:
+    while n < len(seek) and seek[n] != 0 and n != row.write_basket:
         n += 1
-    entries = np.asarray(entry, dtype=np.int64)[: n + 1]
-    readable = embedded == 0 and len(entries) == n + 1 and (n == 0 or int(entries[-1]) == num_entries)
-    if n == 0 and num_entries > 0:
-        readable = False
-    if not readable:
-        entries = np.zeros(0, dtype=np.int64)
+    entries = np.asarray(row.entry, dtype=np.int64)[: n + 1]
+    if reason:
+        pass
+    elif row.num_entries == 0 and tree_entries == 0:
+        entries = np.zeros(1, dtype=np.int64)  # nothing to read (an empty basket may be kept inside)
         n = 0
-    return BranchMap(name, *kind, seek[:n], np.asarray(nbytes, dtype=np.int64)[:n], entries, readable)
+    elif row.embedded or n == 0:
+        reason = "baskets kept inside the tree"
+    elif row.filename:
+        reason = f"baskets in another file ({row.filename})"
+    elif (
+        len(entries) != n + 1
+        or entries[0] != 0
+        or (np.diff(entries) < 0).any()
+        or entries[-1] != row.num_entries
+    ):
+        reason = "a basket table that does not cover its entries"
+    elif row.num_entries != tree_entries:
+        reason = f"{row.num_entries} entries in a tree of {tree_entries}"
+    out = BranchMap(row.name, *row.kind, seek[:n], np.asarray(row.nbytes, dtype=np.int64)[:n], entries)
+    return (_slow(out) if reason else out), reason
+
+
+def _slow(b: BranchMap) -> BranchMap:
+    empty = np.zeros(0, dtype=np.int64)
+    return dataclasses.replace(b, seek=empty, nbytes=empty, entries=empty, readable=False)
 
 
 def _from_uproot(branch: Any) -> tuple[str, str, str]:
@@ -432,7 +540,12 @@ def uproot_fallback(tree_getter: Callable[[], Any]) -> Fallback:
 
 
 class BasketReader:
-    """Reads entry ranges of mapped branches; keeps the last basket of each branch for the next range."""
+    """Reads entry ranges of mapped branches; keeps the last basket of each branch for the next range.
+
+    A branch off the fast path, or one whose basket is not in a proven layout,
+    is read by ``fallback`` (uproot): logged once at INFO with the reason, and
+    listed by :meth:`fallbacks` for the entry ranges it was read for.
+    """
 
     def __init__(
         self,
@@ -451,6 +564,10 @@ class BasketReader:
         # leaves the rest of it for the next chunk
         self._last: dict[str, tuple[int, np.ndarray, np.ndarray | None]] = {}
         self._objlen: dict[tuple[str, int], int] = {}
+        self.slow: dict[str, str] = {}
+        """Branches found off the fast path while reading, and why (beside the map's own)."""
+        self._fell_back: dict[tuple[int, int], set[str]] = {}
+        self._lock = threading.Lock()
 
     def baskets(self, name: str, start: int, stop: int) -> range:
         """Indices of the baskets of ``name`` that hold entries of ``[start, stop)``."""
@@ -470,37 +587,62 @@ class BasketReader:
             uncompressed += self._objlen.get((name, i), n)
         return compressed, uncompressed
 
+    def fallbacks(self, start: int, stop: int) -> list[str]:
+        """Branches read by the fallback (uproot) for the entry range ``[start, stop)``."""
+        with self._lock:
+            return sorted(self._fell_back.get((start, stop), ()))
+
     def read(self, name: str, start: int, stop: int) -> tuple[np.ndarray, int, int]:
         """Values of ``name`` for entries ``[start, stop)`` (native byte order; a jagged
         branch gives its flat content), with the compressed and uncompressed bytes read."""
         b = self.map.branch(name)
-        if b.kind == OTHER or not b.readable:
-            if self.fallback is None:
-                raise BasketMapError(f"{self.where}: branch {name} has baskets kept inside the tree")
-            values = self.fallback(name, start, stop)
-            return values.astype(np.dtype(b.dtype).newbyteorder("="), copy=False), 0, 0
+        reason = self.slow.get(name)
+        if reason is None and (b.kind == OTHER or not b.readable):
+            reason = self.map.slow.get(name, "not on the fast path")
+        if reason is None:
+            try:
+                return self._read_baskets(b, start, stop)
+            except Unproven as err:
+                reason = self.slow[name] = str(err)
+        return self._read_fallback(b, start, stop, reason)
+
+    def _read_fallback(self, b: BranchMap, start: int, stop: int, reason: str) -> tuple[np.ndarray, int, int]:
+        if self.fallback is None:
+            raise BasketMapError(f"{self.where}: branch {b.name} cannot be read from its baskets: {reason}")
+        with self._lock:
+            first = not any(b.name in names for names in self._fell_back.values())
+            self._fell_back.setdefault((start, stop), set()).add(b.name)
+        if first:
+            log.info("%s: branch %s is read by uproot: %s", self.where, b.name, reason)
+        values = self.fallback(b.name, start, stop)
+        return values.astype(np.dtype(b.dtype).newbyteorder("="), copy=False), 0, 0
+
+    def _read_baskets(self, b: BranchMap, start: int, stop: int) -> tuple[np.ndarray, int, int]:
         stored = np.dtype(b.dtype)
         pieces, comp, uncomp = [], 0, 0
-        indices = self.baskets(name, start, stop)
+        indices = self.baskets(b.name, start, stop)
         fetched = self._prefetch_raw(b, indices)
         for i in indices:
             e0, e1 = int(b.entries[i]), int(b.entries[i + 1])
             data, offsets, c, u = self._basket(b, i, stored, fetched.get(i))
             comp, uncomp = comp + c, uncomp + u
             lo, hi = max(start, e0) - e0, min(stop, e1) - e0
+            if lo >= hi:
+                continue
             if b.kind == FLAT:
                 pieces.append(data[lo:hi])
-            elif lo == 0 and hi == e1 - e0:
-                pieces.append(data)
             else:
-                if offsets is None:
-                    raise BasketReadError(f"{self.where}: basket {i} of {name} has no entry offsets")
+                assert offsets is not None
                 pieces.append(data[offsets[lo] : offsets[hi]])
         out = np.empty(sum(len(p) for p in pieces), dtype=stored.newbyteorder("="))
         pos = 0
         for p in pieces:
             out[pos : pos + len(p)] = p
             pos += len(p)
+        if b.kind == FLAT:
+            expected = max(0, min(stop, int(b.entries[-1])) - max(start, 0))
+            if len(out) != expected:
+                raise Unproven(f"{len(out)} values read for {expected} entries")
         return out, comp, uncomp
 
     def _prefetch_raw(self, b: BranchMap, indices: range) -> dict[int, Any]:
@@ -520,66 +662,33 @@ class BasketReader:
 
     def _basket(
         self, b: BranchMap, i: int, stored: np.dtype[Any], fetched: Any = None
-    ) -> tuple[np.ndarray, Any, int, int]:
+    ) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        """Values and item offsets (jagged) of basket ``i``, and its compressed and
+        uncompressed bytes (0, 0 when it is the one kept from the last read).
+
+        Raises:
+            Unproven: The basket is not in a layout proven here.
+            BasketReadError: It cannot be read, or its bytes are damaged.
+        """
         cached = self._last.get(b.name)
         if cached is not None and cached[0] == i:
             return cached[1], cached[2], 0, 0
         seek, nbytes = int(b.seek[i]), int(b.nbytes[i])
+        e0, e1 = int(b.entries[i]), int(b.entries[i + 1])
         where = f"{self.where}: branch {b.name}, basket {i} (bytes {seek}-{seek + nbytes})"
         try:
             raw = memoryview(fetched if fetched is not None else self.fetch(seek, nbytes)).cast("B")
-            fnbytes, _, objlen, _, keylen, _ = _KEY.unpack_from(raw, 0)
-            _, _, _, _, last = _BASKET.unpack_from(raw, keylen - _BASKET.size - 1)
-            payload = raw[keylen:fnbytes]
-            content = payload if len(payload) == objlen else _decompress(payload, objlen)
-        except BasketReadError:
+            header = _basket.read_header(raw, b.name, nbytes, e1 - e0)
+            content = _basket.payload(raw, header)
+            data, offsets = _basket.entry_data(content, header, stored, b.kind == JAGGED)
+        except (Unproven, BasketReadError):
             raise
         except Exception as err:
             raise BasketReadError(f"{where}: cannot be read: {type(err).__name__}: {err}") from err
-        border = last - keylen
-        itemsize = stored.itemsize
-        data = np.frombuffer(content, dtype=stored, count=border // itemsize)
-        offsets = None
-        if b.kind == JAGGED and border != objlen:
-            raw_offsets = np.frombuffer(content, dtype=">i4", offset=border)
-            offsets = (raw_offsets[1:].astype(np.int64) - keylen) // itemsize
-            offsets[-1] = border // itemsize
+        if b.kind == JAGGED and offsets is None:
+            # written with kGenerateOffsetMap: the counter says where each entry starts
+            counts, _, _ = self.read(b.counter, e0, e1)
+            offsets = _basket.offsets_from_counts(counts, header, stored.itemsize)
         self._last[b.name] = (i, data, offsets)
-        self._objlen[b.name, i] = keylen + objlen  # as uproot counts a basket
-        return data, offsets, nbytes, objlen
-
-
-def _decompress(payload: memoryview, objlen: int) -> bytes | bytearray:
-    """Inflate ROOT compression blocks (9-byte headers) into ``objlen`` bytes."""
-    out = bytearray()
-    pos = 0
-    while len(out) < objlen:
-        algo, _, csize, usize = _BLOCK.unpack_from(payload, pos)
-        c = int.from_bytes(csize, "little")
-        u = int.from_bytes(usize, "little")
-        block = payload[pos + _BLOCK.size : pos + _BLOCK.size + c]
-        pos += _BLOCK.size + c
-        if algo == b"ZL":
-            data = _inflate(block, bufsize=u)
-        elif algo == b"XZ":
-            import lzma
-
-            data = lzma.decompress(block)
-        elif algo == b"L4":
-            import cramjam
-
-            data = bytes(cramjam.lz4.decompress_block(bytes(block[8:]), output_len=u))
-        elif algo == b"ZS":
-            import cramjam
-
-            data = bytes(cramjam.zstd.decompress(bytes(block), output_len=u))
-        else:
-            raise ValueError(f"unknown ROOT compression algorithm {algo!r}")
-        if len(data) != u:
-            raise ValueError(f"a block decompressed to {len(data)} bytes instead of {u}")
-        if not out and u == objlen:
-            return data
-        out += data
-    if len(out) != objlen:
-        raise ValueError(f"decompressed {len(out)} bytes instead of {objlen}")
-    return out
+        self._objlen[b.name, i] = header.keylen + header.objlen  # as uproot counts a basket
+        return data, offsets, nbytes, header.objlen

@@ -35,6 +35,7 @@ SUMMED = (
     "prefetch_unused",
     "prefetch_errors",
     "retries",
+    "fallbacks",
 )
 """Chunk fields that add up across chunks, units and datasets."""
 MAXED = ("peak_rss_mb",)
@@ -64,7 +65,14 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def chunk_metrics(stats: ReadStats, *, events_s: float, process_s: float, total_s: float) -> dict[str, Any]:
+def chunk_metrics(
+    stats: ReadStats,
+    *,
+    events_s: float,
+    process_s: float,
+    total_s: float,
+    fallback_branches: list[str] | None = None,
+) -> dict[str, Any]:
     """The metrics record of one chunk.
 
     Args:
@@ -73,6 +81,8 @@ def chunk_metrics(stats: ReadStats, *, events_s: float, process_s: float, total_
         process_s: Wall time of building the events and running ``process()``,
             including the reads it waited for.
         total_s: Wall time of the whole chunk (events, process, accumulate).
+        fallback_branches: Branches read by uproot instead of coffea_smk's basket
+            reader (off its allow-list, or a basket in a layout it is not proven on).
 
     ``read_s`` is the time the processor's thread was blocked reading (or
     waiting for a prefetch thread); ``read_background_s`` is reading done by
@@ -99,6 +109,8 @@ def chunk_metrics(stats: ReadStats, *, events_s: float, process_s: float, total_
         "prefetch_unused": stats.prefetch_unused,
         "prefetch_errors": stats.prefetch_errors,
         "retries": 0,
+        "fallbacks": len(fallback_branches or []),
+        "fallback_branches": sorted(fallback_branches or []),
     }
 
 
@@ -150,7 +162,7 @@ def report(meta: dict[str, Any]) -> str:
         rows.append((str(meta.get("dataset")), unit_totals(meta), meta.get("columns", [])))
     header = (
         f"{'dataset':<24} {'events':>10} {'chunks':>6} {'columns':>7} {'MB read':>9} "
-        f"{'events/s':>10} {'MB/s':>7} {'read %':>6} {'peak RSS MB':>11}"
+        f"{'events/s':>10} {'MB/s':>7} {'read %':>6} {'peak RSS MB':>11} {'fallbacks':>9}"
     )
     lines = [header]
     for name, totals, columns in rows:
@@ -159,6 +171,10 @@ def report(meta: dict[str, Any]) -> str:
             f"{name[:24]:<24} {int(totals.get('events', 0)):>10} {int(totals.get('chunks', 0)):>6} "
             f"{len(columns):>7} {totals.get('bytes_compressed', 0) / 1e6:>9.1f} "
             f"{r['events_per_s']:>10.0f} {r['mb_compressed_per_s']:>7.1f} "
-            f"{100 * r['read_fraction']:>6.1f} {totals.get('peak_rss_mb', 0):>11.1f}"
+            f"{100 * r['read_fraction']:>6.1f} {totals.get('peak_rss_mb', 0):>11.1f} "
+            f"{int(totals.get('fallbacks', 0)):>9}"
         )
+    fell_back = sorted({b for chunk in meta.get("chunks", []) for b in chunk.get("fallback_branches", [])})
+    if fell_back:
+        lines.append(f"branches read by uproot instead of the basket reader: {', '.join(fell_back)}")
     return "\n".join(lines)

@@ -220,6 +220,10 @@ class TreeLayout:
             return out
         return values
 
+    def fallbacks(self, entry_start: int, entry_stop: int) -> list[str]:
+        """Branches read by uproot instead of from their baskets for this entry range."""
+        return self.reader.fallbacks(entry_start, entry_stop)
+
     # ---- the KeySource protocol of coffea_smk.buffers ---------------------------------
     @property
     def where(self) -> str:

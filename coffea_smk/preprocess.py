@@ -93,6 +93,17 @@ def read_record(path: Path, identity: FileIdentity) -> dict[str, Any] | None:
     ):
         log.warning("ignoring invalid cache record %s", path)
         return None
+    from coffea_smk.baskets import READER_VERSION
+
+    if record.get("reader") != READER_VERSION:
+        # its basket map and cluster boundaries come from another reader: build both again
+        log.info(
+            "cache record %s is of reader %s, not %s: rebuilding it",
+            path,
+            record.get("reader"),
+            READER_VERSION,
+        )
+        return None
     return record
 
 
@@ -160,7 +171,7 @@ def tree_of(rootfile: Any, path: str, treename: str) -> Any:
 
 def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str, Any]:
     """Open the file once and build its record (and write its basket map at ``map_to``)."""
-    from coffea_smk.baskets import TreeMap
+    from coffea_smk.baskets import READER_VERSION, TreeMap
 
     t0 = time.perf_counter()
     rootfile = open_file(identity.path)
@@ -171,6 +182,7 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str
             tmap.save(map_to, identity.key)
         record = {
             "version": RECORD_VERSION,
+            "reader": READER_VERSION,
             **asdict(identity),
             "key": identity.key,
             "uuid": uuid,

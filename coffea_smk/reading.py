@@ -221,4 +221,11 @@ class ChunkRun:
 
     def metrics(self, process_s: float, total_s: float) -> dict[str, Any]:
         """The chunk's metrics record (after the ``with`` block)."""
-        return metrics.chunk_metrics(self.stats, events_s=self.events_s, process_s=process_s, total_s=total_s)
+        fallbacks = getattr(self.reader.source, "fallbacks", None)
+        return metrics.chunk_metrics(
+            self.stats,
+            events_s=self.events_s,
+            process_s=process_s,
+            total_s=total_s,
+            fallback_branches=fallbacks(self.start, self.stop) if fallbacks is not None else [],
+        )
