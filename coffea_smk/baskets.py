@@ -640,7 +640,8 @@ class BasketReader:
             out[pos : pos + len(p)] = p
             pos += len(p)
         if b.kind == FLAT:
-            expected = max(0, min(stop, int(b.entries[-1])) - max(start, 0))
+            end = int(b.entries[-1]) if len(b.entries) else 0
+            expected = max(0, min(stop, end) - max(start, 0))
             if len(out) != expected:
                 raise Unproven(f"{len(out)} values read for {expected} entries")
         return out, comp, uncomp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from coffea_smk.baskets import (
     OTHER,
     BasketMapError,
     BasketReader,
+    BasketReadError,
     TreeMap,
     local_fetch,
     map_path,
@@ -219,6 +221,9 @@ def test_jobs_read_through_the_map_and_never_decode_the_tree(
     result, chunks = run_all(plans, DimuonProcessor().process, OFF)
     assert_same_result(result, reference)
     assert sum(c["events"] for c in chunks) == 40 + 40
+    # the fast path is taken for ordinary NanoAOD branches: nothing falls back to uproot
+    assert all("Muon_pt" in c["columns"] and c["fallbacks"] == 0 for c in chunks)
+    assert all(c["fallback_branches"] == [] for c in chunks)
     assert result["cutflow"]["nano_dimuon"]["muons"] == 84
 
     # without the maps (deleted, damaged): a warning, the branch list read from
@@ -255,3 +260,136 @@ def test_a_basket_of_several_compression_blocks(tmp_path: Path) -> None:
         got, _, uncompressed = BasketReader(tmap, source_fetch(f), str(path)).read("x", 10, 4_999_990)
     assert uncompressed > 2 * 16 * 2**20
     np.testing.assert_array_equal(got, values[10:4_999_990])
+
+
+# ---- what the reader does not trust ---------------------------------------------------------
+
+
+ROOTFILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rootfiles"
+
+
+def _record(path: Path, treename: str, cache: Path) -> dict[str, Any]:
+    """Preprocess ``path`` as the workflow does: its record, with the map beside it."""
+    from coffea_smk.preprocess import FileIdentity, inspect_file, record_path
+
+    st = path.stat()
+    identity = FileIdentity(str(path), treename, st.st_size, st.st_mtime_ns)
+    rpath = record_path(cache, identity)
+    return {**inspect_file(identity, map_path(rpath)), "record_path": str(rpath)}
+
+
+def test_a_map_of_another_reader_version_is_never_trusted(
+    nanoaod: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import io
+    import json
+    import zipfile
+
+    from coffea_smk import baskets
+    from coffea_smk.preprocess import FileIdentity, read_record, record_path
+    from coffea_smk.reading import _basket_map
+
+    path = nanoaod / "nano_dy.root"
+    record = _record(path, "Events", tmp_path)
+    assert record["reader"] == baskets.READER_VERSION
+    target = map_path(record["record_path"])
+    assert _basket_map(record) is not None
+
+    # the map as an older reader wrote it (no reader version): treated as missing
+    with zipfile.ZipFile(target) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    with np.load(target) as npz:
+        header = json.loads(npz["header"].tobytes())
+    for old in [None, baskets.READER_VERSION - 1]:
+        header["reader"] = old
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        with zipfile.ZipFile(target, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, buf.getvalue() if name == "header.npy" else data)
+        with pytest.raises(BasketMapError, match="another reader"):
+            TreeMap.load(target, record["key"], record["uuid"])
+        with caplog.at_level(logging.WARNING, logger="coffea_smk.reading"):
+            assert _basket_map(record) is None  # the job decodes the tree's metadata instead
+        assert "another reader" in caplog.text
+
+    # a preprocessing record of another reader is rebuilt (with its map)
+    st = path.stat()
+    identity = FileIdentity(str(path), "Events", st.st_size, st.st_mtime_ns)
+    rpath = record_path(tmp_path, identity)
+    rpath.write_text(json.dumps({k: v for k, v in record.items() if k != "record_path"}))
+    assert read_record(rpath, identity) is not None
+    rpath.write_text(json.dumps({**record, "reader": baskets.READER_VERSION - 1}))
+    assert read_record(rpath, identity) is None
+
+
+def test_an_lz4_checksum_mismatch_is_an_error_naming_file_and_branch(nanoaod: Path, tmp_path: Path) -> None:
+    path = tmp_path / "multi.root"
+    _write_multibasket(path, nanoaod / "nano_dimuon.root", uproot.LZ4(1))
+    with uproot.open(path) as f:
+        tmap = TreeMap.read(f, str(path), "Events")
+    b = tmap.branch("Jet_pt")
+    data = bytearray(path.read_bytes())
+    at = int(b.seek[2]) + int(b.nbytes[2]) - 5  # inside the LZ4 block, after its checksum
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    fetch, close = local_fetch(str(path))
+    reader = BasketReader(tmap, fetch, str(path), uproot_fallback(lambda: uproot.open(path)["Events"]))
+    with pytest.raises(BasketReadError, match=r"multi.root: branch Jet_pt, basket 2 .*checksum mismatch"):
+        reader.read("Jet_pt", 0, 160)
+    assert reader.fallbacks(0, 160) == []  # damaged bytes are an error, not a fallback
+    close()
+
+
+def test_a_basket_in_an_unproven_layout_falls_back_visibly(
+    nanoaod: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "multi.root"
+    n = _write_multibasket(path, nanoaod / "nano_dimuon.root", None)
+    with uproot.open(path) as f:
+        tmap = TreeMap.read(f, str(path), "Events")
+    b = tmap.branch("Muon_pt")
+    data = bytearray(path.read_bytes())
+    keylen = int.from_bytes(data[int(b.seek[1]) + 14 : int(b.seek[1]) + 16], "big")  # fKeylen
+    at = int(b.seek[1]) + keylen - 19  # the TBasket header's version (3)
+    assert data[at : at + 2] == b"\x00\x03"
+    data[at + 1] = 7
+    path.write_bytes(bytes(data))
+    fetch, close = local_fetch(str(path))
+    tree = uproot.open(path)["Events"]
+    reader = BasketReader(tmap, fetch, str(path), uproot_fallback(lambda: tree))
+    with caplog.at_level(logging.INFO, logger="coffea_smk.baskets"):
+        got, _, _ = reader.read("Muon_pt", 0, n)
+        again, _, _ = reader.read("Muon_pt", 10, 20)
+    close()
+    np.testing.assert_array_equal(got, _uproot_values(tree, "Muon_pt", 0, n))
+    np.testing.assert_array_equal(again, _uproot_values(tree, "Muon_pt", 10, 20))
+    assert reader.slow == {"Muon_pt": "TBasket version 7"}
+    assert reader.fallbacks(0, n) == reader.fallbacks(10, 20) == ["Muon_pt"]
+    assert reader.fallbacks(0, 10) == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [f"{path}: branch Muon_pt is read by uproot: TBasket version 7"]  # once
+
+
+def test_fallbacks_are_counted_in_the_chunk_metrics(tmp_path: Path) -> None:
+    from coffea_smk.metrics import report
+    from coffea_smk.preprocess import open_file
+    from coffea_smk.reading import EventsOptions, UnitReader
+
+    path = ROOTFILES / "uproot-issue513.root"
+    record = _record(path, "Delphes", tmp_path)
+    with UnitReader(EventsOptions(schema="nanoaod", prefetch=False)) as unit:
+        rootfile = open_file(str(path))
+        with rootfile, unit.open(rootfile, record, [(0, 4), (4, 10)]) as reader:
+            with reader.chunk(0, 4, {}) as run:
+                assert ak.sum(run.events.Particle_size) == 2519 + 2580 + 1992 + 1848  # the first of the two
+                assert ak.sum(run.events.Event_size) == 4
+            first = run.metrics(1.0, 1.0)
+            with reader.chunk(4, 10, {}) as run:
+                assert ak.sum(run.events.Event_size) == 6
+            second = run.metrics(1.0, 1.0)
+    assert first["fallbacks"] == 1 and first["fallback_branches"] == ["Particle_size"]
+    assert second["fallbacks"] == 0 and second["fallback_branches"] == []
+    table = report({"dataset": "delphes", "chunks": [first, second]})
+    assert "fallbacks" in table.splitlines()[0]
+    assert table.splitlines()[-1] == "branches read by uproot instead of the basket reader: Particle_size"
