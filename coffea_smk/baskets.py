@@ -138,7 +138,8 @@ class TreeMap:
         """
         rows = []
         for branch in tree.branches:
-            leaves = [_leaf_of(x) for x in branch.member("fLeaves")]
+            models = branch.member("fLeaves")
+            leaves = [_leaf_of(x) for x in models]
             allowed = _allowed(branch.classname, len(branch.member("fBranches")), leaves)
             if isinstance(allowed, str):
                 kind, reason = _from_uproot(branch), allowed
@@ -158,6 +159,8 @@ class TreeMap:
                     branch.member("fBasketBytes"),
                     branch.member("fBasketEntry"),
                     int(branch.num_entries),
+                    leaf=models[0] if len(models) == 1 else None,
+                    count=models[0].member("fLeafCount") if len(models) == 1 else None,
                 )
             )
         return cls._assemble(int(tree.num_entries), rows, uuid)
@@ -196,6 +199,8 @@ class TreeMap:
                     b.basket_entry,
                     b.entries,
                     b.filename,
+                    b.leaves[0],
+                    b.leaves[0].count,
                 )
             )
         return cls._assemble(tree.entries, rows, uuid)
@@ -207,10 +212,12 @@ class TreeMap:
         for row in rows:
             count[row.name] = count.get(row.name, 0) + 1
         built: dict[str, BranchMap] = {}
+        first: dict[str, _Row] = {}
         slow: dict[str, str] = {}
         for row in rows:
             if row.name in built:
                 continue  # uproot, like ROOT, gives the first branch of a name
+            first[row.name] = row
             reason = row.reason
             if not reason and count[row.name] > 1:
                 reason = f"{count[row.name]} branches of the tree are named {row.name!r}"
@@ -224,6 +231,9 @@ class TreeMap:
             if c is None or c.kind != FLAT or not c.readable or np.dtype(c.dtype).kind not in "iu":
                 why = slow.get(b.counter, "not a branch of one integer per entry")
                 slow[name] = f"its counter {b.counter!r} is not on the fast path ({why})"
+                built[name] = _slow(b)
+            elif first[b.counter].leaf is not first[name].count:
+                slow[name] = f"its counter leaf is not the leaf of branch {b.counter!r}"
                 built[name] = _slow(b)
         out = cls(entries, {n: (b.kind, b.dtype, b.counter, b.readable) for n, b in built.items()}, uuid)
         out._built = built
@@ -350,6 +360,10 @@ class _Row:
     entry: Any
     num_entries: int
     filename: str = ""
+    leaf: Any = None
+    """The leaf object (its identity tells a counter branch)."""
+    count: Any = None
+    """The leaf object its ``fLeafCount`` points at."""
 
 
 def _leaf_of(leaf: Any) -> Leaf:
