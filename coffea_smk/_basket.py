@@ -4,9 +4,10 @@ This is the byte layer under :mod:`coffea_smk.baskets`. It decodes only the
 layouts it has been proven on (``tests/test_reader_differential.py`` holds it
 against uproot), and checks every invariant that costs nothing to check:
 
-- the key: ``fNbytes`` as the branch says, class ``TBasket``, the basket named
-  after its branch, and the header ending exactly at ``fKeylen`` (19 bytes, or 20
-  with ``fIOBits``); header version 3; no ``fIOBits`` but ``kGenerateOffsetMap``;
+- the key: ``fSeekKey`` and ``fNbytes`` as the branch says, class ``TBasket``,
+  the basket named after its branch, and the header ending exactly at
+  ``fKeylen`` (19 bytes, or 20 with ``fIOBits``); header version 3; no
+  ``fIOBits`` but ``kGenerateOffsetMap``;
 - the entries: ``fNevBuf`` as the branch's basket table says; a flat basket
   holds exactly ``fNevBuf`` values and no offsets; a jagged basket either has
   an entry-offset array of exactly ``fNevBuf + 1`` values (first at ``fKeylen``,
@@ -40,7 +41,7 @@ except ImportError:  # pragma: no cover
     _inflate = zlib.decompress
 
 _KEY = struct.Struct(">ihiIhh")  # fNbytes, fVersion, fObjlen, fDatime, fKeylen, fCycle
-_SEEKS_SMALL, _SEEKS_LARGE = 8, 16  # fSeekKey + fSeekPdir, 4 or 8 bytes each
+_SEEK_SMALL, _SEEK_LARGE = struct.Struct(">i"), struct.Struct(">q")  # fSeekKey (then fSeekPdir)
 _HEAD = struct.Struct(">hii")  # version, fBufferSize, fNevBufSize (negative: fIOBits follows)
 _TAIL = struct.Struct(">iib")  # fNevBuf, fLast, flag
 _BLOCK = struct.Struct("<2sB3s3s")  # algorithm, method, compressed size, uncompressed size
@@ -87,16 +88,18 @@ def _string(raw: Any, pos: int) -> tuple[str, int]:
     return bytes(raw[pos : pos + n]).decode("utf-8", "replace"), pos + n
 
 
-def read_header(raw: Any, branch: str, nbytes: int, entries: int) -> Header:
-    """The header of a basket of ``branch`` that its branch says is ``nbytes`` long and
-    holds ``entries`` entries.
+def read_header(raw: Any, branch: str, seek: int, nbytes: int, entries: int) -> Header:
+    """The header of a basket of ``branch`` that its branch says is at byte ``seek``,
+    ``nbytes`` long, and holds ``entries`` entries.
 
     Raises:
         Unproven: Not the layout of a free-standing basket of this branch as proven here.
     """
     try:
         fnbytes, kversion, objlen, _, keylen, _ = _KEY.unpack_from(raw, 0)
-        pos = _KEY.size + (_SEEKS_LARGE if kversion > 1000 else _SEEKS_SMALL)
+        seeks = _SEEK_LARGE if kversion > 1000 else _SEEK_SMALL
+        (seekkey,) = seeks.unpack_from(raw, _KEY.size)
+        pos = _KEY.size + 2 * seeks.size
         classname, pos = _string(raw, pos)
         name, pos = _string(raw, pos)
         _, pos = _string(raw, pos)  # the tree's name
@@ -112,8 +115,8 @@ def read_header(raw: Any, branch: str, nbytes: int, entries: int) -> Header:
         raise Unproven(f"a basket key that does not parse ({err})") from None
     if classname != "TBasket" or name != branch:
         raise Unproven(f"the record is a {classname} named {name!r}, not a basket of {branch!r}")
-    if fnbytes != nbytes:
-        raise Unproven(f"the basket's key says {fnbytes} bytes, its branch {nbytes}")
+    if fnbytes != nbytes or seekkey != seek:
+        raise Unproven(f"the basket's key says {fnbytes} bytes at {seekkey}, its branch {nbytes} at {seek}")
     if pos != keylen:
         raise Unproven(f"the basket header ends at byte {pos}, not at fKeylen {keylen}")
     if version not in BASKET_VERSIONS:

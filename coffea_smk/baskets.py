@@ -693,7 +693,7 @@ class BasketReader:
         where = f"{self.where}: branch {b.name}, basket {i} (bytes {seek}-{seek + nbytes})"
         try:
             raw = memoryview(fetched if fetched is not None else self.fetch(seek, nbytes)).cast("B")
-            header = _basket.read_header(raw, b.name, nbytes, e1 - e0)
+            header = _basket.read_header(raw, b.name, seek, nbytes, e1 - e0)
             content = _basket.payload(raw, header)
             data, offsets = _basket.entry_data(content, header, stored, b.kind == JAGGED)
         except (Unproven, BasketReadError):
