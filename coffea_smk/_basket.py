@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -58,14 +57,12 @@ class Unproven(Exception):
     """The bytes are not in a layout this reader is proven on; uproot reads the branch instead."""
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """The key and ``TBasket`` header of one basket record."""
 
     nbytes: int
     objlen: int
     keylen: int
-    name: str
     entries: int
     """``fNevBuf``: entries in this basket."""
     last: int
@@ -79,13 +76,21 @@ class Header:
         return self.last - self.keylen
 
 
-def _string(raw: Any, pos: int) -> tuple[str, int]:
+def _counted(text: bytes) -> bytes:
+    """A string as a key stores it: its length (1 byte, or 255 and 4 bytes), then its bytes."""
+    n = len(text)
+    return (bytes([n]) if n < 255 else b"\xff" + struct.pack(">I", n)) + text
+
+
+_TBASKET = _counted(b"TBasket")
+
+
+def _skip_string(raw: Any, pos: int) -> int:
     n = raw[pos]
-    pos += 1
     if n == 255:
-        (n,) = struct.unpack_from(">I", raw, pos)
-        pos += 4
-    return bytes(raw[pos : pos + n]).decode("utf-8", "replace"), pos + n
+        (n,) = struct.unpack_from(">I", raw, pos + 1)
+        return pos + 5 + n
+    return pos + 1 + n
 
 
 def read_header(raw: Any, branch: str, seek: int, nbytes: int, entries: int) -> Header:
@@ -100,9 +105,10 @@ def read_header(raw: Any, branch: str, seek: int, nbytes: int, entries: int) -> 
         seeks = _SEEK_LARGE if kversion > 1000 else _SEEK_SMALL
         (seekkey,) = seeks.unpack_from(raw, _KEY.size)
         pos = _KEY.size + 2 * seeks.size
-        classname, pos = _string(raw, pos)
-        name, pos = _string(raw, pos)
-        _, pos = _string(raw, pos)  # the tree's name
+        # class and name compared as stored (no decoding), then the tree's name skipped
+        names = _TBASKET + _counted(branch.encode())
+        ours = raw[pos : pos + len(names)] == names
+        pos = _skip_string(raw, pos + len(names)) if ours else pos
         version, _, nevbufsize = _HEAD.unpack_from(raw, pos)
         pos += _HEAD.size
         iobits = 0
@@ -113,8 +119,8 @@ def read_header(raw: Any, branch: str, seek: int, nbytes: int, entries: int) -> 
         pos += _TAIL.size
     except (struct.error, IndexError) as err:
         raise Unproven(f"a basket key that does not parse ({err})") from None
-    if classname != "TBasket" or name != branch:
-        raise Unproven(f"the record is a {classname} named {name!r}, not a basket of {branch!r}")
+    if not ours:
+        raise Unproven(f"the record at byte {seek} is not a TBasket named {branch!r}")
     if fnbytes != nbytes or seekkey != seek:
         raise Unproven(f"the basket's key says {fnbytes} bytes at {seekkey}, its branch {nbytes} at {seek}")
     if pos != keylen:
@@ -129,7 +135,7 @@ def read_header(raw: Any, branch: str, seek: int, nbytes: int, entries: int) -> 
         raise Unproven(f"the basket holds {nev} entries, its branch says {entries}")
     if not keylen <= last <= keylen + objlen:
         raise Unproven(f"fLast {last} outside the payload (fKeylen {keylen}, fObjlen {objlen})")
-    return Header(fnbytes, objlen, keylen, name, nev, last, iobits, flag)
+    return Header(fnbytes, objlen, keylen, nev, last, iobits, flag)
 
 
 def payload(raw: Any, header: Header) -> Any:
@@ -180,19 +186,19 @@ def entry_data(
     if tail != 4 * (nev + 2):
         raise Unproven(f"{tail} bytes of entry offsets for {nev} entries")
     stored = np.frombuffer(content, dtype=">i4", count=nev + 2, offset=border)
-    if int(stored[0]) != nev + 1:
+    if stored[0] != nev + 1:
         raise Unproven(f"an entry-offset array of {int(stored[0])} values for {nev} entries")
-    # the array's last value is not an offset: the last entry ends at fLast
+    # record-relative; the array's last value is not an offset: the last entry ends at fLast
     offsets = np.empty(nev + 1, dtype=np.int64)
     offsets[:nev] = stored[1 : nev + 1]
-    offsets[:nev] -= header.keylen
-    offsets[nev] = border
+    offsets[nev] = header.last
+    offsets -= header.keylen
     if nev and offsets[0] != 0:
         raise Unproven(f"the first entry starts at byte {int(offsets[0])} of the data, not 0")
-    steps = np.diff(offsets)
-    if (steps < 0).any() or (steps % itemsize).any():
+    if (offsets[1:] < offsets[:-1]).any() or (offsets % itemsize).any():
         raise Unproven("entry offsets that decrease or cut a value")
-    return data, offsets // itemsize
+    offsets //= itemsize
+    return data, offsets
 
 
 def offsets_from_counts(counts: np.ndarray, header: Header, itemsize: int) -> np.ndarray:
