@@ -84,20 +84,25 @@ def _values(rng: np.random.Generator, dtype: np.dtype[Any], n: int) -> np.ndarra
 
 def _batch(rng: np.random.Generator, n: int, empty_lists: bool) -> dict[str, Any]:
     """One `extend` call: flat branches of every type, a collection of jagged branches of
-    every type with a shared counter (``nObj``), and a jagged branch with its own counter."""
+    every type with a shared counter (``nObj``), a jagged branch with its own counter, and
+    a fixed-size array per entry."""
     counts = np.zeros(n, dtype=np.int64) if empty_lists else rng.choice([0, 0, 1, 2, 5], n)
     out: dict[str, Any] = {f"flat_{t}": _values(rng, np.dtype(t), n) for t in TYPES}
     fields = {t: ak.unflatten(_values(rng, np.dtype(t), int(counts.sum())), counts) for t in TYPES}
     out["Obj"] = ak.zip(fields)
     lone = rng.choice([0, 3], n)
     out["lone"] = ak.unflatten(_values(rng, np.dtype("float32"), int(lone.sum())), lone)
+    out["fixed"] = _values(rng, np.dtype("float64"), 3 * n).reshape(n, 3)  # not on the allow-list
     return out
 
 
 def _write(path: Path, compression: Any, sizes: list[int], empty_lists: bool, seed: int) -> None:
     rng = np.random.default_rng(seed)
     sample = _batch(rng, 1, empty_lists)
-    types = {k: v.dtype if isinstance(v, np.ndarray) else v.type.content for k, v in sample.items()}
+    types = {
+        k: np.dtype((v.dtype, v.shape[1:])) if isinstance(v, np.ndarray) else v.type.content
+        for k, v in sample.items()
+    }
     with uproot.recreate(path, compression=compression) as f:
         tree = f.mktree("tree", types)
         for n in sizes:
@@ -219,6 +224,10 @@ def test_uproot_written_layouts_read_exactly_and_fast(
     assert branches == 2 * len(TYPES) + 3  # flat_*, Obj_*, lone, and the counters nObj, nlone
     assert reads >= branches
     assert fell_back == {}  # every layout uproot writes is on the fast path
+    with uproot.open(written[layout]) as f:
+        tmap = TreeMap.read(f, str(written[layout]), "tree")
+    # a fixed-size array is not in the events (coffea_smk's form has no place for it)
+    assert tmap.kinds["fixed"][0] == OTHER and tmap.slow == {"fixed": "a fixed-size array of 3 per entry"}
 
 
 NANOAOD_TREES = [
