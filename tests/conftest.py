@@ -34,6 +34,19 @@ def nanoaod() -> Path:
     return _nanoaod_dir()
 
 
+@pytest.fixture(scope="session")
+def rootfiles() -> Path:
+    """Real non-NanoAOD ROOT files (``../shared/data/rootfiles``, or ``$COFFEA_SMK_ROOTFILES``)."""
+    env = os.environ.get("COFFEA_SMK_ROOTFILES")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data" / "rootfiles"]:
+        if (candidate / "uproot-issue513.root").is_file():
+            return candidate
+    raise RuntimeError(
+        "the real ROOT test files are missing: put ../shared/data/rootfiles beside the checkout "
+        "or set COFFEA_SMK_ROOTFILES"
+    )
+
+
 _AUDIT = textwrap.dedent(
     """
     import os, sys

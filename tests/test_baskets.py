@@ -265,9 +265,6 @@ def test_a_basket_of_several_compression_blocks(tmp_path: Path) -> None:
 # ---- what the reader does not trust ---------------------------------------------------------
 
 
-ROOTFILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rootfiles"
-
-
 def _record(path: Path, treename: str, cache: Path) -> dict[str, Any]:
     """Preprocess ``path`` as the workflow does: its record, with the map beside it."""
     from coffea_smk.preprocess import FileIdentity, inspect_file, record_path
@@ -371,12 +368,12 @@ def test_a_basket_in_an_unproven_layout_falls_back_visibly(
     assert messages == [f"{path}: branch Muon_pt is read by uproot: TBasket version 7"]  # once
 
 
-def test_fallbacks_are_counted_in_the_chunk_metrics(tmp_path: Path) -> None:
+def test_fallbacks_are_counted_in_the_chunk_metrics(rootfiles: Path, tmp_path: Path) -> None:
     from coffea_smk.metrics import report
     from coffea_smk.preprocess import open_file
     from coffea_smk.reading import EventsOptions, UnitReader
 
-    path = ROOTFILES / "uproot-issue513.root"
+    path = rootfiles / "uproot-issue513.root"
     record = _record(path, "Delphes", tmp_path)
     with UnitReader(EventsOptions(schema="nanoaod", prefetch=False)) as unit:
         rootfile = open_file(str(path))

@@ -31,8 +31,6 @@ from coffea_smk.baskets import OTHER, BasketReader, TreeMap, map_path
 from coffea_smk.preprocess import FileIdentity, inspect_file, open_file, record_path
 from coffea_smk.reading import EventsOptions, UnitReader
 
-ROOTFILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rootfiles"
-
 TYPES = [
     "bool",
     "int8",
@@ -249,10 +247,12 @@ def test_nanoaod_reads_exactly_and_fast(nanoaod: Path, tmp_path: Path, sample: s
     assert fell_back == {}  # NanoAOD is the fast path's whole point
 
 
-def test_delphes_counters_fall_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_delphes_counters_fall_back(
+    rootfiles: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # TClonesArray counters are TBranchElements; the tree also has two branches named
     # Particle and two named Particle_size (uproot, like ROOT, reads the first)
-    path = ROOTFILES / "uproot-issue513.root"
+    path = rootfiles / "uproot-issue513.root"
     with caplog.at_level(logging.INFO, logger="coffea_smk.baskets"):
         branches, _, fell_back = _check_file(path, "Delphes", tmp_path)
     assert branches == 16
@@ -273,9 +273,9 @@ def test_delphes_counters_fall_back(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert any(str(path) in m and "Particle_size" in m and "read by uproot" in m for m in logged)
 
 
-def test_baskets_without_entry_offsets_rebuild_them_from_the_counter(tmp_path: Path) -> None:
+def test_baskets_without_entry_offsets_rebuild_them_from_the_counter(rootfiles: Path, tmp_path: Path) -> None:
     # written with kGenerateOffsetMap: no offsets in the jagged baskets; Jet_pt's baskets
     # do not line up with nJet's (uproot's array() fails on them; checked against its baskets)
-    path = ROOTFILES / "uproot-small-dy-nooffsets.root"
+    path = rootfiles / "uproot-small-dy-nooffsets.root"
     branches, _, fell_back = _check_file(path, "tree", tmp_path)
     assert branches == 8 and fell_back == {}
