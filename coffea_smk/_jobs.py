@@ -60,7 +60,9 @@ def step_plan(a: argparse.Namespace) -> None:
     plan = make_plan(
         spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"])
     )
+    plan["key"] = spec["key"]
     write_json(a.out, plan)
+    Path(f"{a.out}.stale").unlink(missing_ok=True)  # re-planned after a replaced file: done
     log.info(
         "dataset %s: %d files, %d events, %d work units, %d bad files",
         spec["dataset"],
@@ -118,7 +120,8 @@ def step_merge(a: argparse.Namespace) -> None:
 def step_dataset(a: argparse.Namespace) -> None:
     from coffea_smk.reduce import finish_dataset
 
-    finish_dataset(a.inputs, _read_json(a.plan), a.out, allow_pickle=a.allow_pickle)
+    provenance = json.loads(a.provenance)
+    finish_dataset(a.inputs, _read_json(a.plan), a.out, provenance, allow_pickle=a.allow_pickle)
 
 
 def step_result(a: argparse.Namespace) -> None:
@@ -126,7 +129,8 @@ def step_result(a: argparse.Namespace) -> None:
     from coffea_smk.reduce import finish_global
 
     processor = load_processor(a.processor, a.basedir)
-    meta = finish_global(a.inputs, a.out, processor.postprocess, allow_pickle=a.allow_pickle)
+    provenance = json.loads(a.provenance)
+    meta = finish_global(a.inputs, a.out, provenance, processor.postprocess, allow_pickle=a.allow_pickle)
     log.info(
         "global result: %d of %d events, complete=%s",
         meta["events"],
@@ -157,8 +161,8 @@ def main(argv: list[str]) -> int:
     add("plan", "spec", inputs=True)
     add("process", "plan", "unit", "policy", "failures", inputs=True, processor=True).add_argument("--events")
     add("merge", inputs=True, processor=True)
-    add("dataset", "plan", inputs=True, processor=True)
-    add("result", inputs=True, processor=True)
+    add("dataset", "plan", "provenance", inputs=True, processor=True)
+    add("result", "provenance", inputs=True, processor=True)
     a = parser.parse_args(argv)
     _setup_logging(a.log)
     step = globals()[f"step_{a.step}"]

@@ -171,17 +171,33 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
 
 
 def summary(result_path: str | Path) -> str:
-    """A short human-readable summary of a global result."""
+    """A short human-readable summary of a global or per-dataset result, with its origin."""
     from coffea_smk.storage import load_stored
 
     stored = load_stored(result_path)
     lines = [f"result: {result_path}"]
     meta = stored.meta
+    config = meta.get("config") or {}
+    if meta.get("analysis_key"):
+        lines.append(
+            f"analysis key: {meta['analysis_key']} (coffea_smk {meta.get('coffea_smk_version', '?')}; "
+            f"config {meta.get('configfile') or '(none)'})"
+        )
+        settings = ", ".join(
+            f"{k} {config[k]!r}"
+            for k in ("processor", "fileset", "version", "schema", "chunksize", "events_per_job")
+            if k in config
+        )
+        lines.append(f"config: {settings}")
     lines.append(
         f"events processed: {meta['events']} of {meta['events_expected']} expected"
         f" ({'complete' if meta['complete'] else 'INCOMPLETE'})"
     )
-    for name, d in meta["datasets"].items():
+    if meta.get("dataset") is not None:
+        lines.append(
+            f"dataset {meta['dataset']!r}: {meta['files']} files, metadata {meta.get('metadata', {})}"
+        )
+    for name, d in meta.get("datasets", {}).items():
         lines.append(f"  {name}: {d['events']} events, {d['files']} files -> {d['path']}")
     result = stored.result
     if isinstance(result, dict) and isinstance(result.get("cutflow"), dict):

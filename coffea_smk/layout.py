@@ -1,5 +1,15 @@
 """The analysis as files: which outputs exist or are due, and where each one lives.
 
+Every output path derives from what shapes it (see :class:`DatasetKeys`):
+preprocessing batches from their files' identities, plans from the dataset's
+name, metadata, files and plan settings, partial results and merges from the
+processor, the dataset's name and metadata and their chunks, per-dataset and
+global results from all of these. A changed analysis therefore asks for
+outputs that do not exist yet, and Snakemake makes them, whatever its records
+in ``.snakemake/`` say. The fixed names users read, ``datasets/<dataset>.npz``
+and ``result.npz``, are links to the current analysis's results, *published*
+by a job whenever they point elsewhere (:meth:`Layout.publish`).
+
 Shared by the Snakemake glue (``smk.py``) and ``coffea-smk status``; it never
 imports Snakemake and never opens a ROOT file (it only stats inputs).
 
@@ -17,12 +27,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from coffea_smk._hashing import key_of
+from coffea_smk._version import __version__
 from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
+from coffea_smk.plan import PLAN_VERSION, PlanSettings
 from coffea_smk.preprocess import FileIdentity
 from coffea_smk.processor import ProcessorError, processor_tag
 
@@ -32,26 +45,29 @@ _ATTEMPT = re.compile(rf"^({HEX})(?:-a([0-9]+))?$")
 WILDCARDS = {
     "dataset": r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     "batch": rf"{HEX}(?:-a[0-9]+)?",
+    "plan": HEX,
     "tag": HEX,
+    "key": HEX,
     "unit": rf"{HEX}(?:-a[0-9]+)?",
     "node": rf"{HEX}(?:-[0-9a-f]{{8}})?",
 }
 
 PATHS = {
     "preprocess": "preprocess/{dataset}/{batch}.json",
-    "plan": "plan/{dataset}.json",
+    "plan": "plan/{dataset}/{plan}.json",
     "partial": "partials/{dataset}/{tag}/{unit}.npz",
     "merge": "merges/{dataset}/{tag}/{node}.npz",
-    "dataset": "datasets/{dataset}.npz",
-    "result": "result.npz",
+    "dataset": "datasets/{dataset}/{key}.npz",
+    "result": "global/{key}.npz",
 }
+ALIASES = {"dataset": "datasets/{dataset}.npz", "result": "result.npz"}
 LOGS = {
     "preprocess": "logs/preprocess/{dataset}/{batch}.log",
-    "plan": "logs/plan/{dataset}.log",
+    "plan": "logs/plan/{dataset}/{plan}.log",
     "partial": "logs/process/{dataset}/{tag}/{unit}.log",
     "merge": "logs/merge/{dataset}/{tag}/{node}.log",
-    "dataset": "logs/dataset/{dataset}.log",
-    "result": "logs/result.log",
+    "dataset": "logs/dataset/{dataset}/{key}.log",
+    "result": "logs/result/{key}.log",
 }
 FAILURES = {
     "preprocess": "failures/{dataset}/preprocess/{batch}.json",
@@ -71,15 +87,38 @@ def attempt_name(ident: str, attempt: int) -> str:
     return ident if attempt == 0 else f"{ident}-a{attempt}"
 
 
+@dataclass(frozen=True)
+class DatasetKeys:
+    """The content keys of one dataset's outputs."""
+
+    plan: str
+    """The plan: dataset name and metadata, its files' identities, the plan settings."""
+    tag: str
+    """Partials and merges (beside each unit's own chunk key): processor, dataset name, metadata."""
+    result: str
+    """The per-dataset result: ``tag`` and ``plan`` together."""
+
+    @classmethod
+    def of(cls, d: Dataset, files: list[FileIdentity], settings: PlanSettings, processor: str) -> DatasetKeys:
+        plan = key_of("plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], asdict(settings))
+        tag = key_of("tag", processor, d.name, d.metadata)
+        return cls(plan, tag, key_of("dataset", tag, plan))
+
+
 @dataclass
 class Layout:
-    """An analysis config resolved into datasets, file identities, job names and paths."""
+    """An analysis config resolved into datasets, file identities, keys, job names and paths."""
 
     cfg: AnalysisConfig
     basedir: str
+    configfile: str | None
     datasets: dict[str, Dataset]
     identities: dict[str, list[FileIdentity]]
-    tag: str
+    processor_key: str
+    """Processor source, spec, ``version``, schema and coffea_smk's major version."""
+    keys: dict[str, DatasetKeys]
+    analysis_key: str
+    """The global result's key: every dataset's key and the processor (whose postprocess runs there)."""
 
     @classmethod
     def from_config(cls, config: dict[str, Any], configfile: str | None) -> Layout:
@@ -107,7 +146,10 @@ class Layout:
             tag = processor_tag(cfg.processor, basedir, cfg.version, cfg.schema_)
         except ProcessorError as err:
             raise ConfigError(str(err)) from None
-        return cls(cfg, basedir, datasets, identities, tag)
+        settings = plan_settings(cfg)
+        keys = {slug: DatasetKeys.of(d, identities[slug], settings, tag) for slug, d in datasets.items()}
+        analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
+        return cls(cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key)
 
     @classmethod
     def from_file(cls, configfile: str) -> Layout:
@@ -178,7 +220,7 @@ class Layout:
         return out
 
     def unit_attempts(self, slug: str) -> dict[str, int]:
-        return self.attempts(self.failure("partial", dataset=slug, tag=self.tag, unit="x"))
+        return self.attempts(self.failure("partial", dataset=slug, tag=self.keys[slug].tag, unit="x"))
 
     def node_names(self, merge: dict[str, Any], unit_attempts: dict[str, int]) -> dict[str, str]:
         """Names of merge nodes and units: a node is renamed when a unit below it has a new attempt."""
@@ -200,31 +242,70 @@ class Layout:
             name(top)
         return names
 
-    def drop_stale_plans(self) -> list[str]:
-        """Remove plans (and their batch outputs) that a job found stale; they are redone."""
-        dropped = []
+    # ---- results and the links that publish them ----------------------------------
+    def plan_path(self, slug: str) -> str:
+        return self.path("plan", dataset=slug, plan=self.keys[slug].plan)
+
+    def dataset_result(self, slug: str) -> str:
+        return self.path("dataset", dataset=slug, key=self.keys[slug].result)
+
+    @property
+    def result(self) -> str:
+        return self.path("result", key=self.analysis_key)
+
+    def aliases(self) -> dict[str, str]:
+        """``{fixed name: the current analysis's result}`` for the global and every per-dataset result."""
+        out = {_fill(f"{self.outdir}/{ALIASES['result']}", {}): self.result}
         for slug in self.datasets:
-            marker = Path(self.path("plan", dataset=slug) + ".stale")
-            try:
-                stale = json.loads(marker.read_text())
-            except (OSError, ValueError):
-                continue
-            for path in [self.path("plan", dataset=slug), *stale.get("batch_outputs", [])]:
-                Path(path).unlink(missing_ok=True)
-            marker.unlink(missing_ok=True)
-            dropped.append(slug)
-        return dropped
+            out[_fill(f"{self.outdir}/{ALIASES['dataset']}", {"dataset": slug})] = self.dataset_result(slug)
+        return out
+
+    def unpublished(self) -> list[str]:
+        """Fixed names that do not lead to the current analysis's results (read-only: stats and readlinks)."""
+        return [alias for alias, target in self.aliases().items() if not _links_to(alias, target)]
+
+    def publish(self) -> None:
+        """Point every fixed name at the current analysis's result (each switch is atomic).
+
+        Links of datasets no longer in the analysis are removed (their results
+        stay under ``datasets/<dataset>/``). Where the file system has no
+        symbolic links, the result is copied.
+        """
+        aliases = self.aliases()
+        for alias, target in aliases.items():
+            if not _links_to(alias, target):
+                _link(alias, target)
+        folder = Path(self.outdir) / "datasets"
+        for entry in folder.glob("*.npz") if folder.is_dir() else []:
+            if str(entry) not in aliases and entry.is_symlink() and (folder / entry.stem).is_dir():
+                entry.unlink()
+
+    def provenance(self, slug: str | None = None) -> dict[str, Any]:
+        """What a per-dataset (``slug``) or the global result records about its origin."""
+        config = self.cfg.model_dump(mode="json", by_alias=True)
+        if isinstance(self.cfg.fileset, dict):
+            config["fileset"] = "(inline)"
+        out: dict[str, Any] = {
+            "analysis_key": self.analysis_key if slug is None else self.keys[slug].result,
+            "processor_key": self.processor_key,
+            "coffea_smk_version": __version__,
+            "configfile": str(Path(self.configfile).resolve()) if self.configfile else None,
+            "config": config,
+        }
+        if slug is not None:
+            out["plan_key"] = self.keys[slug].plan
+        return out
 
     def read_plan(self, slug: str) -> dict[str, Any] | None:
+        """The current plan of a dataset, if it was made."""
+        path = self.plan_path(slug)
         try:
-            with open(self.path("plan", dataset=slug)) as handle:
+            with open(path) as handle:
                 plan = json.load(handle)
         except FileNotFoundError:
             return None
         except ValueError as err:
-            raise ConfigError(
-                f"{self.path('plan', dataset=slug)} is corrupted ({err}); delete it and re-run"
-            ) from None
+            raise ConfigError(f"{path} is corrupted ({err}); delete it and re-run") from None
         return plan if isinstance(plan, dict) else None
 
 
@@ -232,3 +313,25 @@ def _fill(pattern: str, wildcards: dict[str, str]) -> str:
     for name, value in wildcards.items():
         pattern = pattern.replace("{" + name + "}", value)
     return pattern
+
+
+def plan_settings(cfg: AnalysisConfig) -> PlanSettings:
+    """The settings of the config that shape a dataset's plan."""
+    return PlanSettings(cfg.chunksize, cfg.events_per_job, cfg.merge_fanin, cfg.align_chunks)
+
+
+def _links_to(alias: str, target: str) -> bool:
+    try:
+        return os.readlink(alias) == os.path.relpath(target, os.path.dirname(alias))
+    except OSError:
+        return False
+
+
+def _link(alias: str, target: str) -> None:
+    tmp = f"{alias}.tmp-{os.getpid()}"
+    Path(tmp).unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(target, os.path.dirname(alias)), tmp)
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, alias)

@@ -23,6 +23,7 @@ from typing import Any
 
 from coffea_smk._atomic import write_json
 from coffea_smk._hashing import key_of
+from coffea_smk.baskets import READER_VERSION
 from coffea_smk.config import InputFile
 
 log = logging.getLogger("coffea_smk.preprocess")
@@ -46,10 +47,15 @@ class FileIdentity:
     treename: str
     size: int | None
     mtime_ns: int | None
+    replaced: str | None = None
+    """Set when a job found the file replaced behind the cache's back (same size and
+    mtime, another UUID): the UUID it found, so that the key changes (see :func:`note_replaced`)."""
 
     @property
     def key(self) -> str:
-        return key_of("file", self.path, self.treename, self.size, self.mtime_ns)
+        """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
+        parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
+        return key_of("file", *parts, *([self.replaced] if self.replaced else []))
 
     @classmethod
     def of(cls, f: InputFile, dataset: str = "", *, missing_ok: bool = False) -> FileIdentity:
@@ -74,6 +80,27 @@ class FileIdentity:
         return cls(f.path, f.treename, st.st_size, st.st_mtime_ns)
 
 
+def _replaced_dir(cache_dir: str | os.PathLike[str]) -> Path:
+    return Path(cache_dir) / "replaced"
+
+
+def note_replaced(cache_dir: str | os.PathLike[str], key: str, uuid: str) -> None:
+    """Record that the file of cache key ``key`` now has UUID ``uuid`` (a processing job found it)."""
+    write_json(_replaced_dir(cache_dir) / f"{key}.json", {"uuid": uuid})
+
+
+def replaced_files(cache_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """``{key: uuid}`` of the files found replaced behind the cache's back (one directory listing)."""
+    out = {}
+    folder = _replaced_dir(cache_dir)
+    for note in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            out[note.stem] = str(json.loads(note.read_text())["uuid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
 def record_path(cache_dir: str | os.PathLike[str], identity: FileIdentity) -> Path:
     key = identity.key
     return Path(cache_dir) / "files" / key[:2] / f"{key}.json"
@@ -93,8 +120,6 @@ def read_record(path: Path, identity: FileIdentity) -> dict[str, Any] | None:
     ):
         log.warning("ignoring invalid cache record %s", path)
         return None
-    from coffea_smk.baskets import READER_VERSION
-
     if record.get("reader") != READER_VERSION:
         # its basket map and cluster boundaries come from another reader: build both again
         log.info(
@@ -171,7 +196,7 @@ def tree_of(rootfile: Any, path: str, treename: str) -> Any:
 
 def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str, Any]:
     """Open the file once and build its record (and write its basket map at ``map_to``)."""
-    from coffea_smk.baskets import READER_VERSION, TreeMap
+    from coffea_smk.baskets import TreeMap
 
     t0 = time.perf_counter()
     rootfile = open_file(identity.path)

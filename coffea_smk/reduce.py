@@ -92,9 +92,18 @@ def merge_to_file(paths: list[str], out: str, *, allow_pickle: bool = False) -> 
 
 
 def finish_dataset(
-    paths: list[str], plan: dict[str, Any], out: str, *, allow_pickle: bool = False
+    paths: list[str],
+    plan: dict[str, Any],
+    out: str,
+    provenance: dict[str, Any],
+    *,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """The per-dataset result: merged partials plus events processed versus expected."""
+    """The per-dataset result: merged partials plus events processed versus expected.
+
+    ``provenance`` (``Layout.provenance``: the analysis key, the config) goes
+    into the result's meta, with the plan's files and their identities.
+    """
     stored = merge_stored(paths, allow_pickle=allow_pickle)
     meta = stored.meta
     expected = {f["key"]: f["entries"] for f in plan["files"] if f["entries"] > 0}
@@ -105,6 +114,7 @@ def finish_dataset(
     unexpected = sorted(set(covered) - set(expected))
     bad = plan.get("bad_files", [])
     meta.update(
+        **provenance,
         dataset=plan["dataset"],
         metadata=plan["metadata"],
         events_expected=plan["expected_events"],
@@ -114,6 +124,11 @@ def finish_dataset(
         complete=not missing and not unexpected and not bad and meta["events"] == plan["expected_events"],
         incomplete_files=missing,
         rates=metrics.rates(meta["totals"]),
+        settings=plan["settings"],
+        input_files=[
+            {k: f.get(k) for k in ("path", "treename", "key", "uuid", "entries", "size", "mtime_ns")}
+            for f in plan["files"]
+        ],
     )
     if unexpected:
         raise MergeError(
@@ -134,15 +149,26 @@ def finish_dataset(
 
 
 def finish_global(
-    paths: list[str], out: str, postprocess: Any = None, *, allow_pickle: bool = False
+    paths: list[str],
+    out: str,
+    provenance: dict[str, Any],
+    postprocess: Any = None,
+    *,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
-    """The global result: all datasets accumulated, then the processor's ``postprocess``."""
+    """The global result: all datasets accumulated, then the processor's ``postprocess``.
+
+    ``provenance`` (``Layout.provenance``: the analysis key, the config) goes
+    into the result's meta; each dataset's entry keeps its own key and metadata.
+    """
     result: Any = None
     per_dataset: dict[str, Any] = {}
     for path in paths:
         result, stored = _add_input(result, path, allow_pickle)
         m = stored.meta
         per_dataset[m["dataset"]] = {
+            "analysis_key": m.get("analysis_key"),
+            "metadata": m.get("metadata", {}),
             "events": m["events"],
             "events_expected": m["events_expected"],
             "complete": m["complete"],
@@ -163,6 +189,7 @@ def finish_global(
     for d in per_dataset.values():
         totals = metrics.add_totals(totals, d["totals"])
     meta = {
+        **provenance,
         "dataset": None,
         "datasets": per_dataset,
         "events": sum(d["events"] for d in per_dataset.values()),

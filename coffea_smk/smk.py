@@ -13,11 +13,12 @@ import os
 import shlex
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+from coffea_smk._hashing import key_of
 from coffea_smk.config import ConfigError
-from coffea_smk.layout import WILDCARDS, Layout, split_attempt
-from coffea_smk.plan import PlanSettings
+from coffea_smk.layout import WILDCARDS, Layout, plan_settings, split_attempt
 
 __all__ = ["WILDCARDS", "Analysis"]
 
@@ -25,10 +26,12 @@ __all__ = ["WILDCARDS", "Analysis"]
 class ShellArg:
     """A shell argument that Snakemake does not record as a param.
 
-    Snakemake re-runs a job when a recorded param changes; values that are not
-    plain Python types are not recorded. Reading settings (prefetch) do not
-    change results, so changing them must not redo finished work; the schema,
-    which does, is part of every result's path already.
+    Snakemake re-runs a job when a recorded param changes, but only while its
+    records in ``.snakemake/`` exist; values that are not plain Python types
+    are not recorded. What shapes a result is in the output paths' keys
+    instead (and so works without ``.snakemake/``); settings that shape no
+    result (prefetch, error policy, where the analysis lives) are passed as
+    ``ShellArg`` so that changing them does not redo finished work.
     """
 
     def __init__(self, text: str) -> None:
@@ -54,7 +57,7 @@ class Analysis:
         except ConfigError as err:
             raise WorkflowError(str(err)) from None
         self.cfg = self.layout.cfg
-        self.layout.drop_stale_plans()
+        self._unpublished = self.layout.unpublished()
         self.checkpoints = checkpoints
         self.python = shlex.quote(sys.executable)
         self._plans: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -73,7 +76,7 @@ class Analysis:
 
     @property
     def result(self) -> str:
-        return self.layout.path("result")
+        return self.layout.result
 
     def job(self, step: str) -> str:
         """The shell command prefix of a job step."""
@@ -91,17 +94,53 @@ class Analysis:
 
     def get_plan_spec(self, wildcards: Any) -> str:
         d = self.layout.datasets[wildcards.dataset]
-        c = self.cfg
-        settings = PlanSettings(c.chunksize, c.events_per_job, c.merge_fanin, c.align_chunks)
+        settings = plan_settings(self.cfg)
         return json.dumps(
-            {"dataset": d.name, "slug": d.slug, "metadata": d.metadata, "settings": asdict(settings)}
+            {
+                "dataset": d.name,
+                "slug": d.slug,
+                "key": wildcards.plan,
+                "metadata": d.metadata,
+                "settings": asdict(settings),
+            }
         )
+
+    def get_plan_path(self, wildcards: Any) -> str:
+        """The current plan of the job's dataset (a param: the checkpoint is known to exist)."""
+        return self.layout.plan_path(wildcards.dataset)
+
+    # ---- publishing ------------------------------------------------------------------
+    @property
+    def targets(self) -> list[str]:
+        """What ``all`` asks for: the global result, and publishing it where a fixed name is out of date."""
+        return [self.result, *([self.publish_marker] if self._unpublished else [])]
+
+    @property
+    def publish_marker(self) -> str:
+        """A temporary output that exists only while the fixed names are being switched.
+
+        Its name holds the state found at parse time, so it never stands for an
+        earlier publication (it is removed once the run is over anyway).
+        """
+        state = key_of("publish", self.layout.analysis_key, [_lstat(p) for p in self._unpublished])
+        return f"{self.layout.outdir}/.publish/{state}.done"
+
+    def publish(self, marker: str) -> None:
+        """The publish job: point ``result.npz`` and ``datasets/<dataset>.npz`` at this analysis's results."""
+        self.layout.publish()
+        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(marker).write_text(self.layout.analysis_key + "\n")
+
+    def get_provenance(self, wildcards: Any = None) -> ShellArg:
+        """What a per-dataset (or, without a dataset wildcard, the global) result records of its origin."""
+        slug = getattr(wildcards, "dataset", None)
+        return ShellArg(shlex.quote(json.dumps(self.layout.provenance(slug), separators=(",", ":"))))
 
     # ---- processing and merging -------------------------------------------------
     def _plan(self, slug: str) -> dict[str, Any]:
         from snakemake.exceptions import WorkflowError
 
-        path = self.checkpoints.plan.get(dataset=slug).output[0]
+        path = self.checkpoints.plan.get(dataset=slug, plan=self.layout.keys[slug].plan).output[0]
         mtime = os.stat(path).st_mtime
         cached = self._plans.get(path)
         if cached is None or cached[0] != mtime:
@@ -125,12 +164,13 @@ class Analysis:
         return merge, self._names[slug]
 
     def _paths(self, slug: str, ids: list[str], merge: dict[str, Any], names: dict[str, str]) -> list[str]:
+        tag = self.layout.keys[slug].tag
         out = []
         for i in ids:
             if i in merge["nodes"]:
-                out.append(self.layout.path("merge", dataset=slug, tag=self.layout.tag, node=names[i]))
+                out.append(self.layout.path("merge", dataset=slug, tag=tag, node=names[i]))
             else:
-                out.append(self.layout.path("partial", dataset=slug, tag=self.layout.tag, unit=names[i]))
+                out.append(self.layout.path("partial", dataset=slug, tag=tag, unit=names[i]))
         return out
 
     def get_process_inputs(self, wildcards: Any) -> list[str]:
@@ -151,7 +191,7 @@ class Analysis:
         return self._paths(wildcards.dataset, merge["top"], merge, names)
 
     def get_dataset_results(self, wildcards: Any = None) -> list[str]:
-        return [self.layout.path("dataset", dataset=slug) for slug in self.layout.datasets]
+        return [self.layout.dataset_result(slug) for slug in self.layout.datasets]
 
     def get_events_options(self, wildcards: Any = None) -> ShellArg:
         """How process jobs build and read events (schema, prefetch), as ``--events JSON``."""
@@ -161,19 +201,24 @@ class Analysis:
         options = EventsOptions(c.schema_, c.prefetch, c.prefetch_threads, c.prefetch_max_mb)
         return ShellArg(shlex.quote(options.to_json()))
 
-    def get_job_options(self, wildcards: Any = None) -> str:
-        """Options every processing/merging job needs, shell-quoted."""
+    def get_job_options(self, wildcards: Any = None) -> ShellArg:
+        """Options every processing/merging job needs, shell-quoted.
+
+        Not recorded by Snakemake: what of them shapes a result (the processor)
+        is in the output paths' keys already, and moving the analysis directory
+        must not redo finished work.
+        """
         c = self.cfg
         opts = ["--processor", c.processor, "--basedir", self.layout.basedir]
         if c.allow_pickle:
             opts.append("--allow-pickle")
-        return " ".join(shlex.quote(o) for o in opts)
+        return ShellArg(" ".join(shlex.quote(o) for o in opts))
 
-    def get_policy(self, wildcards: Any = None) -> str:
-        """The error policy of processing jobs, shell-quoted JSON."""
+    def get_policy(self, wildcards: Any = None) -> ShellArg:
+        """The error policy of processing jobs, shell-quoted JSON (not recorded: it shapes no result)."""
         c = self.cfg
         policy = {"continue_on": c.continue_on, "retries": c.retries, "backoff": c.retry_backoff}
-        return shlex.quote(json.dumps(policy))
+        return ShellArg(shlex.quote(json.dumps(policy)))
 
     def end_of_run(self, success: bool) -> None:
         """Called by the Snakefile once the run is over (``onsuccess`` / ``onerror``).
@@ -193,7 +238,7 @@ class Analysis:
         from coffea_smk.storage import load_meta
 
         try:
-            meta = load_meta(self.layout.path("result"))
+            meta = load_meta(self.result)
         except Exception:
             return
         if meta.get("complete") is False:
@@ -204,3 +249,11 @@ class Analysis:
                 f"{self.configfile}` lists them; run again to retry them.",
                 file=sys.stderr,
             )
+
+
+def _lstat(path: str) -> list[int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_mtime_ns, st.st_size]

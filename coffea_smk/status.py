@@ -60,23 +60,24 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
     st.bad_files = plan.get("bad_files", [])
     st.events_expected = plan["expected_events"]
     attempts = layout.unit_attempts(slug)
+    tag = layout.keys[slug].tag
     for unit in plan["units"]:
         k = attempts.get(unit["id"], 0)
         name = attempt_name(unit["id"], k)
         n = len(unit["chunks"])
-        if Path(layout.path("partial", dataset=slug, tag=layout.tag, unit=name)).exists():
-            failed = _manifest(layout.failure("partial", dataset=slug, tag=layout.tag, unit=name))
+        if Path(layout.path("partial", dataset=slug, tag=tag, unit=name)).exists():
+            failed = _manifest(layout.failure("partial", dataset=slug, tag=tag, unit=name))
         elif k > 0:
             # the previous attempt's failures: a re-run retries them
             previous = attempt_name(unit["id"], k - 1)
-            failed = _manifest(layout.failure("partial", dataset=slug, tag=layout.tag, unit=previous))
+            failed = _manifest(layout.failure("partial", dataset=slug, tag=tag, unit=previous))
             st.chunks_failed += len(failed)
             st.chunks_done += n - len(failed)
             st.events_done += unit["events"] - sum(f["events"] for f in failed)
             st.failed_chunks.extend(failed)
             continue
         else:
-            log = layout.log("partial", dataset=slug, tag=layout.tag, unit=name)
+            log = layout.log("partial", dataset=slug, tag=tag, unit=name)
             if _job_failed(log):
                 st.failed_jobs.append(log)
                 st.chunks_failed += n
@@ -87,29 +88,32 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
         st.chunks_done += n - len(failed)
         st.events_done += unit["events"] - sum(f["events"] for f in failed)
         st.failed_chunks.extend(failed)
-    result = Path(layout.path("dataset", dataset=slug))
-    if result.exists():
-        from coffea_smk.storage import ResultFileError, load_meta
-
-        try:
-            st.result = "complete" if load_meta(result).get("complete") else "INCOMPLETE"
-        except ResultFileError:
-            st.result = "corrupted"
+    st.result, _ = _result_state(layout.dataset_result(slug), layout.keys[slug].result)
     return st
+
+
+def _result_state(path: str, key: str) -> tuple[str, dict[str, Any] | None]:
+    """``missing``, ``corrupted``, ``complete`` or ``INCOMPLETE``, and the result's meta."""
+    from coffea_smk.storage import ResultFileError, load_meta
+
+    if not Path(path).exists():
+        return "missing", None
+    try:
+        meta = load_meta(path)
+    except ResultFileError:
+        return "corrupted", None
+    if meta.get("analysis_key") != key:
+        return "corrupted", None  # not the result its key-named path promises
+    return ("complete" if meta.get("complete") else "INCOMPLETE"), meta
 
 
 def _from_result(layout: Layout, slug: str, st: DatasetStatus) -> DatasetStatus:
     """Without a plan (removed after damage), the dataset result still tells how far it got."""
-    from coffea_smk.storage import ResultFileError, load_meta
-
-    try:
-        meta = load_meta(layout.path("dataset", dataset=slug))
-    except ResultFileError:
-        return st
-    st.events_done, st.events_expected = meta["events"], meta["events_expected"]
-    st.bad_files = meta.get("bad_files", [])
-    st.failed_chunks = meta.get("failed", [])
-    st.result = "complete" if meta.get("complete") else "INCOMPLETE"
+    st.result, meta = _result_state(layout.dataset_result(slug), layout.keys[slug].result)
+    if meta is not None:
+        st.events_done, st.events_expected = meta["events"], meta["events_expected"]
+        st.bad_files = meta.get("bad_files", [])
+        st.failed_chunks = meta.get("failed", [])
     return st
 
 
@@ -120,7 +124,10 @@ def report(layout: Layout) -> tuple[str, bool]:
         f"{'dataset':<28} {'files':>7} {'prep.':>7} {'bad':>4} "
         f"{'chunks done/failed/pending':>27} {'events done/expected':>22}  result"
     )
-    lines = [f"analysis: {layout.outdir} (processor {layout.cfg.processor})", head]
+    lines = [
+        f"analysis: {layout.outdir} (processor {layout.cfg.processor}, analysis key {layout.analysis_key})",
+        head,
+    ]
     for r in rows:
         expected = "?" if r.events_expected is None else str(r.events_expected)
         chunks = f"{r.chunks_done}/{r.chunks_failed}/{r.chunks_pending}" if r.planned else "not planned"
@@ -150,8 +157,9 @@ def report(layout: Layout) -> tuple[str, bool]:
         lines.append("")
         lines.append("failed jobs (see their logs):")
         lines.extend(f"  {log}" for log in logs)
-    result = Path(layout.path("result"))
-    ok = result.exists() and all(r.result == "complete" for r in rows)
+    state, _ = _result_state(layout.result, layout.analysis_key)
+    ok = state == "complete" and all(r.result == "complete" for r in rows)
+    published = "" if not layout.unpublished() else "; result.npz is not this analysis's yet: run to publish it"
     lines.append("")
-    lines.append(f"global result: {result} ({'complete' if ok else 'missing or incomplete'})")
+    lines.append(f"global result: {layout.result} ({state}{published})")
     return "\n".join(lines), ok

@@ -13,7 +13,7 @@ rule process:
     log:
         analysis.log("partial"),
     params:
-        plan=analysis.path("plan"),
+        plan=analysis.get_plan_path,
         opts=analysis.get_job_options,
         policy=analysis.get_policy,
         failures=analysis.layout.failure("partial"),

@@ -25,11 +25,13 @@ rule dataset:
     log:
         analysis.log("dataset"),
     params:
-        plan=analysis.path("plan"),
+        plan=analysis.get_plan_path,
         opts=analysis.get_job_options,
+        provenance=analysis.get_provenance,
         job=analysis.job("dataset"),
     shell:
-        "{params.job} --plan {params.plan:q} {params.opts} --out {output:q} --log {log:q} {input:q}"
+        "{params.job} --plan {params.plan:q} --provenance {params.provenance} {params.opts}"
+        " --out {output:q} --log {log:q} {input:q}"
 
 
 rule result:
@@ -41,6 +43,21 @@ rule result:
         analysis.log("result"),
     params:
         opts=analysis.get_job_options,
+        provenance=analysis.get_provenance,
         job=analysis.job("result"),
     shell:
-        "{params.job} {params.opts} --out {output:q} --log {log:q} {input:q}"
+        "{params.job} --provenance {params.provenance} {params.opts} --out {output:q} --log {log:q} {input:q}"
+
+
+# The fixed names users read (result.npz, datasets/<dataset>.npz) are links to
+# the results of the analysis as configured now; switched by this job only when
+# one of them points elsewhere (see Analysis.targets).
+rule publish:
+    input:
+        analysis.get_dataset_results,
+        analysis.result,
+    output:
+        temp(analysis.publish_marker),
+    localrule: True
+    run:
+        analysis.publish(output[0])

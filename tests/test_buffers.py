@@ -362,10 +362,10 @@ def test_metrics_roll_up_per_dataset_and_globally(nanoaod: Path, tmp_path: Path)
         assert merged["totals"]["bytes_compressed"] == sum(c["bytes_compressed"] for c in chunks)
         assert merged["totals"]["peak_rss_mb"] == max(c["peak_rss_mb"] for c in chunks)
         ds = tmp_path / f"{plan['slug']}.npz"
-        meta = finish_dataset(partials, plan, str(ds))
+        meta = finish_dataset(partials, plan, str(ds), {})
         assert meta["rates"]["events_per_s"] > 0 and "Muon_pt" in meta["columns"]
         datasets.append(str(ds))
-    glob = finish_global(datasets, str(tmp_path / "result.npz"))
+    glob = finish_global(datasets, str(tmp_path / "result.npz"), {})
     assert glob["totals"]["events"] == 80 and glob["totals"]["chunks"] == 4
     assert set(glob["columns"]) >= {"Muon_pt", "Jet_pt", "nMuon"}
     table = metrics.report(storage.load_meta(tmp_path / "result.npz"))
