@@ -26,7 +26,7 @@ from typing import Any
 from coffea_smk._atomic import write_json
 from coffea_smk._causes import IOFault, causes, io_fault, transient
 from coffea_smk._hashing import key_of
-from coffea_smk.config import InputFile
+from coffea_smk.config import ConfigError, InputFile
 
 log = logging.getLogger("coffea_smk.preprocess")
 
@@ -201,20 +201,19 @@ def missing_backend(path: str) -> str | None:
 
 
 def check_backends(paths: Iterable[str]) -> None:
-    """Check, before anything runs, that every input file's protocol can be read.
+    """Check, when the workflow starts, that every input file's protocol can be read.
 
     Raises:
-        MissingBackendError: For the first file (of each protocol) that cannot.
+        ConfigError: Naming the first file (of each protocol) that cannot, and the extra to install.
     """
     seen = set()
     for path in paths:
         protocol = path.split("://", 1)[0].lower() if "://" in path else ""
-        if protocol in seen:
-            continue
-        seen.add(protocol)
-        problem = missing_backend(path)
-        if problem is not None:
-            raise MissingBackendError(problem)
+        if protocol not in seen:
+            seen.add(protocol)
+            problem = missing_backend(path)
+            if problem is not None:
+                raise ConfigError(problem)
 
 
 def tree_of(rootfile: Any, path: str, treename: str) -> Any:
