@@ -74,11 +74,11 @@ def _last_error(log: str) -> str | None:
     return tail[-1] if tail else None
 
 
-def _unit_covers(plan: dict[str, Any], unit: dict[str, Any]) -> list[tuple[str, list[list[int]]]]:
-    """The files of a work unit, each with the entry ranges the unit covers in it."""
+def _covers(chunks: list[tuple[str, int, int]]) -> list[tuple[str, list[list[int]]]]:
+    """Chunks ``(file, start, stop)`` as files, each with its entry ranges."""
     ranges: dict[str, list[list[int]]] = {}
-    for file_index, start, stop in unit["chunks"]:
-        ranges.setdefault(plan["files"][file_index]["path"], []).append([start, stop])
+    for path, start, stop in chunks:
+        ranges.setdefault(path, []).append([start, stop])
     return [(path, _merged(r)) for path, r in ranges.items()]
 
 
@@ -127,7 +127,7 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
             failed = _manifest(layout.failure("partial", dataset=slug, tag=layout.tag, unit=previous))
             log = layout.log("partial", dataset=slug, tag=layout.tag, unit=name)
             if _job_failed(log):  # the retry itself failed as a whole
-                covers = [(c["file"], [[c["entrystart"], c["entrystop"]]]) for c in failed]
+                covers = _covers([(c["file"], c["entrystart"], c["entrystop"]) for c in failed])
                 st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
             st.chunks_failed += len(failed)
             st.chunks_done += n - len(failed)
@@ -137,7 +137,7 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
         else:
             log = layout.log("partial", dataset=slug, tag=layout.tag, unit=name)
             if _job_failed(log):
-                covers = _unit_covers(plan, unit)
+                covers = _covers([(plan["files"][i]["path"], a, b) for i, a, b in unit["chunks"]])
                 st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
                 st.chunks_failed += n
             else:
