@@ -86,8 +86,14 @@ def transient(err: BaseException) -> bool:
     below_fault: IOFault | None = None
     for e in reversed(chain):
         fault = io_fault(e)
-        if fault is IOFault.TRANSIENT and below is not None and e.__cause__ is below and below_fault is None:
-            fault = None  # a wrapper of a failure that is no I/O error
+        if (
+            fault is IOFault.TRANSIENT
+            and below is not None
+            and e.__cause__ is below
+            and below_fault is None
+            and not type_names(e) & _TRANSIENT_NAMES
+        ):
+            fault = None  # an OSError that only carries a failure that is no I/O error
         if fault is not None:
             return fault is IOFault.TRANSIENT
         below, below_fault = e, fault
