@@ -131,8 +131,8 @@ def basket_ranges(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
                 continue
             for branch in f[key].itervalues(recursive=True):
                 n = branch.member("fWriteBasket")  # the baskets written out (not kept in the tree)
-                for seek, nbytes in zip(branch.member("fBasketSeek")[:n], branch.member("fBasketBytes")[:n]):
-                    ranges.append((int(seek), int(seek) + int(nbytes)))
+                seeks, sizes = branch.member("fBasketSeek")[:n], branch.member("fBasketBytes")[:n]
+                ranges.extend((int(a), int(a) + int(b)) for a, b in zip(seeks, sizes, strict=True))
     return sorted(ranges)
 
 
