@@ -234,7 +234,7 @@ def report(layout: Layout) -> tuple[str, bool]:
         for job in jobs:
             lines.append(f"  {job.dataset}: {job.step} job: {job.log}")
             for path, ranges in job.covers:
-                lines.append(f"      {path}" + (f" entries {_entries(ranges)}" if ranges else ""))
+                lines.append(f"      covers {path}" + (f" entries {_entries(ranges)}" if ranges else ""))
             if job.error:
                 lines.append(f"      error: {_shorten(job.error)}")
     result = Path(layout.path("result"))
