@@ -273,3 +273,22 @@ def test_a_file_whose_storage_is_down_fails_only_its_chunks(
     assert meta["complete"] and meta["events"] == 80
     assert_same_result(coffea_smk.load(results / "result.npz"), clean)
     assert workflow.run(command="status").returncode == 0
+
+
+@pytest.mark.slow
+def test_status_describes_a_job_that_failed_as_a_whole(workflow: Workflow, nanoaod: Path) -> None:
+    bad, good = FILES
+    with serve(nanoaod) as remote:
+        workflow.write({**SETTINGS, "retries": 1}, _remote_fileset(remote))  # no continue_on
+        workflow.run("--until", "plan")
+        remote.fail(bad, at="open")
+        proc = workflow.run(check=False)
+        assert proc.returncode != 0 and f"{remote(bad)}: its storage failed" in proc.stderr
+    status = workflow.run(command="status", check=False).stdout
+    row = next(line for line in status.splitlines() if line.startswith("Mixed "))
+    assert "0/8/0" in row
+    jobs = status.split("failed jobs", 1)[1]
+    (log,) = (workflow.root / "results" / "logs" / "process").rglob("*.log")
+    assert f"Mixed: process job: {log.relative_to(workflow.root)}" in jobs
+    assert f"covers {remote(bad)} entries 0-40" in jobs and f"covers {remote(good)} entries 0-40" in jobs
+    assert f"error: coffea_smk.preprocess.InputFileError: {remote(bad)}: its storage failed" in jobs
