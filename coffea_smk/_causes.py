@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import io
+import re
 import ssl
+import traceback
 from collections.abc import Iterable
 from enum import Enum
 
@@ -51,7 +53,9 @@ def type_names(err: BaseException) -> set[str]:
     Every class of its MRO, by bare name and by ``module.qualname``.
     """
     names = set()
-    for cls in type(err).__mro__:
+    # uproot's stand-in for a storage error (see lost_by_uproot) answers as an OSError too
+    classes = type(err).__mro__ + (OSError.__mro__ if lost_by_uproot(err) else ())
+    for cls in classes:
         names.update((cls.__name__, f"{cls.__module__}.{cls.__qualname__}"))
     return names
 
@@ -155,8 +159,28 @@ def io_fault(err: BaseException) -> IOFault | None:
             status = getattr(getattr(err, "response", None), "status_code", None)  # requests
         if isinstance(status, int):
             return IOFault.TRANSIENT if status in _TRANSIENT_STATUS else IOFault.PERMANENT
-    if names & _TRANSIENT_NAMES:
+    if names & _TRANSIENT_NAMES or lost_by_uproot(err):
         return IOFault.TRANSIENT
     if not isinstance(err, OSError):
         return None
     return IOFault.PERMANENT if err.errno in _PERMANENT_ERRNOS else IOFault.TRANSIENT
+
+
+_NOT_SUBSCRIPTABLE = re.compile(r"'\w+' object is not subscriptable")
+
+
+def lost_by_uproot(err: BaseException) -> bool:
+    """Whether ``err`` is how uproot's fsspec source reports a failed range request.
+
+    fsspec hands the failed request's exception back as data (``cat_ranges``
+    with ``on_error="return"``) and uproot slices it: a ``TypeError``
+    "'ClientOSError' object is not subscriptable" raised in
+    ``uproot/source/coalesce.py``, with the storage's error gone
+    (scikit-hep/uproot5#1450). Reads through uproot (coffea's events, branches
+    coffea_smk does not read itself) meet it when the storage fails. It counts
+    as a transient I/O error, and ``continue_on: [OSError]`` covers it.
+    """
+    if not isinstance(err, TypeError) or not _NOT_SUBSCRIPTABLE.fullmatch(str(err)):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].filename.replace("\\", "/").endswith("uproot/source/coalesce.py")

@@ -93,6 +93,7 @@ def test_transient_is_decided_by_the_root_cause() -> None:
     # a basket that does not decompress: an OSError wrapping no I/O error
     assert not transient(_raise(BasketReadError("basket 0 cannot be read"), ValueError("bad zlib")))
     assert not transient(_raise(ChunkError("processor failed"), ZeroDivisionError()))
+    assert not transient(_raise(TypeError("'NoneType' object is not subscriptable")))  # not uproot's
     # coffea_smk knows a short read of a local file means a truncated file
     assert not transient(_raise(InputFileError("x.root: truncated", transient=False), OSError("short")))
 
@@ -139,6 +140,10 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
             with pytest.raises(OSError) as read:
                 source_fetch_many(rootfile)(ranges)
             assert transient(read.value), causes(read.value)
+            # uproot's own reads (coffea's events) get a TypeError instead: it counts as the reset
+            with pytest.raises(TypeError, match="object is not subscriptable") as lost:
+                rootfile["Events"]["Muon_pt"].array()
+            assert transient(lost.value) and ErrorPolicy(("OSError",)).continues(lost.value)
             remote.heal()
             assert [len(b) for b in source_fetch_many(rootfile)(ranges)] == [b - a for a, b in ranges]
         assert remote.resets("nano_dy.root", "open") > 0 and remote.resets("nano_dy.root", "read") > 0
@@ -163,6 +168,57 @@ def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch,
     fileset["DY"]["files"] = ["root://eos.example.org//store/nano.root"]
     with pytest.raises(ConfigError, match=r"root://.*pip install 'coffea_smk\[xrootd\]'"):
         Layout.from_config(config, None)
+
+
+def _muons(events: Any) -> dict[str, int]:
+    import awkward as ak
+
+    return {"muons": int(ak.sum(ak.num(events.Muon.pt, axis=1))), "events": len(events)}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # coffea's schema warns about these files
+@pytest.mark.parametrize("schema", ["nanoaod", pytest.param("coffea", marks=pytest.mark.slow)])
+def test_read_faults_in_process_fail_only_their_chunks(nanoaod: Path, tmp_path: Path, schema: str) -> None:
+    """The engine alone, on coffea_smk's events and on coffea's (read by uproot, which loses
+    the storage's error on the way: it is found again)."""
+    if schema == "coffea":
+        pytest.importorskip("coffea")
+    from coffea_smk.config import InputFile
+    from coffea_smk.plan import PlanSettings, make_plan
+    from coffea_smk.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.processing import run_unit
+    from coffea_smk.processor import Processor
+    from coffea_smk.reading import EventsOptions
+
+    bad = FILES[0]
+    with serve(nanoaod) as remote:
+        identities = [FileIdentity.of(InputFile(remote(name), "Events")) for name in FILES]
+        records, _ = preprocess_files(identities, tmp_path / "cache")
+        plan = make_plan("Mixed", "Mixed", {}, records, PlanSettings(10, 80, 4))
+        (unit,) = plan["units"]
+        options = EventsOptions(schema=schema, prefetch=False)
+        policy = ErrorPolicy(("OSError",), retries=2, backoff=0.0)
+        processor = Processor("muons", _muons, None)
+
+        remote.fail(bad, at="read", times=2)  # transient: retried in the job
+        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
+        assert out == {"muons": 18 + 84, "events": 80} and not meta["failed"]
+        assert remote.resets(bad, "read") == 2 and sum(c["retries"] for c in meta["chunks"]) >= 1
+
+        remote.fail(bad, at="read")  # permanent: its chunks fail, the other file's do not
+        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
+        assert out == {"muons": 84, "events": 40}
+        assert [(f["file"], f["entrystart"], f["attempts"]) for f in meta["failed"]] == [
+            (remote(bad), a, 3) for a in (0, 10, 20, 30)
+        ]
+        # coffea's events are read by uproot: the reset comes as a TypeError (uproot5#1450)
+        root_causes = {(f["cause"] or f["exception"]).split(":")[0] for f in meta["failed"]}
+        assert root_causes == {
+            "builtins.ConnectionResetError" if schema == "nanoaod" else "builtins.TypeError"
+        }
+
+        with pytest.raises(ChunkError, match=f"file {remote(bad)}, entries 0-10"):  # no continue_on
+            run_unit(plan, unit["id"], processor, ErrorPolicy(retries=0), events=options)
 
 
 # ---- real runs ------------------------------------------------------------------------------
