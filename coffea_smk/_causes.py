@@ -86,21 +86,15 @@ def transient(err: BaseException) -> bool:
         verdict = getattr(e, "transient", None)
         if isinstance(verdict, bool):
             return verdict
-    below: BaseException | None = None
-    below_fault: IOFault | None = None
+    below: BaseException | None = None  # the exception under this one, no I/O error
     for e in reversed(chain):
         fault = io_fault(e)
-        if (
-            fault is IOFault.TRANSIENT
-            and below is not None
-            and e.__cause__ is below
-            and below_fault is None
-            and not type_names(e) & _TRANSIENT_NAMES
-        ):
+        carrier = below is not None and e.__cause__ is below and not type_names(e) & _TRANSIENT_NAMES
+        if fault is IOFault.TRANSIENT and carrier:
             fault = None  # an OSError that only carries a failure that is no I/O error
         if fault is not None:
             return fault is IOFault.TRANSIENT
-        below, below_fault = e, fault
+        below = e
     return False
 
 
