@@ -48,7 +48,8 @@ class Request:
     start: int
     stop: int
     kind: str
-    """``read`` (a byte range starting in a basket) or ``open`` (any other)."""
+    """``read`` (a byte range starting in a basket) or ``open`` (any other); ``""`` for
+    a file that no fault was ever set on (its baskets are not looked up)."""
     reset: bool
 
 
@@ -76,6 +77,7 @@ class Served:
         """Reset the ``open`` or ``read`` requests of file ``name``: the next ``times`` ones, or all."""
         if at not in ("open", "read"):
             raise ValueError(f"at must be 'open' or 'read', not {at!r}")
+        self.baskets(name)  # found now, not while a request waits
         with self._lock:
             self._faults[(name, at)] = _Fault(at, times)
 
@@ -89,11 +91,6 @@ class Served:
         with self._lock:
             return sum(r.reset and name in (None, r.name) and kind in (None, r.kind) for r in self.log)
 
-    def reads(self, name: str) -> list[Request]:
-        """The data-region reads of file ``name`` that were answered."""
-        with self._lock:
-            return [r for r in self.log if r.name == name and r.kind == "read" and not r.reset]
-
     def baskets(self, name: str) -> list[tuple[int, int]]:
         """The byte ranges of the file's baskets (its data region), sorted."""
         with self._lock:
@@ -106,11 +103,12 @@ class Served:
 
     def _decide(self, method: str, name: str, start: int, stop: int) -> bool:
         """Log the request; whether to reset it."""
-        kind = "open"
-        if method == "GET":
-            ranges = self.baskets(name)
+        with self._lock:
+            ranges = self._baskets.get(name)
+        kind = ""  # not classified: no fault was ever set on this file (finding its baskets costs)
+        if ranges is not None:
             i = bisect.bisect_right(ranges, (start, math.inf)) - 1
-            kind = "read" if i >= 0 and start < ranges[i][1] else "open"
+            kind = "read" if method == "GET" and i >= 0 and start < ranges[i][1] else "open"
         with self._lock:
             fault = self._faults.get((name, kind))
             reset = fault is not None and (fault.times is None or fault.times > 0)
