@@ -514,7 +514,14 @@ def source_fetch_many(rootfile: Any) -> FetchMany:
     source = getattr(rootfile, "source", None) or rootfile.file.source
 
     def fetch_many(ranges: list[tuple[int, int]]) -> list[Any]:
-        return [chunk.raw_data for chunk in source.chunks(ranges, notifications=queue.Queue())]
+        try:
+            return [chunk.raw_data for chunk in source.chunks(ranges, notifications=queue.Queue())]
+        except TypeError:
+            # uproot's fsspec source hands a failed request on as data (fsspec's
+            # on_error="return", uproot5#1450) and slicing it raises TypeError: the storage's own
+            # error (a reset, a timeout), which the error policy needs, is lost. One by
+            # one, the ranges raise it (or are read, when the storage is back).
+            return [source.chunk(start, stop).raw_data for start, stop in ranges]
 
     return fetch_many
 

@@ -94,11 +94,14 @@ class AnalysisConfig(BaseModel):
     continue_on: list[str] = Field(
         default_factory=list,
         description="Exception types (names such as OSError, KeyError, or 'module.Class') that make a "
-        "chunk fail alone: it is recorded in the failure manifest and retried on the next run, while "
-        "the rest of the work unit goes on. Empty (default): the first error stops the job.",
+        "chunk fail alone when found anywhere in the error's exception chain (so OSError covers storage "
+        "errors at file opens and reads): it is recorded in the failure manifest and retried on the next "
+        "run, while the rest of the work unit goes on. Empty (default): the first error stops the job.",
     )
     retries: Annotated[int, Field(ge=0)] = Field(
-        2, description="Retries of a chunk inside its job after a transient I/O error (OSError)."
+        2,
+        description="Retries of a file open or a chunk inside its job when the error's root cause is a "
+        "transient I/O error (a reset, a timeout; not a missing file).",
     )
     retry_backoff: Annotated[float, Field(ge=0)] = Field(
         1.0, description="Seconds before the first in-job retry; doubled for each further retry."

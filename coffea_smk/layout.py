@@ -36,7 +36,7 @@ from coffea_smk._hashing import key_of
 from coffea_smk._version import __version__
 from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
 from coffea_smk.plan import PLAN_VERSION, PlanSettings
-from coffea_smk.preprocess import FileIdentity
+from coffea_smk.preprocess import FileIdentity, check_backends
 from coffea_smk.processor import ProcessorError, processor_tag
 
 HEX = r"[0-9a-f]{16}"
@@ -134,6 +134,7 @@ class Layout:
         base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())
         basedir = str(Path(base).resolve())
         datasets = {d.slug: d for d in load_fileset(cfg.fileset, Path(basedir), cfg.treename)}
+        check_backends(f.path for d in datasets.values() for f in d.files)
         identities: dict[str, list[FileIdentity]] = {}
         try:
             for slug, d in datasets.items():

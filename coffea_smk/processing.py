@@ -1,10 +1,13 @@
 """Processing one work unit: open each file once, call the processor per chunk, accumulate.
 
-The error policy decides what a failing chunk does: an ``OSError`` is retried
-in the job with back-off (flaky storage); an exception of a ``continue_on``
-type marks the chunk failed (recorded in the failure manifest, left out of the
-partial result, retried on the next run); anything else stops the job with a
-message that names the dataset, file and entry range.
+The error policy decides what a failing file open or chunk does, from the
+whole exception chain (the root cause counts, however wrapped): a transient
+I/O error (a reset, a timeout) is retried in the job with back-off (flaky
+storage); an exception of a ``continue_on`` type anywhere in the chain marks
+the chunk failed, or every chunk of a file that cannot be opened (recorded in
+the failure manifest, left out of the partial result, retried on the next
+run), and the unit goes on; anything else stops the job with a message that
+names the dataset, file and entry range.
 """
 
 from __future__ import annotations
@@ -12,21 +15,26 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from coffea_smk import storage
 from coffea_smk._atomic import write_json
+from coffea_smk._causes import causes, matches, transient
 from coffea_smk._ranges import coalesce, covered
 from coffea_smk.accumulate import AccumulateError, add
 from coffea_smk.plan import unit_by_id
-from coffea_smk.preprocess import InputFileError, StaleRecordError, open_file
+from coffea_smk.preprocess import StaleRecordError, open_file
 from coffea_smk.processor import Processor
 from coffea_smk.reading import EventsOptions, FileReader, UnitReader
 
 log = logging.getLogger("coffea_smk.process")
+
+T = TypeVar("T")
 
 
 class ChunkError(RuntimeError):
@@ -35,25 +43,36 @@ class ChunkError(RuntimeError):
 
 @dataclass(frozen=True)
 class ErrorPolicy:
-    """What a failing chunk does."""
+    """What a failing file open or chunk does.
+
+    Both decisions read the whole exception chain (:func:`coffea_smk._causes.causes`):
+    a storage error arrives wrapped (in ``InputFileError``, ``BufferReadError``,
+    by awkward, coffea or the processor), and its root cause is what counts.
+    """
 
     continue_on: tuple[str, ...] = ()
     """Exception type names (``OSError``, ``mymod.MyError``) that fail only the chunk."""
     retries: int = 2
-    """In-job retries of a chunk after an ``OSError``."""
+    """In-job retries of a file open or a chunk after a transient I/O error."""
     backoff: float = 1.0
     """Seconds before the first retry, doubled for each further one."""
 
     def continues(self, err: BaseException) -> bool:
-        if isinstance(err, AccumulateError):
-            return False  # the accumulator may be half-updated: never carry on
-        names = set()
-        for cls in type(err).__mro__:
-            names.update((cls.__name__, f"{cls.__module__}.{cls.__qualname__}"))
-        return any(name in names for name in self.continue_on)
+        """Whether an exception of ``err``'s chain is of a ``continue_on`` type.
+
+        ``ChunkError`` (coffea_smk's wrapper around every failure of ``process()``)
+        is not looked at, so ``continue_on: [RuntimeError]`` does not catch all.
+        Never on an ``AccumulateError`` (the accumulator may be half-updated) or
+        a ``StaleRecordError`` (the job must stop so that the file is preprocessed again).
+        """
+        chain = causes(err)
+        if any(isinstance(e, (AccumulateError, StaleRecordError)) for e in chain):
+            return False
+        return matches(err, self.continue_on, skip=(ChunkError,))
 
     def retryable(self, err: BaseException) -> bool:
-        return isinstance(err, OSError) and not isinstance(err, FileNotFoundError)
+        """Whether the root cause is a transient I/O error (a reset, a timeout; not a missing file)."""
+        return transient(err)
 
 
 @dataclass
@@ -100,15 +119,21 @@ def run_unit(
         for file_index, chunks_iter in groupby(todo, key=lambda c: c[0]):
             chunks = [(start, stop) for _, start, stop in chunks_iter]
             record = files[file_index]
-            try:
-                rootfile = _open(record, policy)
-            except Exception as err:
+            opened, err, tries = _retrying(
+                policy, f"opening {record['path']}", partial(_open, reader, record, chunks)
+            )
+            if err is not None:
                 if not policy.continues(err):
-                    raise
+                    raise err
+                # the file's chunks fail, the unit's other files go on
                 for start, stop in chunks:
-                    _record_failure(state, plan, record, start, stop, err, 1, traceback_dir, unit_name)
+                    _record_failure(
+                        state, plan, record, start, stop, err, tries + 1, traceback_dir, unit_name
+                    )
                 continue
-            with rootfile, reader.open(rootfile, record, chunks) as source:
+            assert opened is not None
+            rootfile, source = opened
+            with rootfile, source:
                 for start, stop in chunks:
                     _run_with_policy(
                         state, plan, record, source, start, stop, processor, policy, traceback_dir, unit_name
@@ -125,37 +150,59 @@ def run_unit(
     return state.accumulator, meta
 
 
-def _open(record: dict[str, Any], policy: ErrorPolicy) -> Any:
-    """Open a file (header and directory only) and check it is the one preprocessed."""
+def _open(
+    reader: UnitReader, record: dict[str, Any], chunks: list[tuple[int, int]]
+) -> tuple[Any, FileReader]:
+    """Open a file, check it is the one preprocessed, and make its reader.
+
+    Raises:
+        InputFileError: It cannot be opened (the cause says why).
+        StaleRecordError: It changed since it was preprocessed.
+    """
+    rootfile = open_file(record["path"])
+    try:
+        uuid = str(rootfile.file.uuid)
+        if uuid != record["uuid"]:
+            raise StaleRecordError(
+                f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
+                f"became {uuid}) although its size and modification time did not; its records were "
+                "invalidated: run again to preprocess it anew"
+            )
+        # without a basket map (or for coffea's events) this reads the tree's metadata
+        return rootfile, reader.open(rootfile, record, chunks)
+    except BaseException:
+        rootfile.close()
+        raise
+
+
+def _retrying(
+    policy: ErrorPolicy, what: str, call: Callable[[], T]
+) -> tuple[T | None, Exception | None, int]:
+    """``call()``, tried again after transient I/O errors (``policy.retries`` times, with back-off).
+
+    Returns:
+        Its result (or None), the error it failed with for good (or None), and
+        the retries it took.
+    """
     tries = 0
     while True:
         try:
-            rootfile = open_file(record["path"])
-            break
-        except InputFileError as err:
-            cause = err.__cause__
-            if cause is None or not policy.retryable(cause) or tries >= policy.retries:
-                raise
-            _sleep(policy, tries, f"opening {record['path']}", cause)
+            return call(), None, tries
+        except Exception as err:
+            if tries >= policy.retries or not policy.retryable(err):
+                return None, err, tries
+            _sleep(policy, tries, what, err)
             tries += 1
-    uuid = str(rootfile.file.uuid)
-    if uuid != record["uuid"]:
-        rootfile.close()
-        raise StaleRecordError(
-            f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
-            f"became {uuid}) although its size and modification time did not; its records were "
-            "invalidated: run again to preprocess it anew"
-        )
-    return rootfile
 
 
 def _sleep(policy: ErrorPolicy, tries: int, what: str, err: BaseException) -> None:
     delay = policy.backoff * (2**tries)
+    root = causes(err)[-1]
     log.warning(
-        "%s failed (%s: %s); retry %d of %d in %.1f s",
+        "%s failed (%s: %s); retry %d of %d in %.2f s",
         what,
-        type(err).__name__,
-        err,
+        type(root).__name__,
+        root,
         tries + 1,
         policy.retries,
         delay,
@@ -175,28 +222,26 @@ def _run_with_policy(
     traceback_dir: Path | None,
     unit_name: str,
 ) -> None:
-    tries = 0
-    while True:
-        try:
-            output, metrics = _run_chunk(plan, record, source, start, stop, processor)
-            break
-        except Exception as err:
-            cause = err.__cause__ if isinstance(err, ChunkError) and err.__cause__ is not None else err
-            if policy.retryable(cause) and tries < policy.retries:
-                _sleep(policy, tries, f"chunk {record['path']} [{start}, {stop})", cause)
-                tries += 1
-                continue
-            if policy.continues(cause):
-                _record_failure(state, plan, record, start, stop, cause, tries + 1, traceback_dir, unit_name)
-                return
-            raise
+    done, err, tries = _retrying(
+        policy,
+        f"chunk {record['path']} [{start}, {stop})",
+        lambda: _run_chunk(plan, record, source, start, stop, processor),
+    )
+    if err is not None:
+        if not policy.continues(err):
+            raise err
+        failure = err.__cause__ if isinstance(err, ChunkError) and err.__cause__ is not None else err
+        _record_failure(state, plan, record, start, stop, failure, tries + 1, traceback_dir, unit_name)
+        return
+    assert done is not None
+    output, metrics = done
     try:
         state.accumulator = add(state.accumulator, output)
-    except AccumulateError as err:
+    except AccumulateError as acc_err:
         raise ChunkError(
             f"dataset {plan['dataset']!r}, file {record['path']}, entries {start}-{stop}: "
-            f"the processor's output cannot be accumulated: {err}"
-        ) from err
+            f"the processor's output cannot be accumulated: {acc_err}"
+        ) from acc_err
     metrics["retries"] = tries
     state.ranges.setdefault(record["key"], []).append([start, stop])
     state.metrics.append(metrics)
@@ -214,6 +259,7 @@ def _record_failure(
     unit_name: str,
 ) -> None:
     text = "".join(traceback.format_exception(err))
+    root = causes(err)[-1]
     tb_file = None
     if traceback_dir is not None:
         tb_path = traceback_dir / f"{unit_name}-{record['key']}-{start}-{stop}.txt"
@@ -237,12 +283,17 @@ def _record_failure(
             "entrystart": start,
             "entrystop": stop,
             "events": stop - start,
-            "exception": f"{type(err).__module__}.{type(err).__qualname__}",
+            "exception": _type_name(err),
             "message": str(err),
+            "cause": f"{_type_name(root)}: {root}" if root is not err else None,
             "traceback_file": tb_file,
             "attempts": attempts,
         }
     )
+
+
+def _type_name(err: BaseException) -> str:
+    return f"{type(err).__module__}.{type(err).__qualname__}"
 
 
 def _run_chunk(

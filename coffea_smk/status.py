@@ -1,4 +1,9 @@
-"""``coffea-smk status``: what is done, failed and pending, read from the output files alone."""
+"""``coffea-smk status``: what is done, failed and pending, read from the output files alone.
+
+Failed chunks are named by file and entry ranges (from the failure manifests);
+a job that failed as a whole (no manifest) by the files and entry ranges it
+covers (from the plan), its log and the last line of the error in it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,19 @@ from typing import Any
 
 from coffea_smk.layout import Layout, attempt_name
 from coffea_smk.preprocess import record_path
+
+
+@dataclass
+class FailedJob:
+    """A job that failed as a whole: what it covered, its log, its error."""
+
+    dataset: str
+    step: str
+    log: str
+    covers: list[tuple[str, list[list[int]]]] = field(default_factory=list)
+    """The input files and (for processing) the entry ranges of each."""
+    error: str | None = None
+    """The last line of the error in the log."""
 
 
 @dataclass
@@ -26,7 +44,7 @@ class DatasetStatus:
     events_done: int = 0
     events_expected: int | None = None
     failed_chunks: list[dict[str, Any]] = field(default_factory=list)
-    failed_jobs: list[str] = field(default_factory=list)
+    failed_jobs: list[FailedJob] = field(default_factory=list)
     result: str = "missing"
 
 
@@ -45,14 +63,51 @@ def _job_failed(log: str) -> bool:
     return " failed:" in text or "Traceback" in text
 
 
+def _last_error(log: str) -> str | None:
+    """The last line of the error a job logged (its exception, ``Type: message``)."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    start = max((i for i, line in enumerate(lines) if " failed:" in line), default=0)
+    tail = [line.strip() for line in lines[start:] if line.strip()]
+    return tail[-1] if tail else None
+
+
+def _covers(chunks: list[tuple[str, int, int]]) -> list[tuple[str, list[list[int]]]]:
+    """Chunks ``(file, start, stop)`` as files, each with its entry ranges."""
+    ranges: dict[str, list[list[int]]] = {}
+    for path, start, stop in chunks:
+        ranges.setdefault(path, []).append([start, stop])
+    return [(path, _merged(r)) for path, r in ranges.items()]
+
+
+def _merged(ranges: list[list[int]]) -> list[list[int]]:
+    """Sorted ranges, those that touch or overlap made one."""
+    out: list[list[int]] = []
+    for start, stop in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], stop)
+        else:
+            out.append([start, stop])
+    return out
+
+
+def _entries(ranges: list[list[int]]) -> str:
+    return ", ".join(f"{a}-{b}" for a, b in ranges)
+
+
 def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
     d = layout.datasets[slug]
     ids = layout.identities[slug]
     st = DatasetStatus(d.name, len(ids), sum(record_path(layout.cache_dir, i).is_file() for i in ids))
+    batch_files = {b: [i.path for i in group] for b, group in layout.batches(slug).items()}
     for batch in layout.batch_names(slug):
         log = layout.log("preprocess", dataset=slug, batch=batch)
         if not Path(layout.path("preprocess", dataset=slug, batch=batch)).exists() and _job_failed(log):
-            st.failed_jobs.append(log)
+            files = batch_files.get(batch.split("-")[0], [])
+            covers: list[tuple[str, list[list[int]]]] = [(path, []) for path in files]
+            st.failed_jobs.append(FailedJob(d.name, "preprocess", log, covers, _last_error(log)))
     plan = layout.read_plan(slug)
     if plan is None:
         return _from_result(layout, slug, st)
@@ -71,6 +126,10 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
             # the previous attempt's failures: a re-run retries them
             previous = attempt_name(unit["id"], k - 1)
             failed = _manifest(layout.failure("partial", dataset=slug, tag=tag, unit=previous))
+            log = layout.log("partial", dataset=slug, tag=tag, unit=name)
+            if _job_failed(log):  # the retry itself failed as a whole
+                covers = _covers([(c["file"], c["entrystart"], c["entrystop"]) for c in failed])
+                st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
             st.chunks_failed += len(failed)
             st.chunks_done += n - len(failed)
             st.events_done += unit["events"] - sum(f["events"] for f in failed)
@@ -79,7 +138,8 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
         else:
             log = layout.log("partial", dataset=slug, tag=tag, unit=name)
             if _job_failed(log):
-                st.failed_jobs.append(log)
+                covers = _covers([(plan["files"][i]["path"], a, b) for i, a, b in unit["chunks"]])
+                st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
                 st.chunks_failed += n
             else:
                 st.chunks_pending += n
@@ -117,6 +177,35 @@ def _from_result(layout: Layout, slug: str, st: DatasetStatus) -> DatasetStatus:
     return st
 
 
+def _failed_chunks(failed: list[dict[str, Any]], limit: int = 50) -> list[str]:
+    """Failed chunks by dataset, file and exception: the entry ranges, the error, its root cause."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for c in failed:
+        groups.setdefault((c["dataset"], c["file"], c["exception"]), []).append(c)
+    lines = []
+    for (dataset, path, exception), chunks in list(groups.items())[:limit]:
+        ranges = _merged([[c["entrystart"], c["entrystop"]] for c in chunks])
+        events = sum(c["entrystop"] - c["entrystart"] for c in chunks)
+        first = chunks[0]
+        lines.append(
+            f"  {dataset}: {path} entries {_entries(ranges)} ({len(chunks)} chunks, {events} events)"
+        )
+        lines.append(f"      {exception}: {_shorten(first['message'])}")
+        if first.get("cause"):
+            lines.append(f"      root cause: {_shorten(first['cause'])}")
+        if first.get("traceback_file"):
+            lines.append(f"      traceback: {first['traceback_file']}")
+    if len(groups) > limit:
+        lines.append(f"  ... and {len(groups) - limit} more files")
+    return lines
+
+
+def _shorten(text: str, width: int = 400) -> str:
+    """The first line of ``text``, at most ``width`` characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def report(layout: Layout) -> tuple[str, bool]:
     """A human-readable status report, and whether everything is done and complete."""
     rows = [dataset_status(layout, slug) for slug in layout.datasets]
@@ -139,27 +228,27 @@ def report(layout: Layout) -> tuple[str, bool]:
     if failed:
         lines.append("")
         lines.append(f"failed chunks ({len(failed)}; a re-run retries them):")
-        for c in failed[:50]:
-            tb = f"\n      traceback: {c['traceback_file']}" if c.get("traceback_file") else ""
-            lines.append(
-                f"  {c['dataset']}: {c['file']} entries {c['entrystart']}-{c['entrystop']}: "
-                f"{c['exception']}: {c['message']}{tb}"
-            )
-        if len(failed) > 50:
-            lines.append(f"  ... and {len(failed) - 50} more")
+        lines.extend(_failed_chunks(failed))
     bad = [(r.name, b) for r in rows for b in r.bad_files]
     if bad:
         lines.append("")
         lines.append("unreadable files (skipped; a re-run tries them again):")
         lines.extend(f"  {name}: {b['path']}: {b['error']}" for name, b in bad)
-    logs = [log for r in rows for log in r.failed_jobs]
-    if logs:
+    jobs = [job for r in rows for job in r.failed_jobs]
+    if jobs:
         lines.append("")
         lines.append("failed jobs (see their logs):")
-        lines.extend(f"  {log}" for log in logs)
+        for job in jobs:
+            lines.append(f"  {job.dataset}: {job.step} job: {job.log}")
+            for path, ranges in job.covers:
+                lines.append(f"      covers {path}" + (f" entries {_entries(ranges)}" if ranges else ""))
+            if job.error:
+                lines.append(f"      error: {_shorten(job.error)}")
     state, _ = _result_state(layout.result, layout.analysis_key)
     ok = state == "complete" and all(r.result == "complete" for r in rows)
-    published = "" if not layout.unpublished() else "; result.npz is not this analysis's yet: run to publish it"
+    published = (
+        "" if not layout.unpublished() else "; result.npz is not this analysis's yet: run to publish it"
+    )
     lines.append("")
     lines.append(f"global result: {layout.result} ({state}{published})")
     return "\n".join(lines), ok

@@ -1,0 +1,350 @@
+"""Storage that fails: retries and ``continue_on`` decided on the root cause, with a real HTTP server.
+
+The server (``rangeserver.py``) answers chosen requests of one file with a TCP
+reset: its opens (header, directory) or its basket reads, a few times
+(transient) or until healed (permanent), as an overloaded storage element does.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Workflow, assert_same_result
+from rangeserver import serve
+
+import coffea_smk
+from coffea_smk._causes import causes, matches, transient
+from coffea_smk.accumulate import AccumulateError
+from coffea_smk.baskets import BasketReadError, source_fetch_many
+from coffea_smk.buffers import BufferReadError
+from coffea_smk.config import ConfigError
+from coffea_smk.preprocess import InputFileError, open_file
+from coffea_smk.processing import ChunkError, ErrorPolicy
+
+DIMUON = "coffea_smk.examples.dimuon:DimuonProcessor"
+FILES = ("nano_dy.root", "nano_dimuon.root")  # one dataset of two files, 40 events each
+SETTINGS = {"processor": DIMUON, "chunksize": 10, "events_per_job": 80, "retries": 2, "retry_backoff": 0.01}
+
+
+def _raise(err: BaseException, cause: BaseException | None = None) -> BaseException:
+    """``err`` raised from ``cause`` (a real chain, tracebacks included)."""
+    try:
+        raise err from cause
+    except BaseException as raised:
+        return raised
+
+
+# ---- the decisions, on exception chains -------------------------------------------------
+
+
+def test_causes_follow_cause_then_context_and_stop_on_cycles() -> None:
+    reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    outer = _raise(InputFileError("x.root: its storage failed"), _raise(OSError("wrapped"), reset))
+    assert [type(e) for e in causes(outer)] == [InputFileError, OSError, ConnectionResetError]
+
+    try:
+        try:
+            raise reset
+        except OSError:
+            raise KeyError("raised while handling it") from None
+    except KeyError as err:
+        assert causes(err) == [err]  # `from None`: the context does not count
+    try:
+        try:
+            raise TimeoutError("slow")
+        except OSError:
+            raise KeyError("raised while handling it")  # noqa: B904
+    except KeyError as err:
+        assert [type(e) for e in causes(err)] == [KeyError, TimeoutError]
+
+    a, b = RuntimeError("a"), OSError("b")
+    a.__cause__, b.__cause__ = b, a
+    assert causes(a) == [a, b]
+
+
+def test_transient_is_decided_by_the_root_cause() -> None:
+    import aiohttp
+
+    reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    client_reset = _raise(aiohttp.ClientOSError(errno.ECONNRESET, "reset"), reset)
+    # a read in the processor: ChunkError > BufferReadError > BasketReadError > aiohttp > socket
+    read = _raise(
+        ChunkError("processor failed"),
+        _raise(BufferReadError("reading Muon_pt failed"), _raise(BasketReadError("basket 0"), client_reset)),
+    )
+    assert transient(read) and transient(reset) and transient(TimeoutError())
+    # fsspec turns a failed HEAD into FileNotFoundError: the reset under it counts
+    assert transient(_raise(InputFileError("x"), _raise(FileNotFoundError("url"), client_reset)))
+    assert transient(aiohttp.ServerDisconnectedError())  # no OSError, but the transport's
+    assert transient(_raise(BasketReadError("basket 0"), aiohttp.ServerDisconnectedError()))
+    assert transient(_raise(aiohttp.ClientPayloadError("cut"), ValueError("not enough data")))
+    info = aiohttp.RequestInfo(aiohttp.client_reqrep.URL("http://x/a.root"), "GET", {})  # type: ignore[arg-type]
+    assert transient(aiohttp.ClientResponseError(info, (), status=503))
+
+    assert not transient(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not transient(PermissionError(errno.EACCES, "Permission denied"))
+    assert not transient(OSError(errno.EACCES, "Permission denied"))
+    assert not transient(_raise(OSError("cannot read"), PermissionError(errno.EACCES, "denied")))
+    assert not transient(aiohttp.ClientResponseError(info, (), status=403))
+    # a basket that does not decompress: an OSError wrapping no I/O error
+    assert not transient(_raise(BasketReadError("basket 0 cannot be read"), ValueError("bad zlib")))
+    assert not transient(_raise(ChunkError("processor failed"), ZeroDivisionError()))
+    assert not transient(_raise(TypeError("'NoneType' object is not subscriptable")))  # not uproot's
+    # coffea_smk knows a short read of a local file means a truncated file
+    assert not transient(_raise(InputFileError("x.root: truncated", transient=False), OSError("short")))
+
+
+def test_continue_on_matches_anywhere_in_the_chain() -> None:
+    reset = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    open_error = _raise(InputFileError("x.root: its storage failed"), reset)
+    read_error = _raise(
+        ChunkError("processor failed"),
+        _raise(BufferReadError("reading"), _raise(BasketReadError("b"), reset)),
+    )
+    policy = ErrorPolicy(continue_on=("OSError",))
+    assert policy.continues(open_error) and policy.continues(read_error)
+    assert policy.retryable(open_error) and policy.retryable(read_error)
+    assert ErrorPolicy(continue_on=("builtins.ConnectionResetError",)).continues(read_error)
+    assert ErrorPolicy(continue_on=("coffea_smk.buffers.BufferReadError",)).continues(read_error)
+    assert not ErrorPolicy(continue_on=("KeyError",)).continues(read_error)
+    # ChunkError wraps every failure of process(): it is no reason to go on
+    bug = _raise(ChunkError("processor failed"), ZeroDivisionError())
+    assert not ErrorPolicy(continue_on=("RuntimeError",)).continues(bug)
+    assert ErrorPolicy(continue_on=("ArithmeticError",)).continues(bug)
+    # never on an accumulator that may be half-updated, wherever it is in the chain
+    assert not policy.continues(_raise(ChunkError("x"), _raise(AccumulateError("half"), reset)))
+    assert matches(read_error, ["OSError"], skip=(BasketReadError, ConnectionResetError)) is False
+
+
+# ---- the real errors of a real HTTP server ------------------------------------------------
+
+
+def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None:
+    with serve(nanoaod) as remote:
+        remote.fail("nano_dy.root", at="open")
+        with pytest.raises(InputFileError, match="its storage failed") as opened:
+            open_file(remote("nano_dy.root"))
+        assert "not a ROOT file" not in str(opened.value)
+        assert transient(opened.value) and ErrorPolicy(("OSError",)).continues(opened.value)
+        remote.heal()
+
+        rootfile = open_file(remote("nano_dy.root"))
+        with rootfile:
+            remote.fail("nano_dy.root", at="read")
+            ranges = remote.baskets("nano_dy.root")[:3]
+            # a vector read of many baskets (uproot's fsspec source loses the error: it is found again)
+            with pytest.raises(OSError) as read:
+                source_fetch_many(rootfile)(ranges)
+            assert transient(read.value), causes(read.value)
+            # uproot's own reads (coffea's events) get a TypeError instead: it counts as the reset
+            with pytest.raises(TypeError, match="object is not subscriptable") as lost:
+                rootfile["Events"]["Muon_pt"].array()
+            assert transient(lost.value) and ErrorPolicy(("OSError",)).continues(lost.value)
+            remote.heal()
+            assert [len(b) for b in source_fetch_many(rootfile)(ranges)] == [b - a for a, b in ranges]
+        assert remote.resets("nano_dy.root", "open") > 0 and remote.resets("nano_dy.root", "read") > 0
+        assert remote.resets("nano_dimuon.root") == 0
+
+
+def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from coffea_smk import preprocess
+    from coffea_smk.layout import Layout
+
+    importable = preprocess._importable
+    monkeypatch.setattr(preprocess, "_importable", lambda module: module != "aiohttp" and importable(module))
+    with pytest.raises(InputFileError, match=r"needs aiohttp.*pip install 'coffea_smk\[http\]'") as err:
+        open_file("https://storage.example.org/store/nano.root")
+    assert "truncated" not in str(err.value)
+    fileset = {"DY": {"files": ["local.root", "https://storage.example.org/store/nano.root"]}}
+    (tmp_path / "local.root").touch()
+    config = {"fileset": fileset, "processor": DIMUON, "basedir": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"storage.example.org/store/nano.root.*coffea_smk\[http\]"):
+        Layout.from_config(config, None)
+    monkeypatch.setattr(preprocess, "_importable", lambda module: False)
+    fileset["DY"]["files"] = ["root://eos.example.org//store/nano.root"]
+    with pytest.raises(ConfigError, match=r"root://.*pip install 'coffea_smk\[xrootd\]'"):
+        Layout.from_config(config, None)
+
+
+def _muons(events: Any) -> dict[str, int]:
+    import awkward as ak
+
+    return {"muons": int(ak.sum(ak.num(events.Muon.pt, axis=1))), "events": len(events)}
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # coffea's schema warns about these files
+@pytest.mark.parametrize("schema", ["nanoaod", pytest.param("coffea", marks=pytest.mark.slow)])
+def test_read_faults_in_process_fail_only_their_chunks(nanoaod: Path, tmp_path: Path, schema: str) -> None:
+    """The engine alone, on coffea_smk's events and on coffea's (read by uproot, which loses
+    the storage's error on the way: it is found again)."""
+    if schema == "coffea":
+        pytest.importorskip("coffea")
+    from coffea_smk.config import InputFile
+    from coffea_smk.plan import PlanSettings, make_plan
+    from coffea_smk.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.processing import run_unit
+    from coffea_smk.processor import Processor
+    from coffea_smk.reading import EventsOptions
+
+    bad = FILES[0]
+    with serve(nanoaod) as remote:
+        identities = [FileIdentity.of(InputFile(remote(name), "Events")) for name in FILES]
+        records, _ = preprocess_files(identities, tmp_path / "cache")
+        plan = make_plan("Mixed", "Mixed", {}, records, PlanSettings(10, 80, 4))
+        (unit,) = plan["units"]
+        options = EventsOptions(schema=schema, prefetch=False)
+        policy = ErrorPolicy(("OSError",), retries=2, backoff=0.0)
+        processor = Processor("muons", _muons, None)
+
+        remote.fail(bad, at="read", times=2)  # transient: retried in the job
+        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
+        assert out == {"muons": 18 + 84, "events": 80} and not meta["failed"]
+        assert remote.resets(bad, "read") == 2 and sum(c["retries"] for c in meta["chunks"]) >= 1
+
+        remote.fail(bad, at="read")  # permanent: its chunks fail, the other file's do not
+        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
+        assert out == {"muons": 84, "events": 40}
+        assert [(f["file"], f["entrystart"], f["attempts"]) for f in meta["failed"]] == [
+            (remote(bad), a, 3) for a in (0, 10, 20, 30)
+        ]
+        # coffea's events are read by uproot: the reset comes as a TypeError (uproot5#1450)
+        root_causes = {(f["cause"] or f["exception"]).split(":")[0] for f in meta["failed"]}
+        assert root_causes == {
+            "builtins.ConnectionResetError" if schema == "nanoaod" else "builtins.TypeError"
+        }
+
+        with pytest.raises(ChunkError, match=f"file {remote(bad)}, entries 0-10"):  # no continue_on
+            run_unit(plan, unit["id"], processor, ErrorPolicy(retries=0), events=options)
+
+
+# ---- real runs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean(nanoaod: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The result of a clean run on the local files."""
+    workflow = Workflow(tmp_path_factory.mktemp("clean"))
+    workflow.write(SETTINGS, {"Mixed": {"files": [str(nanoaod / name) for name in FILES]}})
+    workflow.run()
+    assert coffea_smk.load_meta(workflow.root / "results" / "result.npz")["complete"]
+    return coffea_smk.load(workflow.root / "results" / "result.npz")
+
+
+def _remote_fileset(remote: Any) -> dict[str, Any]:
+    return {"Mixed": {"files": [remote(name) for name in FILES]}}
+
+
+def _partials(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (root / "results").rglob("partials/**/*.npz")}
+
+
+def _process_logs(root: Path) -> str:
+    return "".join(p.read_text() for p in sorted((root / "results" / "logs" / "process").rglob("*.log")))
+
+
+@pytest.mark.slow
+def test_transient_storage_faults_are_retried_in_the_job(
+    workflow: Workflow, nanoaod: Path, clean: Any
+) -> None:
+    with serve(nanoaod) as remote:
+        workflow.write(SETTINGS, _remote_fileset(remote))
+        workflow.run("--until", "plan")  # preprocessed while the storage is healthy
+        remote.fail("nano_dy.root", at="open", times=2)
+        remote.fail("nano_dimuon.root", at="read", times=2)
+        workflow.run()
+        assert remote.resets("nano_dy.root", "open") == 2
+        assert remote.resets("nano_dimuon.root", "read") == 2
+        assert remote.resets() == 4
+    results = workflow.root / "results"
+    meta = coffea_smk.load_meta(results / "result.npz")
+    assert meta["complete"] and meta["events"] == meta["events_expected"] == 80
+    assert_same_result(coffea_smk.load(results / "result.npz"), clean)
+    logs = _process_logs(workflow.root)
+    assert f"opening {remote('nano_dy.root')} failed" in logs and "retry 1 of 2" in logs
+    (partial,) = results.rglob("partials/**/*.npz")
+    chunks = coffea_smk.load_meta(partial)["chunks"]
+    assert len(chunks) == 8 and sum(c["retries"] for c in chunks) >= 1  # a chunk of nano_dimuon was retried
+    assert not list(results.rglob("failures/**/*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["open", "read"])
+def test_a_file_whose_storage_is_down_fails_only_its_chunks(
+    workflow: Workflow, nanoaod: Path, clean: Any, at: str
+) -> None:
+    bad, good = FILES
+    with serve(nanoaod) as remote:
+        workflow.write({**SETTINGS, "retries": 1, "continue_on": ["OSError"]}, _remote_fileset(remote))
+        workflow.run("--until", "plan")
+        remote.fail(bad, at=at)  # until healed
+        proc = workflow.run()  # exit 0: the job goes on without that file's chunks
+        assert "INCOMPLETE" in proc.stderr
+        assert remote.resets(bad, at) > 0 and remote.resets(good) == 0
+        results = workflow.root / "results"
+        meta = coffea_smk.load_meta(results / "result.npz")
+        assert not meta["complete"] and meta["events"] == 40 and meta["events_expected"] == 80
+        assert meta["failed_chunks"] == 4
+
+        # the healthy file of the same work unit is processed in full
+        plan = json.loads((results / "plan" / "Mixed.json").read_text())
+        keys = {Path(f["path"]).name: f["key"] for f in plan["files"]}
+        (partial,) = results.rglob("partials/**/*.npz")
+        assert coffea_smk.load_meta(partial)["ranges"] == {keys[good]: [[0, 40]]}
+
+        (manifest,) = results.rglob("failures/Mixed/*/*.json")
+        failed = json.loads(manifest.read_text())["failed"]
+        assert [(f["file"], f["entrystart"], f["entrystop"]) for f in failed] == [
+            (remote(bad), a, a + 10) for a in (0, 10, 20, 30)
+        ]
+        assert all(f["attempts"] == 2 and "ConnectionResetError" in f["cause"] for f in failed)
+        expected = (
+            "coffea_smk.preprocess.InputFileError" if at == "open" else "coffea_smk.buffers.BufferReadError"
+        )
+        assert {f["exception"] for f in failed} == {expected}
+
+        status = workflow.run(command="status", check=False)
+        assert status.returncode == 1
+        row = next(line for line in status.stdout.splitlines() if line.startswith("Mixed "))
+        assert "4/4/0" in row and "40/80" in row and "INCOMPLETE" in row
+        listed = status.stdout.split("failed chunks", 1)[1]
+        assert f"{remote(bad)} entries 0-40 (4 chunks, 40 events)" in listed
+        assert "ConnectionResetError" in listed and remote(good) not in listed
+
+        # the storage is healthy again: a plain re-run reads only that file's chunks
+        remote.heal()
+        before, seen = _partials(workflow.root), len(remote.log)
+        workflow.run()
+        after = _partials(workflow.root)
+        assert all(after[name] == t for name, t in before.items()), "no earlier partial is rewritten"
+        (retry,) = set(after) - set(before)
+        assert retry.endswith("-a1.npz")
+        assert {r.name for r in remote.log[seen:]} == {bad}, "the healthy file is not read again"
+    retry_meta = coffea_smk.load_meta(next(results.rglob(f"partials/**/{retry}")))
+    assert retry_meta["ranges"] == {keys[bad]: [[0, 40]], keys[good]: [[0, 40]]} and not retry_meta["failed"]
+    meta = coffea_smk.load_meta(results / "result.npz")
+    assert meta["complete"] and meta["events"] == 80
+    assert_same_result(coffea_smk.load(results / "result.npz"), clean)
+    assert workflow.run(command="status").returncode == 0
+
+
+@pytest.mark.slow
+def test_status_describes_a_job_that_failed_as_a_whole(workflow: Workflow, nanoaod: Path) -> None:
+    bad, good = FILES
+    with serve(nanoaod) as remote:
+        workflow.write({**SETTINGS, "retries": 1}, _remote_fileset(remote))  # no continue_on
+        workflow.run("--until", "plan")
+        remote.fail(bad, at="open")
+        proc = workflow.run(check=False)
+        assert proc.returncode != 0 and f"{remote(bad)}: its storage failed" in proc.stderr
+    status = workflow.run(command="status", check=False).stdout
+    row = next(line for line in status.splitlines() if line.startswith("Mixed "))
+    assert "0/8/0" in row
+    jobs = status.split("failed jobs", 1)[1]
+    (log,) = (workflow.root / "results" / "logs" / "process").rglob("*.log")
+    assert f"Mixed: process job: {log.relative_to(workflow.root)}" in jobs
+    assert f"covers {remote(bad)} entries 0-40" in jobs and f"covers {remote(good)} entries 0-40" in jobs
+    assert f"error: coffea_smk.preprocess.InputFileError: {remote(bad)}: its storage failed" in jobs
