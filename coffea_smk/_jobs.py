@@ -13,7 +13,10 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coffea_smk.preprocess import StaleRecordError
 
 log = logging.getLogger("coffea_smk")
 
@@ -62,7 +65,6 @@ def step_plan(a: argparse.Namespace) -> None:
     )
     plan["key"] = spec["key"]
     write_json(a.out, plan)
-    Path(f"{a.out}.stale").unlink(missing_ok=True)  # re-planned after a replaced file: done
     log.info(
         "dataset %s: %d files, %d events, %d work units, %d bad files",
         spec["dataset"],
@@ -74,6 +76,7 @@ def step_plan(a: argparse.Namespace) -> None:
 
 
 def step_process(a: argparse.Namespace) -> None:
+    from coffea_smk._causes import causes
     from coffea_smk.preprocess import StaleRecordError
     from coffea_smk.processing import ErrorPolicy, process_unit_to_file
     from coffea_smk.processor import load_processor
@@ -94,21 +97,24 @@ def step_process(a: argparse.Namespace) -> None:
             allow_pickle=a.allow_pickle,
             events=EventsOptions.from_json(a.events),
         )
-    except StaleRecordError:
-        _invalidate(plan, a.plan)
+    except Exception as err:
+        stale = next((e for e in causes(err) if isinstance(e, StaleRecordError)), None)
+        if stale is not None:
+            _note_replaced(plan, stale)
         raise
 
 
-def _invalidate(plan: dict[str, Any], plan_path: str) -> None:
-    """Drop the cache records of a dataset and mark its plan stale (the next run re-plans)."""
-    from coffea_smk._atomic import write_json
+def _note_replaced(plan: dict[str, Any], err: StaleRecordError) -> None:
+    """A file was replaced behind the cache's back: drop its record and change its key for the next run."""
     from coffea_smk.baskets import map_path
+    from coffea_smk.preprocess import note_replaced
 
     for f in plan["files"]:
-        if f.get("record_path"):
-            Path(f["record_path"]).unlink(missing_ok=True)
-            map_path(f["record_path"]).unlink(missing_ok=True)
-    write_json(f"{plan_path}.stale", {"batch_outputs": sorted({f["batch_output"] for f in plan["files"]})})
+        if f["key"] == err.key and f.get("record_path"):
+            record = Path(f["record_path"])
+            record.unlink(missing_ok=True)
+            map_path(record).unlink(missing_ok=True)
+            note_replaced(record.parents[2], err.key, err.uuid)  # <cache>/files/<kk>/<key>.json
 
 
 def step_merge(a: argparse.Namespace) -> None:

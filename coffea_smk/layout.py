@@ -24,6 +24,7 @@ chunks and the merges they feed, and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from coffea_smk._hashing import key_of
 from coffea_smk._version import __version__
 from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
 from coffea_smk.plan import PLAN_VERSION, PlanSettings
-from coffea_smk.preprocess import FileIdentity, check_backends
+from coffea_smk.preprocess import FileIdentity, check_backends, replaced_files
 from coffea_smk.processor import ProcessorError, processor_tag
 
 HEX = r"[0-9a-f]{16}"
@@ -136,10 +137,12 @@ class Layout:
         datasets = {d.slug: d for d in load_fileset(cfg.fileset, Path(basedir), cfg.treename)}
         check_backends(f.path for d in datasets.values() for f in d.files)
         identities: dict[str, list[FileIdentity]] = {}
+        replaced = replaced_files(f"{cfg.outdir.rstrip('/') or '.'}/cache")
         try:
             for slug, d in datasets.items():
                 identities[slug] = [
-                    FileIdentity.of(f, d.name, missing_ok=cfg.skip_bad_files) for f in d.files
+                    _with_replacements(FileIdentity.of(f, d.name, missing_ok=cfg.skip_bad_files), replaced)
+                    for f in d.files
                 ]
         except InputFileError as err:
             raise ConfigError(f"{err} (or set skip_bad_files: true to skip such files)") from None
@@ -319,6 +322,15 @@ def _fill(pattern: str, wildcards: dict[str, str]) -> str:
 def plan_settings(cfg: AnalysisConfig) -> PlanSettings:
     """The settings of the config that shape a dataset's plan."""
     return PlanSettings(cfg.chunksize, cfg.events_per_job, cfg.merge_fanin, cfg.align_chunks)
+
+
+def _with_replacements(identity: FileIdentity, replaced: dict[str, str]) -> FileIdentity:
+    """The identity of a file after the replacements jobs noted for it (each one changes its key)."""
+    for _ in range(len(replaced)):
+        if identity.key not in replaced:
+            break
+        identity = dataclasses.replace(identity, replaced=replaced[identity.key])
+    return identity
 
 
 def _links_to(alias: str, target: str) -> bool:

@@ -51,6 +51,13 @@ class MissingBackendError(InputFileError):
 class StaleRecordError(InputFileError):
     """A file changed after preprocessing although its size and mtime did not."""
 
+    def __init__(self, message: str, key: str, uuid: str) -> None:
+        super().__init__(message)
+        self.key = key
+        """The file's cache key."""
+        self.uuid = uuid
+        """The UUID the file has now."""
+
 
 @dataclass(frozen=True)
 class FileIdentity:

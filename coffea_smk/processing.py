@@ -166,7 +166,9 @@ def _open(
             raise StaleRecordError(
                 f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
                 f"became {uuid}) although its size and modification time did not; its records were "
-                "invalidated: run again to preprocess it anew"
+                "invalidated: run again to preprocess it anew",
+                key=record["key"],
+                uuid=uuid,
             )
         # without a basket map (or for coffea's events) this reads the tree's metadata
         return rootfile, reader.open(rootfile, record, chunks)

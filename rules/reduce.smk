@@ -38,7 +38,7 @@ rule result:
     input:
         analysis.get_dataset_results,
     output:
-        analysis.result,
+        analysis.path("result"),
     log:
         analysis.log("result"),
     params:
