@@ -28,6 +28,7 @@ import yaml
 
 from coffea_smk._atomic import write_json
 from coffea_smk.layout import Layout
+from coffea_smk.baskets import READER_VERSION
 from coffea_smk.preprocess import RECORD_VERSION, record_path
 
 PROCESSOR = """
@@ -61,6 +62,7 @@ def synthesise(work: Path, n_files: int, entries: int, n_datasets: int) -> Layou
                 rp = record_path(layout.cache_dir, identity)
                 record = {
                     "version": RECORD_VERSION,
+                    "reader": READER_VERSION,
                     "path": identity.path,
                     "treename": identity.treename,
                     "size": identity.size,
@@ -98,7 +100,7 @@ def fake_outputs(work: Path, layout: Layout) -> int:
         plan = layout.read_plan(slug)
         assert plan is not None
         for unit in plan["units"]:
-            path = Path(layout.path("partial", dataset=slug, tag=layout.tag, unit=unit["id"]))
+            path = Path(layout.path("partial", dataset=slug, tag=layout.keys[slug].tag, unit=unit["id"]))
             if not path.exists():
                 ranges: dict[str, list] = {}
                 for fi, a, b in unit["chunks"]:

@@ -46,6 +46,13 @@ def _rule_names() -> set[str]:
     return set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.MULTILINE))
 
 
+def _local_rules() -> set[str]:
+    """Rules that always run on the machine where Snakemake runs (``localrule: True``)."""
+    text = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    blocks = re.split(r"^(?=(?:rule|checkpoint) )", text, flags=re.MULTILINE)
+    return {b.split()[1].rstrip(":") for b in blocks if "localrule: True" in b and b.split()[0] != "#"}
+
+
 @pytest.mark.parametrize("name", CLUSTER)
 def test_cluster_profiles_name_real_rules(name: str) -> None:
     profile = _profile(name)
@@ -53,7 +60,8 @@ def test_cluster_profiles_name_real_rules(name: str) -> None:
     assert set(profile["set-resources"]) <= rules
     assert set(profile["groups"]) <= rules
     # every remote rule has memory and runtime; the retry doubles the memory
-    assert set(profile["set-resources"]) == rules - {"plan"}
+    assert _local_rules() == {"plan", "publish"}
+    assert set(profile["set-resources"]) == rules - _local_rules()
     for resources in profile["set-resources"].values():
         assert str(resources["mem_mb"]).endswith("* attempt") and int(resources["runtime"]) > 0
     for key in ("jobs", "latency-wait", "retries", "rerun-incomplete", "keep-going", "scheduler"):
