@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from coffea_smk._atomic import write_json
-from coffea_smk.layout import Layout
 from coffea_smk.baskets import READER_VERSION
+from coffea_smk.layout import Layout
 from coffea_smk.preprocess import RECORD_VERSION, record_path
 
 PROCESSOR = """

@@ -119,16 +119,21 @@ class Analysis:
     def publish_marker(self) -> str:
         """A temporary output that exists only while the fixed names are being switched.
 
-        Its name holds the state found at parse time, so it never stands for an
-        earlier publication (it is removed once the run is over anyway).
+        Its name holds the state found at parse time (the links and the marker
+        folder, which every publication changes), so it never stands for an
+        earlier publication.
         """
-        state = key_of("publish", self.layout.analysis_key, [_lstat(p) for p in self._unpublished])
-        return f"{self.layout.outdir}/.publish/{state}.done"
+        folder = f"{self.layout.outdir}/.publish"
+        found = [_lstat(p) for p in [folder, *self._unpublished]]  # each publication changes the folder
+        return f"{folder}/{key_of('publish', self.layout.analysis_key, found)}.done"
 
     def publish(self, marker: str) -> None:
         """The publish job: point ``result.npz`` and ``datasets/<dataset>.npz`` at this analysis's results."""
         self.layout.publish()
-        Path(marker).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(marker).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.done"):
+            old.unlink(missing_ok=True)
         Path(marker).write_text(self.layout.analysis_key + "\n")
 
     def get_provenance(self, wildcards: Any = None) -> ShellArg:
