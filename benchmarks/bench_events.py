@@ -8,7 +8,7 @@ compression (ZLIB level 1). The low 8 mantissa bits of float32 values are
 randomised (a relative change below 3e-5) so that repeated events do not
 compress better than real ones.
 
-Then runs coffea_smk's processing step (``coffea_smk.processing.run_unit``,
+Then runs coffea_smk's processing step (``coffea_smk.engine.process.run_unit``,
 one work unit per file, as a Snakemake job would) with a dimuon+jets
 processor under several reading modes and chunk sizes, each in a fresh
 process pinned with ``taskset``, and coffea's own Runner on the same files.
@@ -210,9 +210,9 @@ def _warm(paths: list[Path]) -> None:
 
 def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: int) -> list[dict[str, Any]]:
     """One dataset of all the files, cut into work units of ``events_per_job`` events."""
-    from coffea_smk.config import InputFile
-    from coffea_smk.plan import PlanSettings, make_plan
-    from coffea_smk.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.engine.plan import PlanSettings, make_plan
+    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.spec.config import InputFile
 
     cache = Path(tempfile.gettempdir()) / "coffea_smk_bench_cache"
     records, _ = preprocess_files(
@@ -237,10 +237,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         result, chunks = _coffea_runner(files, cfg["chunksize"]), []
     else:
-        from coffea_smk.accumulate import add
-        from coffea_smk.processing import run_unit
-        from coffea_smk.processor import Processor
-        from coffea_smk.reading import EventsOptions
+        from coffea_smk.engine.accumulate import add
+        from coffea_smk.engine.process import run_unit
+        from coffea_smk.engine.reading import EventsOptions
+        from coffea_smk.spec.processor import Processor
 
         if mode.startswith("memory"):
             proc: Any = ManyColumns(clear=mode == "memory-clear")

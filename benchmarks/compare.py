@@ -264,8 +264,8 @@ def main() -> None:
     new_datasets = {p.parts[-3] for p in new}
 
     # preprocessing: cold seconds per file from the records; cached cost per file
-    from coffea_smk.layout import Layout
-    from coffea_smk.preprocess import preprocess_files
+    from coffea_smk.engine.preprocess import preprocess_files
+    from coffea_smk.smk.layout import Layout
 
     records = [json.loads(p.read_text()) for p in (work / "results" / "cache" / "files").rglob("*.json")]
     cold_pre = sum(r["seconds"] for r in records) / len(records)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from coffea_smk._atomic import write_json
-from coffea_smk.baskets import READER_VERSION
-from coffea_smk.layout import Layout
-from coffea_smk.preprocess import RECORD_VERSION, record_path
+from coffea_smk.engine.preprocess import RECORD_VERSION, record_path
+from coffea_smk.io.basketmap import READER_VERSION
+from coffea_smk.smk.layout import Layout
+from coffea_smk.util.atomic import write_json
 
 PROCESSOR = """
 def count(events):
@@ -93,7 +93,7 @@ def snakemake(work: Path, *args: str) -> tuple[float, str]:
 
 def fake_outputs(work: Path, layout: Layout) -> int:
     """Valid tiny results for every unit, so that the whole DAG exists on disk."""
-    from coffea_smk import storage
+    from coffea_smk import results as storage
 
     n = 0
     for slug in layout.datasets:

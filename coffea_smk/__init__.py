@@ -12,11 +12,11 @@ __all__ = ["__version__", "accumulate", "load", "load_meta", "profile_dir", "sna
 # Names are imported on first use: a job command (`python -m coffea_smk job`)
 # must start without importing numpy when a job server runs it.
 _WHERE = {
-    "accumulate": "coffea_smk.accumulate",
-    "load": "coffea_smk.storage",
-    "load_meta": "coffea_smk.storage",
-    "profile_dir": "coffea_smk.paths",
-    "snakefile": "coffea_smk.paths",
+    "accumulate": "coffea_smk.engine.accumulate",
+    "load": "coffea_smk.results",
+    "load_meta": "coffea_smk.results",
+    "profile_dir": "coffea_smk.smk.paths",
+    "snakefile": "coffea_smk.smk.paths",
 }
 
 

@@ -7,16 +7,16 @@ import sys
 
 def _main() -> int:
     if sys.argv[1:2] == ["job"]:
-        from coffea_smk._jobserver import run_via_server
+        from coffea_smk.smk.jobserver import run_via_server
 
         code = run_via_server(sys.argv[2:])
         if code is not None:
             return code
-        from coffea_smk._jobs import main
+        from coffea_smk.smk.jobs import main
 
         return main(sys.argv[2:])
     if sys.argv[1:2] == ["jobserver"]:
-        from coffea_smk._jobserver import serve
+        from coffea_smk.smk.jobserver import serve
 
         serve(sys.argv[2])
         return 0

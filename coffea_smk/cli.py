@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from coffea_smk.paths import profile_dir, snakefile
+from coffea_smk.smk.paths import profile_dir, snakefile
 
 USAGE = """coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
        coffea-smk resume ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (redo only failed and missing work)
@@ -131,8 +131,8 @@ def _runs_locally(args: list[str]) -> bool:
 
 @contextlib.contextmanager
 def _job_server(enabled: bool) -> Iterator[dict[str, str]]:
-    """Start the local fork server for the duration of a run (see coffea_smk._jobserver)."""
-    from coffea_smk._jobserver import ENV, address
+    """Start the local fork server for the duration of a run (see coffea_smk.smk.jobserver)."""
+    from coffea_smk.smk.jobserver import ENV, address
 
     if not enabled or os.environ.get(ENV) == "off":
         yield {}
@@ -169,9 +169,9 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
 
 
 def cmd_status(configfile: str) -> int:
-    from coffea_smk.config import ConfigError
-    from coffea_smk.layout import Layout
-    from coffea_smk.status import report
+    from coffea_smk.smk.layout import Layout
+    from coffea_smk.smk.status import report
+    from coffea_smk.spec.config import ConfigError
 
     try:
         text, ok = report(Layout.from_file(configfile))
@@ -209,8 +209,8 @@ def cmd_summary(path: str) -> int:
 
 
 def cmd_metrics(path: str) -> int:
-    from coffea_smk.metrics import report
-    from coffea_smk.storage import load_meta
+    from coffea_smk.engine.metrics import report
+    from coffea_smk.results import load_meta
 
     print(report(load_meta(path)))
     return 0
@@ -219,7 +219,7 @@ def cmd_metrics(path: str) -> int:
 def cmd_schema() -> int:
     import json
 
-    from coffea_smk.config import json_schema
+    from coffea_smk.spec.config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

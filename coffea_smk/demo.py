@@ -172,7 +172,7 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
 
 def summary(result_path: str | Path) -> str:
     """A short human-readable summary of a global or per-dataset result, with its origin."""
-    from coffea_smk.storage import load_stored
+    from coffea_smk.results import load_stored
 
     stored = load_stored(result_path)
     lines = [f"result: {result_path}"]

@@ -6,7 +6,7 @@ import hist
 import numpy as np
 import pytest
 
-from coffea_smk.accumulate import AccumulateError, accumulate, add
+from coffea_smk.engine.accumulate import AccumulateError, accumulate, add
 
 
 def test_semantics() -> None:

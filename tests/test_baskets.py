@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import uproot
 
-from coffea_smk.baskets import (
+from coffea_smk.io.basketmap import (
     OTHER,
     BasketMapError,
     BasketReader,
@@ -204,8 +204,8 @@ def test_jobs_read_through_the_map_and_never_decode_the_tree(
     from conftest import assert_same_result
     from test_buffers import OFF, make_plans, run_all
 
-    from coffea_smk import preprocess
     from coffea_smk.examples.dimuon import DimuonProcessor
+    from coffea_smk.io import files as io_files
 
     files = [nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"]
     plans = make_plans(files, tmp_path / "cache", 13)
@@ -217,7 +217,7 @@ def test_jobs_read_through_the_map_and_never_decode_the_tree(
     def no_tree(*args: Any) -> Any:
         raise AssertionError("a processing job decoded the tree's metadata")
 
-    monkeypatch.setattr(preprocess, "tree_of", no_tree)
+    monkeypatch.setattr(io_files, "tree_of", no_tree)
     result, chunks = run_all(plans, DimuonProcessor().process, OFF)
     assert_same_result(result, reference)
     assert sum(c["events"] for c in chunks) == 40 + 40
@@ -237,12 +237,12 @@ def test_jobs_read_through_the_map_and_never_decode_the_tree(
         records: list[str] = []
         handler = logging.Handler()
         handler.emit = lambda rec: records.append(rec.getMessage())  # type: ignore[method-assign]
-        logging.getLogger("coffea_smk.reading").addHandler(handler)
-        m.setattr(logging.getLogger("coffea_smk.reading"), "level", logging.WARNING)
+        logging.getLogger("coffea_smk.engine.reading").addHandler(handler)
+        m.setattr(logging.getLogger("coffea_smk.engine.reading"), "level", logging.WARNING)
         try:
             again, _ = run_all(plans, DimuonProcessor().process, OFF)
         finally:
-            logging.getLogger("coffea_smk.reading").removeHandler(handler)
+            logging.getLogger("coffea_smk.engine.reading").removeHandler(handler)
     assert_same_result(again, reference)
     assert any("no basket map" in r for r in records) and any("damaged basket map" in r for r in records)
 
@@ -267,7 +267,7 @@ def test_a_basket_of_several_compression_blocks(tmp_path: Path) -> None:
 
 def _record(path: Path, treename: str, cache: Path) -> dict[str, Any]:
     """Preprocess ``path`` as the workflow does: its record, with the map beside it."""
-    from coffea_smk.preprocess import FileIdentity, inspect_file, record_path
+    from coffea_smk.engine.preprocess import FileIdentity, inspect_file, record_path
 
     st = path.stat()
     identity = FileIdentity(str(path), treename, st.st_size, st.st_mtime_ns)
@@ -282,9 +282,9 @@ def test_a_map_of_another_reader_version_is_never_trusted(
     import json
     import zipfile
 
-    from coffea_smk import baskets
-    from coffea_smk.preprocess import FileIdentity, read_record, record_path
-    from coffea_smk.reading import _basket_map
+    from coffea_smk.engine.preprocess import FileIdentity, read_record, record_path
+    from coffea_smk.engine.reading import _basket_map
+    from coffea_smk.io import basketmap as baskets
 
     path = nanoaod / "nano_dy.root"
     record = _record(path, "Events", tmp_path)
@@ -306,7 +306,7 @@ def test_a_map_of_another_reader_version_is_never_trusted(
                 zf.writestr(name, buf.getvalue() if name == "header.npy" else data)
         with pytest.raises(BasketMapError, match="another reader"):
             TreeMap.load(target, record["key"], record["uuid"])
-        with caplog.at_level(logging.WARNING, logger="coffea_smk.reading"):
+        with caplog.at_level(logging.WARNING, logger="coffea_smk.engine.reading"):
             assert _basket_map(record) is None  # the job decodes the tree's metadata instead
         assert "another reader" in caplog.text
 
@@ -355,7 +355,7 @@ def test_a_basket_in_an_unproven_layout_falls_back_visibly(
     fetch, close = local_fetch(str(path))
     tree = uproot.open(path)["Events"]
     reader = BasketReader(tmap, fetch, str(path), uproot_fallback(lambda: tree))
-    with caplog.at_level(logging.INFO, logger="coffea_smk.baskets"):
+    with caplog.at_level(logging.INFO, logger="coffea_smk.io.basketmap"):
         got, _, _ = reader.read("Muon_pt", 0, n)
         again, _, _ = reader.read("Muon_pt", 10, 20)
     close()
@@ -369,9 +369,9 @@ def test_a_basket_in_an_unproven_layout_falls_back_visibly(
 
 
 def test_fallbacks_are_counted_in_the_chunk_metrics(rootfiles: Path, tmp_path: Path) -> None:
-    from coffea_smk.metrics import report
-    from coffea_smk.preprocess import open_file
-    from coffea_smk.reading import EventsOptions, UnitReader
+    from coffea_smk.engine.metrics import report
+    from coffea_smk.engine.reading import EventsOptions, UnitReader
+    from coffea_smk.io.files import open_file
 
     path = rootfiles / "uproot-issue513.root"
     record = _record(path, "Delphes", tmp_path)

@@ -17,14 +17,15 @@ import uproot
 from conftest import assert_same_result
 
 from coffea_smk import buffers
-from coffea_smk.config import InputFile
+from coffea_smk.engine.plan import PlanSettings, make_plan
+from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
+from coffea_smk.engine.process import ChunkError, run_unit
+from coffea_smk.engine.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.events.nanoevents import TreeLayout, _basket_bytes
 from coffea_smk.examples.dimuon import DimuonProcessor
-from coffea_smk.nanoevents import TreeLayout, _basket_bytes
-from coffea_smk.plan import PlanSettings, make_plan
-from coffea_smk.preprocess import FileIdentity, open_tree, preprocess_files
-from coffea_smk.processing import ChunkError, run_unit
-from coffea_smk.processor import Processor
-from coffea_smk.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.io.files import open_file, tree_of
+from coffea_smk.spec.config import InputFile
+from coffea_smk.spec.processor import Processor
 
 OFF = EventsOptions(schema="nanoaod", prefetch=False)
 
@@ -39,7 +40,7 @@ def make_plans(paths: list[Path], cache: Path, chunksize: int, events_per_job: i
 
 
 def run_all(plans: list[Any], process: Callable[[Any], Any], options: EventsOptions) -> tuple[Any, list[Any]]:
-    from coffea_smk.accumulate import add
+    from coffea_smk.engine.accumulate import add
 
     result, chunks = None, []
     for plan in plans:
@@ -54,7 +55,8 @@ def run_all(plans: list[Any], process: Callable[[Any], Any], options: EventsOpti
 def one_chunk(path: Path, start: int = 0, stop: int | None = None) -> Iterator[ChunkRun]:
     """A chunk as the processing loop makes it (buffer manager active)."""
     with UnitReader(OFF) as unit:
-        rootfile, tree = open_tree(str(path), "Events")
+        rootfile = open_file(str(path))
+        tree = tree_of(rootfile, str(path), "Events")
         stop = tree.num_entries if stop is None else stop
         with (
             rootfile,
@@ -342,9 +344,10 @@ def test_auto_prefetch_read_error_and_untouched_errors(
 
 
 def test_metrics_roll_up_per_dataset_and_globally(nanoaod: Path, tmp_path: Path) -> None:
-    from coffea_smk import metrics, storage
-    from coffea_smk.processing import process_unit_to_file
-    from coffea_smk.reduce import finish_dataset, finish_global, merge_stored
+    from coffea_smk import results as storage
+    from coffea_smk.engine import metrics
+    from coffea_smk.engine.process import process_unit_to_file
+    from coffea_smk.engine.reduce import finish_dataset, finish_global, merge_stored
 
     plans = make_plans([nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root"], tmp_path / "c", 20, 20)
     processor = Processor("p", DimuonProcessor().process, None)

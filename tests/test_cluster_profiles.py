@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO, Workflow
 
 from coffea_smk.cli import _resolve_profiles
-from coffea_smk.paths import profile_dir
+from coffea_smk.smk.paths import profile_dir
 
 PROFILES = ("local", "uge", "slurm", "htcondor")
 CLUSTER = ("uge", "slurm", "htcondor")

@@ -22,10 +22,10 @@ pytest.importorskip(
 
 import coffea_smk
 from coffea_smk import buffers
-from coffea_smk.coffea_compat import SchemaError, schema_class
-from coffea_smk.preprocess import open_tree
-from coffea_smk.processor import Processor
-from coffea_smk.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.engine.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.events.coffea import SchemaError, schema_class
+from coffea_smk.io.files import open_file, tree_of
+from coffea_smk.spec.processor import Processor
 
 sys.path.insert(0, str(PROCESSORS))
 from coffea_test_processors import MatchedJets
@@ -108,7 +108,8 @@ def coffea_chunk(path: Path, options: EventsOptions, wants: bool = True) -> Iter
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with UnitReader(options, wants) as unit:
-            rootfile, tree = open_tree(str(path), "Events")
+            rootfile = open_file(str(path))
+            tree = tree_of(rootfile, str(path), "Events")
             n = tree.num_entries
             with rootfile, unit.open(rootfile, {"path": str(path), "treename": "Events"}, [(0, n)]) as reader:
                 with reader.chunk(0, n, {"dataset": "d", "filename": str(path)}) as chunk:
@@ -179,7 +180,7 @@ def test_schema_selection(nanoaod: Path) -> None:
 
     # a coffea processor forced onto coffea_smk's own events, and a plain function onto coffea's
     with coffea_chunk(nanoaod / "nano_dy.root", EventsOptions(schema="nanoaod"), wants=True) as chunk:
-        assert type(chunk.events).__module__ == "coffea_smk.nanoevents"
+        assert type(chunk.events).__module__ == "coffea_smk.events.nanoevents"
     with coffea_chunk(nanoaod / "nano_dy.root", EventsOptions(schema="coffea"), wants=False) as chunk:
         assert int(ak.sum(ak.num(chunk.events.Muon.matched_jet, axis=1))) >= 0
 
@@ -187,7 +188,7 @@ def test_schema_selection(nanoaod: Path) -> None:
 def test_coffea_processor_detection() -> None:
     from coffea.processor.test_items import NanoEventsProcessor
 
-    from coffea_smk.processor import load_processor
+    from coffea_smk.spec.processor import load_processor
 
     sys.path.insert(0, str(PROCESSORS))
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coffea_smk.config import ConfigError, json_schema, load_fileset, parse_config, slugify
-from coffea_smk.paths import snakefile
+from coffea_smk.smk.paths import snakefile
+from coffea_smk.spec.config import ConfigError, json_schema, load_fileset, parse_config, slugify
 
 REPO = Path(__file__).resolve().parents[1]
 

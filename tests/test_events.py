@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import uproot
 
-from coffea_smk.nanoevents import ReadStats, TreeLayout
+from coffea_smk.events.nanoevents import ReadStats, TreeLayout
 
 
 def _events(path: Path, start: int = 0, stop: int | None = None, tree: str = "Events"):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from conftest import Workflow, assert_same_result, run_coffea
 
 import coffea_smk
 from coffea_smk.examples.dimuon import DimuonProcessor
-from coffea_smk.storage import IncompleteResultWarning
+from coffea_smk.results import IncompleteResultWarning
 
 pytestmark = pytest.mark.slow
 
@@ -285,8 +285,8 @@ def test_damaged_or_planted_partials_are_never_merged(workflow: Workflow, nanoao
 
 
 def test_corrupt_cache_record_is_redone(tmp_path: Path, nanoaod: Path) -> None:
-    from coffea_smk.config import InputFile
-    from coffea_smk.preprocess import FileIdentity, preprocess_files, record_path
+    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files, record_path
+    from coffea_smk.spec.config import InputFile
 
     identity = FileIdentity.of(InputFile(str(nanoaod / "nano_dy.root"), "Events"))
     (first,), _ = preprocess_files([identity], tmp_path)

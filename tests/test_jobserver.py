@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import coffea_smk
-from coffea_smk._jobserver import ENV, address
+from coffea_smk.smk.jobserver import ENV, address
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_jobs_run_in_the_server_with_exit_codes_and_messages(tmp_path: Path, ser
     proc, env = server
     a = tmp_path / "a.npz"
     b = tmp_path / "b.npz"
-    from coffea_smk import storage
+    from coffea_smk import results as storage
 
     storage.save(a, {"n": 1}, {"events": 1, "ranges": {"f": [[0, 1]]}})
     storage.save(b, {"n": 2}, {"events": 2, "ranges": {"f": [[1, 3]]}})
@@ -64,10 +64,10 @@ def test_jobs_run_in_the_server_with_exit_codes_and_messages(tmp_path: Path, ser
 def test_killing_the_client_kills_the_job(tmp_path: Path, server: tuple, nanoaod: Path) -> None:
     proc, env = server
     (tmp_path / "slow.py").write_text("import time\ndef f(events):\n    time.sleep(60)\n    return {}\n")
-    from coffea_smk._atomic import write_json
-    from coffea_smk.config import InputFile
-    from coffea_smk.plan import PlanSettings, make_plan
-    from coffea_smk.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.engine.plan import PlanSettings, make_plan
+    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.spec.config import InputFile
+    from coffea_smk.util.atomic import write_json
 
     records, _ = preprocess_files(
         [FileIdentity.of(InputFile(str(nanoaod / "nano_dy.root"), "Events"))], tmp_path

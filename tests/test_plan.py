@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from coffea_smk.plan import PlanSettings, chunk_boundaries, make_plan, merge_tree
+from coffea_smk.engine.plan import PlanSettings, chunk_boundaries, make_plan, merge_tree
 
 
 def test_chunks_cover_entries_once() -> None:

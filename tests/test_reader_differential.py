@@ -1,7 +1,7 @@
 """coffea_smk's basket reader against uproot: every numeric branch of every file we can reach.
 
 Each file goes through coffea_smk's own path: preprocessing builds its record
-and basket map, then a processing job's :class:`~coffea_smk.reading.UnitReader`
+and basket map, then a processing job's :class:`~coffea_smk.engine.reading.UnitReader`
 opens it and reads branches through the map. Every branch that uproot reads as
 numbers (flat or jagged) is read at whole and partial entry ranges (ranges that
 start and stop inside baskets, empty ones, and a job's consecutive chunks), and
@@ -27,9 +27,11 @@ import numpy as np
 import pytest
 import uproot
 
-from coffea_smk.baskets import OTHER, BasketReader, TreeMap, map_path
-from coffea_smk.preprocess import FileIdentity, inspect_file, open_file, record_path
-from coffea_smk.reading import EventsOptions, UnitReader
+from coffea_smk.engine.preprocess import FileIdentity, inspect_file, record_path
+from coffea_smk.engine.reading import EventsOptions, UnitReader
+from coffea_smk.io.basketmap import OTHER, TreeMap, map_path
+from coffea_smk.io.files import open_file
+from coffea_smk.io.reader import BasketReader
 
 TYPES = [
     "bool",
@@ -253,7 +255,7 @@ def test_delphes_counters_fall_back(
     # TClonesArray counters are TBranchElements; the tree also has two branches named
     # Particle and two named Particle_size (uproot, like ROOT, reads the first)
     path = rootfiles / "uproot-issue513.root"
-    with caplog.at_level(logging.INFO, logger="coffea_smk.baskets"):
+    with caplog.at_level(logging.INFO, logger="coffea_smk.io.basketmap"):
         branches, _, fell_back = _check_file(path, "Delphes", tmp_path)
     assert branches == 16
     elements = [

@@ -10,7 +10,7 @@ import hist
 import numpy as np
 import pytest
 
-from coffea_smk import storage
+from coffea_smk import results as storage
 
 
 def _hists() -> list[hist.Hist]:

@@ -17,13 +17,14 @@ from conftest import Workflow, assert_same_result
 from rangeserver import serve
 
 import coffea_smk
-from coffea_smk._causes import causes, matches, transient
-from coffea_smk.accumulate import AccumulateError
-from coffea_smk.baskets import BasketReadError, source_fetch_many
 from coffea_smk.buffers import BufferReadError
-from coffea_smk.config import ConfigError
-from coffea_smk.preprocess import InputFileError, open_file
-from coffea_smk.processing import ChunkError, ErrorPolicy
+from coffea_smk.engine.accumulate import AccumulateError
+from coffea_smk.engine.process import ChunkError, ErrorPolicy
+from coffea_smk.io.basketmap import BasketReadError
+from coffea_smk.io.faults import causes, matches, transient
+from coffea_smk.io.files import InputFileError, open_file
+from coffea_smk.io.reader import source_fetch_many
+from coffea_smk.spec.config import ConfigError
 
 DIMUON = "coffea_smk.examples.dimuon:DimuonProcessor"
 FILES = ("nano_dy.root", "nano_dimuon.root")  # one dataset of two files, 40 events each
@@ -151,8 +152,8 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
 
 
 def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from coffea_smk import preprocess
-    from coffea_smk.layout import Layout
+    from coffea_smk.engine import preprocess
+    from coffea_smk.smk.layout import Layout
 
     importable = preprocess._importable
     monkeypatch.setattr(preprocess, "_importable", lambda module: module != "aiohttp" and importable(module))
@@ -183,12 +184,12 @@ def test_read_faults_in_process_fail_only_their_chunks(nanoaod: Path, tmp_path: 
     the storage's error on the way: it is found again)."""
     if schema == "coffea":
         pytest.importorskip("coffea")
-    from coffea_smk.config import InputFile
-    from coffea_smk.plan import PlanSettings, make_plan
-    from coffea_smk.preprocess import FileIdentity, preprocess_files
-    from coffea_smk.processing import run_unit
-    from coffea_smk.processor import Processor
-    from coffea_smk.reading import EventsOptions
+    from coffea_smk.engine.plan import PlanSettings, make_plan
+    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.engine.process import run_unit
+    from coffea_smk.engine.reading import EventsOptions
+    from coffea_smk.spec.config import InputFile
+    from coffea_smk.spec.processor import Processor
 
     bad = FILES[0]
     with serve(nanoaod) as remote:
@@ -302,7 +303,7 @@ def test_a_file_whose_storage_is_down_fails_only_its_chunks(
         ]
         assert all(f["attempts"] == 2 and "ConnectionResetError" in f["cause"] for f in failed)
         expected = (
-            "coffea_smk.preprocess.InputFileError" if at == "open" else "coffea_smk.buffers.BufferReadError"
+            "coffea_smk.io.files.InputFileError" if at == "open" else "coffea_smk.buffers.BufferReadError"
         )
         assert {f["exception"] for f in failed} == {expected}
 
@@ -347,4 +348,4 @@ def test_status_describes_a_job_that_failed_as_a_whole(workflow: Workflow, nanoa
     (log,) = (workflow.root / "results" / "logs" / "process").rglob("*.log")
     assert f"Mixed: process job: {log.relative_to(workflow.root)}" in jobs
     assert f"covers {remote(bad)} entries 0-40" in jobs and f"covers {remote(good)} entries 0-40" in jobs
-    assert f"error: coffea_smk.preprocess.InputFileError: {remote(bad)}: its storage failed" in jobs
+    assert f"error: coffea_smk.io.files.InputFileError: {remote(bad)}: its storage failed" in jobs

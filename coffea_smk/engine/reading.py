@@ -4,7 +4,7 @@ The processing loop opens each file once and asks a :class:`UnitReader` for
 the file's :class:`FileReader`; each chunk is then a :class:`ChunkRun` (a
 context manager) whose ``events`` the processor gets. Events are coffea_smk's
 own lazy NanoAOD events, or coffea's NanoEvents (virtual mode) for coffea
-processors and coffea schemas (:mod:`coffea_smk.coffea_compat`).
+processors and coffea schemas (:mod:`coffea_smk.events.coffea`).
 
 Automatic prefetch (config ``prefetch: true``): the buffers the processor
 touched in a chunk are, for the next chunks of the unit, read by background
@@ -22,20 +22,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from coffea_smk import buffers, metrics
-from coffea_smk.baskets import (
-    BasketMapError,
-    BasketReader,
-    TreeMap,
-    local_fetch,
-    map_path,
-    source_fetch,
-    source_fetch_many,
-    uproot_fallback,
-)
+from coffea_smk import buffers
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
+from coffea_smk.engine import metrics
+from coffea_smk.io.basketmap import BasketMapError, TreeMap, map_path
+from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, source_fetch_many, uproot_fallback
 
-log = logging.getLogger("coffea_smk.reading")
+log = logging.getLogger("coffea_smk.engine.reading")
 
 
 class EventsError(RuntimeError):
@@ -67,7 +60,7 @@ class UnitReader:
     """The reading side of one work unit (a context manager)."""
 
     def __init__(self, options: EventsOptions | None = None, wants_coffea_events: bool = False) -> None:
-        from coffea_smk.coffea_compat import schema_class
+        from coffea_smk.events.coffea import schema_class
 
         self.options = options or EventsOptions()
         self.schemaclass = schema_class(self.options.schema, wants_coffea_events)
@@ -90,11 +83,11 @@ class UnitReader:
     def open(self, rootfile: Any, record: dict[str, Any], ranges: list[tuple[int, int]]) -> FileReader:
         """The reader of one open file (its preprocessing ``record``); ``ranges`` are the
         unit's chunks in it, in order."""
-        from coffea_smk.preprocess import tree_of
+        from coffea_smk.io.files import tree_of
 
         path, treename = record["path"], record["treename"]
         if self.schemaclass is None:
-            from coffea_smk.nanoevents import TreeLayout
+            from coffea_smk.events.nanoevents import TreeLayout
 
             tmap = _basket_map(record)
             if tmap is None:  # no usable map: read the tree's metadata here
@@ -112,7 +105,7 @@ class UnitReader:
             source: Any = TreeLayout(tmap, reader)
             return FileReader(self, source, ranges, closing)
         else:
-            from coffea_smk.coffea_compat import CoffeaSource
+            from coffea_smk.events.coffea import CoffeaSource
 
             source = CoffeaSource(rootfile, tree_of(rootfile, path, treename), treename, self.schemaclass)
         return FileReader(self, source, ranges)

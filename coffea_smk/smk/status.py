@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coffea_smk.layout import Layout, attempt_name
-from coffea_smk.preprocess import record_path
+from coffea_smk.engine.preprocess import record_path
+from coffea_smk.smk.layout import Layout, attempt_name
 
 
 @dataclass
@@ -154,7 +154,7 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
 
 def _result_state(path: str, key: str) -> tuple[str, dict[str, Any] | None]:
     """``missing``, ``corrupted``, ``complete`` or ``INCOMPLETE``, and the result's meta."""
-    from coffea_smk.storage import ResultFileError, load_meta
+    from coffea_smk.results import ResultFileError, load_meta
 
     if not Path(path).exists():
         return "missing", None

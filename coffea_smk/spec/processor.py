@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coffea_smk._hashing import key_of
 from coffea_smk._version import __version__
+from coffea_smk.util.hashing import key_of
 
 
 class ProcessorError(RuntimeError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from coffea_smk._hashing import key_of
+from coffea_smk.util.hashing import key_of
 
 PLAN_VERSION = 1
 

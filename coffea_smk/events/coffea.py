@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from coffea_smk.nanoevents import _basket_bytes
+from coffea_smk.events.nanoevents import _basket_bytes
 
 BUILTIN = ("auto", "nanoaod")
 DEFAULT_COFFEA_SCHEMA = "coffea.nanoevents.NanoAODSchema"

@@ -33,12 +33,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from coffea_smk._hashing import key_of
 from coffea_smk._version import __version__
-from coffea_smk.config import AnalysisConfig, ConfigError, Dataset, load_fileset, parse_config, read_mapping
-from coffea_smk.plan import PLAN_VERSION, PlanSettings
-from coffea_smk.preprocess import FileIdentity, check_backends, replaced_files
-from coffea_smk.processor import ProcessorError, processor_tag
+from coffea_smk.engine.plan import PLAN_VERSION, PlanSettings
+from coffea_smk.engine.preprocess import FileIdentity, replaced_files
+from coffea_smk.io.files import check_backends
+from coffea_smk.spec.config import (
+    AnalysisConfig,
+    ConfigError,
+    Dataset,
+    load_fileset,
+    parse_config,
+    read_mapping,
+)
+from coffea_smk.spec.processor import ProcessorError, processor_tag
+from coffea_smk.util.hashing import key_of
 
 HEX = r"[0-9a-f]{16}"
 _ATTEMPT = re.compile(rf"^({HEX})(?:-a([0-9]+))?$")
@@ -129,7 +137,7 @@ class Layout:
             ConfigError: Invalid config or fileset, or (without ``skip_bad_files``)
                 a local input file that does not exist.
         """
-        from coffea_smk.preprocess import InputFileError
+        from coffea_smk.io.files import InputFileError
 
         cfg = parse_config(dict(config), configfile or "analysis config")
         base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())

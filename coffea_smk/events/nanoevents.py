@@ -24,9 +24,10 @@ from awkward._nplikes.numpy import Numpy
 from awkward._nplikes.shape import unknown_length
 from awkward._nplikes.virtual import VirtualNDArray
 
-from coffea_smk import behaviors
-from coffea_smk.baskets import FLAT, JAGGED, BasketReader, TreeMap, source_fetch, uproot_fallback
 from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
+from coffea_smk.events import behaviors
+from coffea_smk.io.basketmap import FLAT, JAGGED, TreeMap
+from coffea_smk.io.reader import BasketReader, source_fetch, uproot_fallback
 
 __all__ = ["NanoEventsArray", "ReadStats", "TreeLayout"]
 
@@ -57,9 +58,9 @@ class _Column:
 class TreeLayout:
     """The NanoAOD form of one tree, built once and reused for every chunk.
 
-    Built from a :class:`~coffea_smk.baskets.TreeMap` (kept by preprocessing,
+    Built from a :class:`~coffea_smk.io.basketmap.TreeMap` (kept by preprocessing,
     so the tree's metadata is not decoded again) and read through a
-    :class:`~coffea_smk.baskets.BasketReader`; ``TreeLayout(tree)`` builds both
+    :class:`~coffea_smk.io.basketmap.BasketReader`; ``TreeLayout(tree)`` builds both
     from an open uproot tree.
     """
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from coffea_smk._atomic import write_with
+from coffea_smk.util.atomic import write_with
 
 FORMAT = "coffea_smk.result"
 VERSION = 1

@@ -1,6 +1,6 @@
 """One free-standing ``TBasket`` record, from its bytes: key, header, payload, entries.
 
-This is the byte layer under :mod:`coffea_smk.baskets`. It decodes only the
+This is the byte layer under :mod:`coffea_smk.io.basketmap`. It decodes only the
 layouts it has been proven on (``tests/test_reader_differential.py`` holds it
 against uproot), and checks every invariant that costs nothing to check:
 

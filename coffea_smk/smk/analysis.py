@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from coffea_smk._hashing import key_of
-from coffea_smk.config import ConfigError
-from coffea_smk.layout import WILDCARDS, Layout, plan_settings, split_attempt
+from coffea_smk.smk.layout import WILDCARDS, Layout, plan_settings, split_attempt
+from coffea_smk.spec.config import ConfigError
+from coffea_smk.util.hashing import key_of
 
 __all__ = ["WILDCARDS", "Analysis"]
 
@@ -200,7 +200,7 @@ class Analysis:
 
     def get_events_options(self, wildcards: Any = None) -> ShellArg:
         """How process jobs build and read events (schema, prefetch), as ``--events JSON``."""
-        from coffea_smk.reading import EventsOptions
+        from coffea_smk.engine.reading import EventsOptions
 
         c = self.cfg
         options = EventsOptions(c.schema_, c.prefetch, c.prefetch_threads, c.prefetch_max_mb)
@@ -240,7 +240,7 @@ class Analysis:
                 thread.cancel()
         if not success:
             return
-        from coffea_smk.storage import load_meta
+        from coffea_smk.results import load_meta
 
         try:
             meta = load_meta(self.result)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from coffea_smk.preprocess import StaleRecordError
+    from coffea_smk.engine.preprocess import StaleRecordError
 
 log = logging.getLogger("coffea_smk")
 
@@ -37,8 +37,8 @@ def _read_json(path: str) -> Any:
 
 
 def step_preprocess(a: argparse.Namespace) -> None:
-    from coffea_smk._atomic import write_json
-    from coffea_smk.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
+    from coffea_smk.util.atomic import write_json
 
     identities = [FileIdentity(**d) for d in json.loads(a.files)]
     records, bad = preprocess_files(identities, a.cache, skip_bad_files=a.skip_bad_files)
@@ -48,8 +48,8 @@ def step_preprocess(a: argparse.Namespace) -> None:
 
 
 def step_plan(a: argparse.Namespace) -> None:
-    from coffea_smk._atomic import write_json
-    from coffea_smk.plan import PlanSettings, make_plan
+    from coffea_smk.engine.plan import PlanSettings, make_plan
+    from coffea_smk.util.atomic import write_json
 
     spec = json.loads(a.spec)
     records = []
@@ -76,11 +76,11 @@ def step_plan(a: argparse.Namespace) -> None:
 
 
 def step_process(a: argparse.Namespace) -> None:
-    from coffea_smk._causes import causes
-    from coffea_smk.preprocess import StaleRecordError
-    from coffea_smk.processing import ErrorPolicy, process_unit_to_file
-    from coffea_smk.processor import load_processor
-    from coffea_smk.reading import EventsOptions
+    from coffea_smk.engine.preprocess import StaleRecordError
+    from coffea_smk.engine.process import ErrorPolicy, process_unit_to_file
+    from coffea_smk.engine.reading import EventsOptions
+    from coffea_smk.io.faults import causes
+    from coffea_smk.spec.processor import load_processor
 
     policy = json.loads(a.policy)
     plan = _read_json(a.plan)
@@ -106,8 +106,8 @@ def step_process(a: argparse.Namespace) -> None:
 
 def _note_replaced(plan: dict[str, Any], err: StaleRecordError) -> None:
     """A file was replaced behind the cache's back: drop its record and change its key for the next run."""
-    from coffea_smk.baskets import map_path
-    from coffea_smk.preprocess import note_replaced
+    from coffea_smk.engine.preprocess import note_replaced
+    from coffea_smk.io.basketmap import map_path
 
     for f in plan["files"]:
         if f["key"] == err.key and f.get("record_path"):
@@ -118,21 +118,21 @@ def _note_replaced(plan: dict[str, Any], err: StaleRecordError) -> None:
 
 
 def step_merge(a: argparse.Namespace) -> None:
-    from coffea_smk.reduce import merge_to_file
+    from coffea_smk.engine.reduce import merge_to_file
 
     merge_to_file(a.inputs, a.out, allow_pickle=a.allow_pickle)
 
 
 def step_dataset(a: argparse.Namespace) -> None:
-    from coffea_smk.reduce import finish_dataset
+    from coffea_smk.engine.reduce import finish_dataset
 
     provenance = json.loads(a.provenance)
     finish_dataset(a.inputs, _read_json(a.plan), a.out, provenance, allow_pickle=a.allow_pickle)
 
 
 def step_result(a: argparse.Namespace) -> None:
-    from coffea_smk.processor import load_processor
-    from coffea_smk.reduce import finish_global
+    from coffea_smk.engine.reduce import finish_global
+    from coffea_smk.spec.processor import load_processor
 
     processor = load_processor(a.processor, a.basedir)
     provenance = json.loads(a.provenance)

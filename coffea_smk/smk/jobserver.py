@@ -70,13 +70,6 @@ def _preload() -> None:
     import uproot  # noqa: F401
     import vector  # noqa: F401
 
-    import coffea_smk._jobs
-    import coffea_smk.nanoevents
-    import coffea_smk.plan
-    import coffea_smk.preprocess
-    import coffea_smk.processing
-    import coffea_smk.reduce  # noqa: F401
-
 
 def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     """Runs in the forked child: become the job, report its exit code."""
@@ -101,7 +94,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
     threading.Thread(target=watch, daemon=True).start()
     code = 1
     try:
-        from coffea_smk._jobs import main
+        from coffea_smk.smk.jobs import main
 
         code = main(request["argv"])
     except SystemExit as exit_:

@@ -22,15 +22,16 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coffea_smk import storage
-from coffea_smk._atomic import write_json
-from coffea_smk._causes import causes, matches, transient
-from coffea_smk._ranges import coalesce, covered
-from coffea_smk.accumulate import AccumulateError, add
-from coffea_smk.plan import unit_by_id
-from coffea_smk.preprocess import StaleRecordError, open_file
-from coffea_smk.processor import Processor
-from coffea_smk.reading import EventsOptions, FileReader, UnitReader
+from coffea_smk import results as storage
+from coffea_smk.engine.accumulate import AccumulateError, add
+from coffea_smk.engine.plan import unit_by_id
+from coffea_smk.engine.preprocess import StaleRecordError
+from coffea_smk.engine.reading import EventsOptions, FileReader, UnitReader
+from coffea_smk.io.faults import causes, matches, transient
+from coffea_smk.io.files import open_file
+from coffea_smk.spec.processor import Processor
+from coffea_smk.util.atomic import write_json
+from coffea_smk.util.ranges import coalesce, covered
 
 log = logging.getLogger("coffea_smk.process")
 
@@ -45,7 +46,7 @@ class ChunkError(RuntimeError):
 class ErrorPolicy:
     """What a failing file open or chunk does.
 
-    Both decisions read the whole exception chain (:func:`coffea_smk._causes.causes`):
+    Both decisions read the whole exception chain (:func:`coffea_smk.io.faults.causes`):
     a storage error arrives wrapped (in ``InputFileError``, ``BufferReadError``,
     by awkward, coffea or the processor), and its root cause is what counts.
     """
@@ -98,7 +99,7 @@ def run_unit(
         The accumulated output and the unit's meta record (events, entry ranges
         covered, per-chunk metrics, failed chunks).
     """
-    from coffea_smk.layout import split_attempt
+    from coffea_smk.smk.layout import split_attempt
 
     policy = policy or ErrorPolicy()
     unit_id, attempt = split_attempt(unit_name)

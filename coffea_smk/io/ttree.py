@@ -244,7 +244,7 @@ def read_tree(rootfile: Any, treename: str) -> Tree:
         Unsupported: Not a tree this reader handles (the caller falls back to uproot).
         KeyError: No such object.
     """
-    from coffea_smk._basket import decompress
+    from coffea_smk.io.basket import decompress
 
     key = rootfile.key(treename)
     if key.fClassName != "TTree":

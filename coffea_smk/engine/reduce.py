@@ -7,11 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from coffea_smk import metrics, storage
-from coffea_smk._ranges import coalesce
-from coffea_smk.accumulate import AccumulateError, add
+from coffea_smk import results as storage
+from coffea_smk.engine import metrics
+from coffea_smk.engine.accumulate import AccumulateError, add
+from coffea_smk.util.ranges import coalesce
 
-log = logging.getLogger("coffea_smk.reduce")
+log = logging.getLogger("coffea_smk.engine.reduce")
 
 _SUMMED = ("events",)
 

@@ -1,0 +1,1 @@
+"""NanoAOD events with lazy columns and their behaviours; coffea NanoEvents for coffea processors."""
