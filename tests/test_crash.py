@@ -74,12 +74,12 @@ FILE_POINTS = [
     ("cache/files/*/*.json", 1, "snakemake"),
     ("preprocess/*/*.json", 1, "group"),
     ("preprocess/*/*.json", 3, "snakemake"),
-    ("plan/*.json", 1, "group"),
+    ("plan/*/*.json", 1, "group"),
     ("partials/*/*/*.npz", 1, "snakemake"),
     ("partials/*/*/*.npz", 4, "group"),
     ("merges/*/*/*.npz", 1, "snakemake"),
-    ("datasets/*.npz", 1, "group"),
-    ("datasets/*.npz", 2, "snakemake"),
+    ("datasets/*/*.npz", 1, "group"),
+    ("datasets/*/*.npz", 2, "snakemake"),
 ]
 JOB_POINTS = ["preprocess", "process", "merge", "dataset", "result"]
 
