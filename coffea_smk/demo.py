@@ -14,7 +14,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
 import numpy as np
+import uproot
+
+from coffea_smk.results import load_stored
 
 MUON_MASS = 0.1056583745
 
@@ -56,8 +60,6 @@ def _z_decays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
     """``n`` events of NanoAOD-layout columns (awkward records for collections)."""
-    import awkward as ak
-
     rng = np.random.default_rng(seed)
     z = _z_decays(rng, n)
     has_z = rng.random(n) < 0.7
@@ -74,10 +76,13 @@ def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
             e.append(rng.uniform(-2.4, 2.4))
             f.append(rng.uniform(-np.pi, np.pi))
             q.append(int(rng.choice([-1, 1])))
-        pt.append(p), eta.append(e), phi.append(f), charge.append(q)
+        pt.append(p)
+        eta.append(e)
+        phi.append(f)
+        charge.append(q)
     counts = n_mu.astype(np.int64)
 
-    def jag(values: list[list[float]], dtype: Any) -> Any:
+    def jag(values: list[list[Any]], dtype: Any) -> Any:
         flat = np.asarray([v for row in values for v in row], dtype=dtype)
         return ak.unflatten(flat, counts)
 
@@ -118,9 +123,6 @@ def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
 
 def write_nanoaod(path: str | Path, n_events: int, seed: int, basket_events: int = 10_000) -> None:
     """Write a NanoAOD-layout ROOT file of ``n_events`` generated events."""
-    import awkward as ak
-    import uproot
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.root")
@@ -172,8 +174,6 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
 
 def summary(result_path: str | Path) -> str:
     """A short human-readable summary of a global or per-dataset result, with its origin."""
-    from coffea_smk.results import load_stored
-
     stored = load_stored(result_path)
     lines = [f"result: {result_path}"]
     meta = stored.meta

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
+import hist
+import hist.serialization
 import numpy as np
 
 from coffea_smk.util.atomic import write_with
@@ -69,7 +72,7 @@ def save(
     raw = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     arrays = dict(encoder.arrays)
     arrays[_HEADER] = np.frombuffer(raw, dtype=np.uint8)
-    write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
+    write_with(path, lambda handle: np.savez_compressed(handle, **arrays))  # type: ignore[arg-type]  # numpy's stub types the first keyword as allow_pickle
 
 
 def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
@@ -187,8 +190,6 @@ class _Encoder:
         return self._fallback(obj, where)
 
     def _encode_hist(self, h: Any) -> dict[str, Any]:
-        import hist.serialization
-
         uhi = hist.serialization.to_uhi(h)
         uhi.pop("storage")
         uhi.pop("writer_info", None)
@@ -208,8 +209,6 @@ class _Encoder:
                 "strings, numpy arrays, sets or lists, or set allow_pickle: true in the config "
                 "to store it with cloudpickle (loading then runs code from the file)."
             )
-        import cloudpickle
-
         self.pickled.append(kind)
         return {"pickle": self._ref(np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8))}
 
@@ -241,15 +240,10 @@ class _Decoder:
         if kind == "hist":
             return self._decode_hist(value)
         if kind == "pickle":
-            import cloudpickle
-
             return cloudpickle.loads(self.npz[value].tobytes())
         raise ValueError(f"unknown node kind {kind!r}")
 
     def _decode_hist(self, spec: dict[str, Any]) -> Any:
-        import hist
-        import hist.serialization
-
         view = self.npz[spec["view"]]
         uhi = dict(spec["uhi"])
         uhi["storage"] = _empty_uhi_storage(spec["storage"], view.shape)
@@ -283,10 +277,6 @@ def _empty_uhi_storage(kind: str, shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def _is_hist(obj: Any) -> bool:
-    try:
-        import hist
-    except ImportError:  # pragma: no cover - hist is a dependency
-        return False
     return isinstance(obj, hist.Hist)
 
 

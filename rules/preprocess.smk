@@ -8,15 +8,15 @@ rule preprocess:
         analysis.path("preprocess"),
     log:
         analysis.log("preprocess"),
+    # Cheap and on the way to every plan: before any processing job, so that
+    # all work units are known early and the cores stay full.
+    priority: 10
     params:
         files=analysis.get_preprocess_files,
         cache=analysis.cache_dir,
         failures=analysis.layout.failure("preprocess"),
         skip="--skip-bad-files" if analysis.cfg.skip_bad_files else "",
         job=analysis.job("preprocess"),
-    # Cheap and on the way to every plan: before any processing job, so that
-    # all work units are known early and the cores stay full.
-    priority: 10
     shell:
         "{params.job} --files {params.files:q} --cache {params.cache:q} {params.skip}"
         " --failures {params.failures:q} --out {output:q} --log {log:q}"
@@ -29,10 +29,10 @@ checkpoint plan:
         analysis.path("plan"),
     log:
         analysis.log("plan"),
+    priority: 10
+    localrule: True
     params:
         spec=analysis.get_plan_spec,
         job=analysis.job("plan"),
-    priority: 10
-    localrule: True
     shell:
         "{params.job} --spec {params.spec:q} --out {output:q} --log {log:q} {input:q}"

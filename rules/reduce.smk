@@ -58,6 +58,8 @@ rule publish:
         analysis.result,
     output:
         temp(analysis.publish_marker),
+    log:
+        analysis.log("publish"),
     localrule: True
     run:
-        analysis.publish(output[0])
+        analysis.publish(output[0], log[0])

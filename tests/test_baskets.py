@@ -11,17 +11,9 @@ import numpy as np
 import pytest
 import uproot
 
-from coffea_smk.io.basketmap import (
-    OTHER,
-    BasketMapError,
-    BasketReader,
-    BasketReadError,
-    TreeMap,
-    local_fetch,
-    map_path,
-    source_fetch,
-    uproot_fallback,
-)
+from coffea_smk.io.allowlist import unreadable
+from coffea_smk.io.basketmap import OTHER, BasketMapError, BasketReadError, TreeMap, map_path
+from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, uproot_fallback
 
 SAMPLES = ["nano_dy.root", "nano_dimuon.root", "nano_tt_v15.root", "nano_dy_empty.root"]
 
@@ -38,7 +30,7 @@ def _assert_reads_like_uproot(
         tree = f["Events"]
         tmap = TreeMap.read(f, str(path), "Events", str(f.file.uuid))
         reader = BasketReader(tmap, source_fetch(f), str(path))
-        for name in names or [n for n, k in tmap.kinds.items() if k[0] != OTHER]:
+        for name in names or [n for n, t in tmap.types.items() if t.kind != OTHER]:
             for start, stop in ranges:
                 got, _, _ = reader.read(name, start, stop)
                 expected = _uproot_values(tree, name, start, stop)
@@ -54,9 +46,9 @@ def test_map_equals_uproots_view_of_the_tree(nanoaod: Path, sample: str) -> None
         fast = TreeMap.read(f, str(path), "Events")
         slow = TreeMap.from_tree(tree, by_uproot=True)
         assert fast.entries == tree.num_entries
-        assert fast.kinds == slow.kinds
-        assert {k[0] for k in fast.kinds.values()} <= {"flat", "jagged"}  # all of NanoAOD is mapped
-        for name in fast.kinds:
+        assert fast.types == slow.types
+        assert {t.kind for t in fast.types.values()} <= {"flat", "jagged"}  # all of NanoAOD is mapped
+        for name in fast.types:
             a, b = fast.branch(name), slow.branch(name)
             np.testing.assert_array_equal(a.seek, tree[name].member("fBasketSeek")[: len(a.seek)])
             assert np.array_equal(a.seek, b.seek) and np.array_equal(a.nbytes, b.nbytes)
@@ -147,7 +139,7 @@ def test_saved_map_round_trips_and_refuses_another_file(nanoaod: Path, tmp_path:
     assert target.name == "abc.baskets.npz"
     tmap.save(target, "abc")
     loaded = TreeMap.load(target, "abc", uuid)
-    assert loaded.kinds == tmap.kinds and loaded.entries == tmap.entries
+    assert loaded.types == tmap.types and loaded.entries == tmap.entries
     for name in ["Muon_pt", "nMuon", "HLT_IsoMu24"]:
         a, b = loaded.branch(name), tmap.branch(name)
         assert np.array_equal(a.seek, b.seek) and np.array_equal(a.entries, b.entries)
@@ -167,11 +159,8 @@ def test_branches_the_map_cannot_read_go_through_uproot(nanoaod: Path) -> None:
     with uproot.open(path) as f:
         tree = f["Events"]
         tmap = TreeMap.from_tree(tree)
-        kind = tmap.kinds["Muon_pt"]
-        tmap.kinds["Muon_pt"] = (*kind[:3], False)
-        tmap._built["Muon_pt"] = tmap.branch("Muon_pt").__class__(
-            "Muon_pt", *kind[:3], np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), False
-        )
+        tmap._built["Muon_pt"] = unreadable(tmap.branch("Muon_pt"))
+        tmap.types["Muon_pt"] = tmap._built["Muon_pt"].type
         with pytest.raises(BasketMapError, match="Muon_pt"):
             BasketReader(tmap, source_fetch(f), str(path)).read("Muon_pt", 0, 40)
         reader = BasketReader(tmap, source_fetch(f), str(path), uproot_fallback(lambda: tree))
@@ -355,7 +344,7 @@ def test_a_basket_in_an_unproven_layout_falls_back_visibly(
     fetch, close = local_fetch(str(path))
     tree = uproot.open(path)["Events"]
     reader = BasketReader(tmap, fetch, str(path), uproot_fallback(lambda: tree))
-    with caplog.at_level(logging.INFO, logger="coffea_smk.io.basketmap"):
+    with caplog.at_level(logging.INFO, logger="coffea_smk.io.reader"):
         got, _, _ = reader.read("Muon_pt", 0, n)
         again, _, _ = reader.read("Muon_pt", 10, 20)
     close()

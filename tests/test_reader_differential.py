@@ -190,8 +190,8 @@ def _check_file(path: Path, treename: str, cache: Path) -> tuple[int, int, dict[
         tree = f[treename]
         n = int(tree.num_entries)
         assert reader.map.entries == n
-        names = [name for name, k in reader.map.kinds.items() if k[0] != OTHER]
-        assert set(names) | {k for k, v in reader.map.kinds.items() if v[0] == OTHER} == set(
+        names = [name for name, t in reader.map.types.items() if t.kind != OTHER]
+        assert set(names) | {n for n, t in reader.map.types.items() if t.kind == OTHER} == set(
             tree.keys(recursive=False)
         )
         boundaries = sorted({int(e) for name in names for e in reader.map.branch(name).entries})
@@ -227,7 +227,7 @@ def test_uproot_written_layouts_read_exactly_and_fast(
     with uproot.open(written[layout]) as f:
         tmap = TreeMap.read(f, str(written[layout]), "tree")
     # a fixed-size array is not in the events (coffea_smk's form has no place for it)
-    assert tmap.kinds["fixed"][0] == OTHER and tmap.slow == {"fixed": "a fixed-size array of 3 per entry"}
+    assert tmap.types["fixed"].kind == OTHER and tmap.slow == {"fixed": "a fixed-size array of 3 per entry"}
 
 
 NANOAOD_TREES = [
@@ -255,7 +255,7 @@ def test_delphes_counters_fall_back(
     # TClonesArray counters are TBranchElements; the tree also has two branches named
     # Particle and two named Particle_size (uproot, like ROOT, reads the first)
     path = rootfiles / "uproot-issue513.root"
-    with caplog.at_level(logging.INFO, logger="coffea_smk.io.basketmap"):
+    with caplog.at_level(logging.INFO, logger="coffea_smk.io.reader"):
         branches, _, fell_back = _check_file(path, "Delphes", tmp_path)
     assert branches == 16
     elements = [

@@ -155,7 +155,7 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str
             "uuid": uuid,
             "entries": tmap.entries,
             "clusters": tmap.clusters() if tmap.entries else [0],
-            "nbranches": len(tmap.kinds),
+            "nbranches": len(tmap.types),
             "branches_hash": tmap.branches_hash(),
             "seconds": round(time.perf_counter() - t0, 4),
         }

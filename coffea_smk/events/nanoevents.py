@@ -73,16 +73,15 @@ class TreeLayout:
         self.reader = reader
         self.columns: dict[str, _Column] = {}
         self.skipped: list[str] = []
-        kinds = reader.map.kinds
         flat: dict[str, np.dtype[Any]] = {}
         jagged: dict[str, tuple[str, np.dtype[Any]]] = {}
         own_counters: set[str] = set()
         pending: list[tuple[str, str, str]] = []
-        for name, (kind, dtype, counter, _) in kinds.items():
-            if kind == FLAT:
-                flat[name] = np.dtype(dtype).newbyteorder("=")
-            elif kind == JAGGED:
-                pending.append((name, dtype, counter))
+        for name, t in reader.map.types.items():
+            if t.kind == FLAT:
+                flat[name] = np.dtype(t.dtype).newbyteorder("=")
+            elif t.kind == JAGGED:
+                pending.append((name, t.dtype, t.counter))
             else:
                 self.skipped.append(name)
         for name, dtype, own in pending:

@@ -28,11 +28,14 @@ written up in the ROOT I/O specification (ariostas/root-io-spec,
 
 from __future__ import annotations
 
+import lzma
 import struct
 import zlib
 from typing import Any, NamedTuple
 
+import cramjam
 import numpy as np
+import xxhash
 
 try:  # pragma: no cover - which one depends on the environment
     from isal.isal_zlib import decompress as _inflate
@@ -86,10 +89,10 @@ _TBASKET = _counted(b"TBasket")
 
 
 def _skip_string(raw: Any, pos: int) -> int:
-    n = raw[pos]
+    n = int(raw[pos])
     if n == 255:
         (n,) = struct.unpack_from(">I", raw, pos + 1)
-        return pos + 5 + n
+        return pos + 5 + int(n)
     return pos + 1 + n
 
 
@@ -240,7 +243,7 @@ def decompress(payload: Any, objlen: int) -> bytes | bytearray:
         if pos > size:
             raise ValueError(f"a compression block of {c} bytes runs past the end of the basket")
         block = payload[start:pos]
-        data = _block(algo, block, u)
+        data: bytes | bytearray = _block(algo, block, u)
         if len(data) != u:
             raise ValueError(f"a block decompressed to {len(data)} bytes instead of {u}")
         if not out and u == objlen and pos == size:
@@ -257,13 +260,8 @@ def _block(algo: bytes, block: Any, usize: int) -> Any:
     if algo == b"ZL":
         return _inflate(block, bufsize=usize)
     if algo == b"XZ":
-        import lzma
-
         return lzma.decompress(block)
     if algo == b"L4":
-        import cramjam
-        import xxhash
-
         if len(block) < _CHECKSUM.size:
             raise ValueError("an LZ4 block shorter than its checksum")
         (expected,) = _CHECKSUM.unpack_from(block, 0)
@@ -273,7 +271,5 @@ def _block(algo: bytes, block: Any, usize: int) -> Any:
             raise ValueError(f"LZ4 block checksum mismatch (computed {computed:#x}, stored {expected:#x})")
         return bytes(cramjam.lz4.decompress_block(body, output_len=usize))
     if algo == b"ZS":
-        import cramjam
-
         return bytes(cramjam.zstd.decompress(bytes(block), output_len=usize))
     raise ValueError(f"unknown ROOT compression algorithm {bytes(algo)!r}")

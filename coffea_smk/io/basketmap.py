@@ -35,22 +35,34 @@ built before it.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coffea_smk.io.ttree import Leaf
+from coffea_smk.io.allowlist import (
+    BranchMap,
+    BranchType,
+    Kind,
+    Row,
+    allowed,
+    branch_map,
+    from_uproot,
+    leaf_of,
+    unreadable,
+)
+from coffea_smk.io.files import tree_of
+from coffea_smk.io.ttree import Unsupported, read_tree
 from coffea_smk.util.atomic import write_with
+from coffea_smk.util.hashing import key_of
 
-log = logging.getLogger("coffea_smk.io.basketmap")
+log = logging.getLogger(__name__)
 
 MAP_VERSION = 3
 """Version of the map's file format."""
@@ -60,7 +72,7 @@ READER_VERSION = 2
 1: the reader before version tagging (trusted branches it must not: issue 10).
 2: the allow-list, basket invariants, offsets rebuilt from the counter, LZ4 checksums.
 """
-FLAT, JAGGED, OTHER = "flat", "jagged", "other"
+FLAT, JAGGED, OTHER = Kind.FLAT, Kind.JAGGED, Kind.OTHER
 
 
 class BasketMapError(RuntimeError):
@@ -69,25 +81,6 @@ class BasketMapError(RuntimeError):
 
 class BasketReadError(OSError):
     """A basket cannot be read or decompressed; the message names file, branch and basket."""
-
-
-@dataclass(frozen=True)
-class BranchMap:
-    """One branch: its type and where its baskets are."""
-
-    name: str
-    kind: str
-    """``flat`` (one value per entry), ``jagged`` (a list per entry) or ``other`` (read by uproot)."""
-    dtype: str
-    """The stored (big-endian) numpy dtype of a value, e.g. ``>f4``."""
-    counter: str
-    """For ``jagged``: the branch holding the list lengths (``nMuon``)."""
-    seek: np.ndarray
-    nbytes: np.ndarray
-    entries: np.ndarray
-    """First entry of each basket, then the number of entries: ``len(seek) + 1`` values."""
-    readable: bool = True
-    """On the fast path (see the module's allow-list); else read by uproot."""
 
 
 class TreeMap:
@@ -100,14 +93,14 @@ class TreeMap:
     def __init__(
         self,
         entries: int,
-        kinds: dict[str, tuple[str, str, str, bool]],
+        types: dict[str, BranchType],
         uuid: str = "",
         baskets: Callable[[str], BranchMap] | None = None,
         slow: dict[str, str] | None = None,
     ) -> None:
         self.entries = entries
-        self.kinds = kinds
-        """Branch name -> (kind, stored dtype, counter, readable), in the tree's order."""
+        self.types = types
+        """Branch name -> its type, in the tree's order."""
         self.uuid = uuid
         self.slow: dict[str, str] = dict(slow or {})
         """Branch name -> why it is not on the fast path (the branches uproot reads)."""
@@ -136,17 +129,19 @@ class TreeMap:
         rows = []
         for branch in tree.branches:
             models = branch.member("fLeaves")
-            leaves = [_leaf_of(x) for x in models]
-            allowed = _allowed(branch.classname, len(branch.member("fBranches")), leaves)
-            if isinstance(allowed, str):
-                kind, reason = _from_uproot(branch), allowed
+            leaves = [leaf_of(x) for x in models]
+            fast = allowed(branch.classname, len(branch.member("fBranches")), leaves)
+            if isinstance(fast, str):
+                kind, reason = from_uproot(branch), fast
             elif by_uproot:
-                kind = _from_uproot(branch)
-                reason = "" if kind == allowed else f"uproot reads it as {kind}, its leaf as {allowed}"
+                kind = from_uproot(branch)
+                reason = (
+                    "" if kind == fast else f"uproot reads it as {_text(kind)}, its leaf as {_text(fast)}"
+                )
             else:
-                kind, reason = allowed, ""
+                kind, reason = fast, ""
             rows.append(
-                _Row(
+                Row(
                     branch.name,
                     kind,
                     reason,
@@ -170,9 +165,6 @@ class TreeMap:
         Raises:
             InputFileError: No such tree, not a TTree, or it cannot be read.
         """
-        from coffea_smk.io.files import tree_of
-        from coffea_smk.io.ttree import Unsupported, read_tree
-
         try:
             tree = read_tree(rootfile, treename)
         except Exception as err:  # unsupported layout, or missing/not a tree/damaged: uproot says which
@@ -181,13 +173,13 @@ class TreeMap:
             return cls.from_tree(tree_of(rootfile, path, treename), uuid)
         rows = []
         for b in tree.branches:
-            allowed = _allowed(b.classname, len(b.branches), b.leaves)
-            if isinstance(allowed, str):  # not NanoAOD-like: uproot's interpretations give the types
+            fast = allowed(b.classname, len(b.branches), b.leaves)
+            if isinstance(fast, str):  # not NanoAOD-like: uproot's interpretations give the types
                 return cls.from_tree(tree_of(rootfile, path, treename), uuid)
             rows.append(
-                _Row(
+                Row(
                     b.name,
-                    allowed,
+                    fast,
                     "",
                     b.embedded,
                     b.write_basket,
@@ -203,13 +195,13 @@ class TreeMap:
         return cls._assemble(tree.entries, rows, uuid)
 
     @classmethod
-    def _assemble(cls, entries: int, rows: list[_Row], uuid: str) -> TreeMap:
+    def _assemble(cls, entries: int, rows: list[Row], uuid: str) -> TreeMap:
         """The map of a tree's branches; the tree-wide rules of the allow-list applied here."""
         count: dict[str, int] = {}
         for row in rows:
             count[row.name] = count.get(row.name, 0) + 1
         built: dict[str, BranchMap] = {}
-        first: dict[str, _Row] = {}
+        first: dict[str, Row] = {}
         slow: dict[str, str] = {}
         for row in rows:
             if row.name in built:
@@ -218,7 +210,7 @@ class TreeMap:
             reason = row.reason
             if not reason and count[row.name] > 1:
                 reason = f"{count[row.name]} branches of the tree are named {row.name!r}"
-            built[row.name], reason = _branch_map(row, entries, reason)
+            built[row.name], reason = branch_map(row, entries, reason)
             if reason:
                 slow[row.name] = reason
         for name, b in built.items():
@@ -228,11 +220,11 @@ class TreeMap:
             if c is None or c.kind != FLAT or not c.readable or np.dtype(c.dtype).kind not in "iu":
                 why = slow.get(b.counter, "not a branch of one integer per entry")
                 slow[name] = f"its counter {b.counter!r} is not on the fast path ({why})"
-                built[name] = _slow(b)
+                built[name] = unreadable(b)
             elif first[b.counter].leaf is not first[name].count:
                 slow[name] = f"its counter leaf is not the leaf of branch {b.counter!r}"
-                built[name] = _slow(b)
-        out = cls(entries, {n: (b.kind, b.dtype, b.counter, b.readable) for n, b in built.items()}, uuid)
+                built[name] = unreadable(b)
+        out = cls(entries, {n: b.type for n, b in built.items()}, uuid)
         out._built = built
         out.slow = slow
         return out
@@ -240,16 +232,14 @@ class TreeMap:
     def clusters(self) -> list[int]:
         """Entries where every branch starts a basket (chunks cut there decompress whole baskets)."""
         common: set[int] | None = None
-        for name, (_, _, _, readable) in self.kinds.items():
+        for name, t in self.types.items():
             entries = self.branch(name).entries
-            if readable and len(entries):
+            if t.readable and len(entries):
                 common = set(entries.tolist()) if common is None else common & set(entries.tolist())
         return sorted(common) if common and len(common) > 1 else [0, self.entries]
 
     def branches_hash(self) -> str:
-        from coffea_smk.util.hashing import key_of
-
-        return key_of(sorted((n, k[0], k[1], k[2]) for n, k in self.kinds.items()))
+        return key_of(sorted((n, t.kind.value, t.dtype, t.counter) for n, t in self.types.items()))
 
     # ---- storing ----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], key: str) -> None:
@@ -260,18 +250,18 @@ class TreeMap:
         and deflated at level 1: a few times faster to write than
         ``numpy.savez_compressed`` for a few % more bytes.
         """
-        bs = [self.branch(name) for name in self.kinds]
+        bs = [self.branch(name) for name in self.types]
         header = {
             "version": MAP_VERSION,
             "reader": READER_VERSION,
             "key": key,
             "uuid": self.uuid,
             "entries": self.entries,
-            "branches": [[b.name, b.kind, b.dtype, b.counter, b.readable] for b in bs],
+            "branches": [[b.name, b.kind.value, b.dtype, b.counter, b.readable] for b in bs],
             "slow": self.slow,
         }
         empty = np.zeros(0, dtype=np.int64)
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
             "counts": np.array([len(b.seek) for b in bs], dtype=np.int64),
             "seek": np.diff(np.concatenate([empty, *[b.seek for b in bs]]), prepend=0),
@@ -298,7 +288,7 @@ class TreeMap:
                 seek, first = np.cumsum(npz["seek"]), np.cumsum(npz["entries"])
                 ends = npz["ends"]
             names = [b[0] for b in header["branches"]]
-            kinds = {b[0]: (b[1], b[2], b[3], bool(b[4])) for b in header["branches"]}
+            types = {b[0]: BranchType(Kind(b[1]), b[2], b[3], bool(b[4])) for b in header["branches"]}
             entries = int(header["entries"])
             if len(counts) != len(names) or counts.sum() != len(seek):
                 raise ValueError("inconsistent basket counts")
@@ -319,157 +309,14 @@ class TreeMap:
         def baskets(name: str) -> BranchMap:
             i = index[name]
             a, b = int(bounds[i]), int(bounds[i + 1])
-            kind, dtype, counter, readable = kinds[name]
             starts = np.append(first[a:b], ends[i]) if b > a else first[:0]
-            return BranchMap(
-                name, kind, dtype, counter, seek[a:b], nbytes[a:b].astype(np.int64), starts, readable
-            )
+            return BranchMap(name, types[name], seek[a:b], nbytes[a:b].astype(np.int64), starts)
 
-        return cls(entries, kinds, header["uuid"], baskets, header.get("slow"))
-
-
-# ---- the allow-list ---------------------------------------------------------------------
-_LEAF_TYPES = {
-    "TLeafO": "?",
-    "TLeafB": "i1",
-    "TLeafS": "i2",
-    "TLeafI": "i4",
-    "TLeafL": "i8",
-    "TLeafF": "f4",
-    "TLeafD": "f8",
-}
-"""Leaf classes of one numeric value, and their numpy type (``u`` when ``fIsUnsigned``)."""
-_COUNTER_LEAVES = ("TLeafB", "TLeafS", "TLeafI", "TLeafL")
-
-
-@dataclass(frozen=True)
-class _Row:
-    """One branch as the tree describes it, before the tree-wide rules."""
-
-    name: str
-    kind: tuple[str, str, str]
-    reason: str
-    """Why it is not on the fast path ("" if it may be)."""
-    embedded: int
-    write_basket: int
-    seek: Any
-    nbytes: Any
-    entry: Any
-    num_entries: int
-    filename: str = ""
-    leaf: Any = None
-    """The leaf object (its identity tells a counter branch)."""
-    count: Any = None
-    """The leaf object its ``fLeafCount`` points at."""
-
-
-def _leaf_of(leaf: Any) -> Leaf:
-    """An uproot ``TLeaf`` model as :mod:`coffea_smk.io.ttree` reads it."""
-    count = leaf.member("fLeafCount")
-    return Leaf(
-        leaf.classname,
-        leaf.member("fName"),
-        int(leaf.member("fLen")),
-        bool(leaf.member("fIsUnsigned")),
-        None if count is None else _leaf_of(count),
-        int(leaf.member("fLenType")),
-        int(leaf.member("fOffset")),
-    )
-
-
-def _leaf_dtype(leaf: Leaf) -> np.dtype[Any] | None:
-    code = _LEAF_TYPES.get(leaf.classname)
-    if code is None:
-        return None
-    if leaf.unsigned and code[0] == "i":
-        code = "u" + code[1:]
-    return np.dtype(np.bool_) if code == "?" else np.dtype(">" + code)
-
-
-def _allowed(classname: str, nsub: int, leaves: list[Leaf]) -> tuple[str, str, str] | str:
-    """Kind, stored dtype and counter of a branch on the allow-list; else why it is not on it."""
-    if classname != "TBranch":
-        return f"a {classname}"
-    if nsub:
-        return "a branch with sub-branches"
-    if len(leaves) != 1:
-        return f"a branch of {len(leaves)} leaves"
-    leaf = leaves[0]
-    dtype = _leaf_dtype(leaf)
-    if dtype is None:
-        return f"a {leaf.classname} leaf"
-    if leaf.length != 1:
-        return f"a fixed-size array of {leaf.length} per entry"
-    if leaf.len_type != dtype.itemsize or leaf.offset != 0:
-        return f"a leaf of fLenType {leaf.len_type} and fOffset {leaf.offset} for {dtype}"
-    count = leaf.count
-    if count is None:
-        return FLAT, dtype.str, ""
-    if count.classname not in _COUNTER_LEAVES or count.length != 1 or count.count is not None:
-        return f"a {count.classname} counter"
-    return JAGGED, dtype.str, count.name
-
-
-def _branch_map(row: _Row, tree_entries: int, reason: str) -> tuple[BranchMap, str]:
-    """A branch's map from its basket table (as uproot counts its free baskets), and
-    why it is not on the fast path ("" if it is)."""
-    seek = np.asarray(row.seek, dtype=np.int64)
-    n = 0
-    while n < len(seek) and seek[n] != 0 and n != row.write_basket:
-        n += 1
-    entries = np.asarray(row.entry, dtype=np.int64)[: n + 1]
-    if reason:
-        pass
-    elif row.num_entries == 0 and tree_entries == 0:
-        entries = np.zeros(1, dtype=np.int64)  # nothing to read (an empty basket may be kept inside)
-        n = 0
-    elif row.embedded or n == 0:
-        reason = "baskets kept inside the tree"
-    elif row.filename:
-        reason = f"baskets in another file ({row.filename})"
-    elif (
-        len(entries) != n + 1
-        or entries[0] != 0
-        or (np.diff(entries) < 0).any()
-        or entries[-1] != row.num_entries
-    ):
-        reason = "a basket table that does not cover its entries"
-    elif row.num_entries != tree_entries:
-        reason = f"{row.num_entries} entries in a tree of {tree_entries}"
-    out = BranchMap(row.name, *row.kind, seek[:n], np.asarray(row.nbytes, dtype=np.int64)[:n], entries)
-    return (_slow(out) if reason else out), reason
-
-
-def _slow(b: BranchMap) -> BranchMap:
-    empty = np.zeros(0, dtype=np.int64)
-    return dataclasses.replace(b, seek=empty, nbytes=empty, entries=empty, readable=False)
-
-
-def _from_uproot(branch: Any) -> tuple[str, str, str]:
-    """Kind, stored dtype and counter from uproot's interpretation of the branch."""
-    import uproot
-
-    try:
-        interp = branch.interpretation
-    except Exception:  # an unknown class: uproot says so when it is read
-        return OTHER, "", ""
-    if isinstance(interp, uproot.AsDtype) and interp.from_dtype.shape == ():
-        return FLAT, interp.from_dtype.str, ""
-    if (
-        isinstance(interp, uproot.AsJagged)
-        and isinstance(interp.content, uproot.AsDtype)
-        and interp.content.from_dtype.shape == ()
-        and interp.header_bytes == 0
-        and branch.count_branch is not None
-    ):
-        return JAGGED, interp.content.from_dtype.str, branch.count_branch.name
-    return OTHER, "", ""
+        return cls(entries, types, header["uuid"], baskets, header.get("slow"))
 
 
 def _write_npz(handle: Any, arrays: dict[str, np.ndarray]) -> None:
     """``numpy.savez_compressed`` with deflate level 1."""
-    import zipfile
-
     with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, array in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -480,3 +327,7 @@ def map_path(record_path: str | os.PathLike[str]) -> Path:
     """Where the basket map of a preprocessing record is kept."""
     p = Path(record_path)
     return p.with_name(p.name.removesuffix(".json") + ".baskets.npz")
+
+
+def _text(t: BranchType) -> str:
+    return f"{t.kind.value} {t.dtype} {t.counter}".strip()

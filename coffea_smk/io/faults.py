@@ -52,7 +52,7 @@ def type_names(err: BaseException) -> set[str]:
 
     Every class of its MRO, by bare name and by ``module.qualname``.
     """
-    names = set()
+    names: set[str] = set()
     # uproot's stand-in for a storage error (see lost_by_uproot) answers as an OSError too
     classes = type(err).__mro__ + (OSError.__mro__ if lost_by_uproot(err) else ())
     for cls in classes:

@@ -37,7 +37,7 @@ def open_file(path: str) -> Any:
         InputFileError: Not found, not a ROOT file, truncated, or its storage
             failed (then caused by the storage's error: a reset, a timeout).
     """
-    import uproot
+    import uproot  # noqa: PLC0415  0.3 s to import: the workflow parse (check_backends) needs none of it
 
     problem = missing_backend(path)
     if problem is not None:

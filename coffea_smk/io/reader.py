@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from coffea_smk.io import basket as _basket
+from coffea_smk.io.allowlist import BranchMap
 from coffea_smk.io.basket import Unproven
-from coffea_smk.io.basketmap import FLAT, JAGGED, OTHER, BasketMapError, BasketReadError, BranchMap, TreeMap
+from coffea_smk.io.basketmap import FLAT, JAGGED, OTHER, BasketMapError, BasketReadError, TreeMap
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,6 @@ FetchMany = Callable[[list[tuple[int, int]]], list[Any]]
 
 def source_fetch_many(rootfile: Any) -> FetchMany:
     """Vector reads through an open uproot file's source: one round trip for many baskets."""
-    import queue
-
     source = getattr(rootfile, "source", None) or rootfile.file.source
 
     def fetch_many(ranges: list[tuple[int, int]]) -> list[Any]:

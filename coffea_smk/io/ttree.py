@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from coffea_smk.io.basket import decompress
+
 _BYTECOUNT = 0x40000000
 _NEWCLASS = 0xFFFFFFFF
 _CLASSMASK = 0x80000000
@@ -161,9 +163,10 @@ class _Reader:
             classname = self.cstring()
             self.refs[start + _MAPOFFSET] = classname
         else:
-            classname = self.refs.get(tag & ~_CLASSMASK)
-            if not isinstance(classname, str):
+            known = self.refs.get(tag & ~_CLASSMASK)
+            if not isinstance(known, str):
                 raise Unsupported(f"an unresolved class reference {tag & ~_CLASSMASK}")
+            classname = known
         obj = read(classname)
         self.refs[beg + _MAPOFFSET] = obj
         self.pos = beg - self.origin + 4 + (bcnt & ~_BYTECOUNT)
@@ -244,8 +247,6 @@ def read_tree(rootfile: Any, treename: str) -> Tree:
         Unsupported: Not a tree this reader handles (the caller falls back to uproot).
         KeyError: No such object.
     """
-    from coffea_smk.io.basket import decompress
-
     key = rootfile.key(treename)
     if key.fClassName != "TTree":
         raise Unsupported(f"{treename} is a {key.fClassName}")

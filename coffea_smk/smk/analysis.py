@@ -127,9 +127,11 @@ class Analysis:
         found = [_lstat(p) for p in [folder, *self._unpublished]]  # each publication changes the folder
         return f"{folder}/{key_of('publish', self.layout.analysis_key, found)}.done"
 
-    def publish(self, marker: str) -> None:
+    def publish(self, marker: str, log: str) -> None:
         """The publish job: point ``result.npz`` and ``datasets/<dataset>.npz`` at this analysis's results."""
-        self.layout.publish()
+        switched = self.layout.publish()
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text("".join(f"{line}\n" for line in switched))
         folder = Path(marker).parent
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.done"):

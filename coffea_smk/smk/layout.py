@@ -77,6 +77,7 @@ LOGS = {
     "merge": "logs/merge/{dataset}/{tag}/{node}.log",
     "dataset": "logs/dataset/{dataset}/{key}.log",
     "result": "logs/result/{key}.log",
+    "publish": "logs/publish.log",
 }
 FAILURES = {
     "preprocess": "failures/{dataset}/preprocess/{batch}.json",
@@ -276,21 +277,28 @@ class Layout:
         """Fixed names that do not lead to the current analysis's results (read-only: stats and readlinks)."""
         return [alias for alias, target in self.aliases().items() if not _links_to(alias, target)]
 
-    def publish(self) -> None:
+    def publish(self) -> list[str]:
         """Point every fixed name at the current analysis's result (each switch is atomic).
 
         Links of datasets no longer in the analysis are removed (their results
         stay under ``datasets/<dataset>/``). Where the file system has no
         symbolic links, the result is copied.
+
+        Returns:
+            What was changed, a line each.
         """
+        done = []
         aliases = self.aliases()
         for alias, target in aliases.items():
             if not _links_to(alias, target):
                 _link(alias, target)
+                done.append(f"{alias} -> {target}")
         folder = Path(self.outdir) / "datasets"
         for entry in folder.glob("*.npz") if folder.is_dir() else []:
             if str(entry) not in aliases and entry.is_symlink() and (folder / entry.stem).is_dir():
                 entry.unlink()
+                done.append(f"{entry} removed (no longer in the analysis)")
+        return done
 
     def provenance(self, slug: str | None = None) -> dict[str, Any]:
         """What a per-dataset (``slug``) or the global result records about its origin."""
