@@ -10,6 +10,9 @@ runs the analysis there and the user's own rules can follow it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,6 @@ from typing import Any
 import yaml
 
 from coffea_smk.spec.config import AnalysisConfig, ConfigError, load_fileset, parse_config, read_mapping
-from coffea_smk.spec.processor import ProcessorError, load_processor
 
 SNAKEFILE = """\
 # The coffea_smk workflow of this analysis, written by `coffea-smk init`.
@@ -167,6 +169,25 @@ def missing_files(fileset: dict[str, Any]) -> list[str]:
     return out
 
 
+def processor_problem(processor: str, directory: Path) -> str | None:
+    """Why ``processor`` does not load as a job in ``directory`` would load it, or None.
+
+    Checked in a fresh interpreter started there: this process's own path (the
+    directory ``init`` was called from) must not make it look importable.
+    """
+    code = "import sys; from coffea_smk.spec.processor import load_processor; load_processor(*sys.argv[1:])"
+    with tempfile.TemporaryDirectory() as empty:
+        where = directory if directory.is_dir() else Path(empty)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, processor, str(where)], cwd=where, capture_output=True, text=True
+        )
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    start = next((i for i, line in enumerate(lines) if "ProcessorError:" in line), len(lines) - 1)
+    return "\n".join(lines[start:]).split("ProcessorError: ", 1)[-1]
+
+
 def init(fileset_path: str, processor: str, directory: str, *, force: bool = False) -> Scaffold:
     """Write ``fileset.json``, ``analysis.yaml`` and ``Snakefile`` into ``directory``.
 
@@ -195,9 +216,8 @@ def init(fileset_path: str, processor: str, directory: str, *, force: bool = Fal
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not force:
         raise ConfigError(f"{', '.join(existing)} exist already: use --force to overwrite them")
-    try:
-        load_processor(processor, str(out.directory))
-    except ProcessorError as err:
+    problem = processor_problem(processor, out.directory)
+    if problem:
         top = processor.partition(":")[0].split(".")[0]
         here = [p for p in (Path.cwd() / f"{top}.py", Path.cwd() / top) if p.exists()]
         hint = (
@@ -205,7 +225,7 @@ def init(fileset_path: str, processor: str, directory: str, *, force: bool = Fal
             if here and Path.cwd().resolve() != out.directory
             else ""
         )
-        raise ConfigError(f"{err}{hint}") from None
+        raise ConfigError(f"{problem}{hint}")
 
     values = {"processor": processor, "fileset": "fileset.json"}
     parse_config(values, "the written analysis.yaml")
