@@ -21,7 +21,7 @@ from coffea_smk.engine.plan import PlanSettings, make_plan
 from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
 from coffea_smk.engine.process import ChunkError, run_unit
 from coffea_smk.engine.reading import ChunkRun, EventsOptions, UnitReader
-from coffea_smk.events.nanoevents import TreeLayout, _basket_bytes
+from coffea_smk.events.nanoevents import TreeLayout, basket_bytes
 from coffea_smk.examples.dimuon import DimuonProcessor
 from coffea_smk.io.files import open_file, tree_of
 from coffea_smk.spec.config import InputFile
@@ -89,7 +89,7 @@ def test_only_touched_columns_are_read_once_per_chunk(
         assert chunk["columns"] == ["Muon_pt", "nMuon"]
         assert chunk["buffers"] == 2 and chunk["rereads"] == 0  # offsets and content, each once
         expected = np.add(
-            _basket_bytes(tree["nMuon"], start, stop), _basket_bytes(tree["Muon_pt"], start, stop)
+            basket_bytes(tree["nMuon"], start, stop), basket_bytes(tree["Muon_pt"], start, stop)
         )
         assert [chunk["bytes_compressed"], chunk["bytes_uncompressed"]] == list(expected)
         assert chunk["events"] == stop - start and chunk["total_s"] >= chunk["read_s"] >= 0

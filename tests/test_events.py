@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import uproot
 
-from coffea_smk.events.nanoevents import ReadStats, TreeLayout
+from coffea_smk.buffers import FileBuffers
+from coffea_smk.events.nanoevents import TreeLayout
 
 
 def _events(path: Path, start: int = 0, stop: int | None = None, tree: str = "Events"):  # type: ignore[no-untyped-def]
     f = uproot.open(path)
     layout = TreeLayout(f[tree])
     stop = f[tree].num_entries if stop is None else stop
-    stats = ReadStats()
-    return layout.events(start, stop, {"dataset": "d"}, stats), stats
+    store = FileBuffers(layout)
+    return layout.events(start, stop, {"dataset": "d"}, store=store), store.stats(start, stop)
 
 
 def _coffea_events(path: Path, start: int = 0, stop: int | None = None):  # type: ignore[no-untyped-def]

@@ -22,9 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from coffea_smk.events.nanoevents import _basket_bytes
+from coffea_smk.events.nanoevents import basket_bytes
 
-BUILTIN = ("auto", "nanoaod")
 DEFAULT_COFFEA_SCHEMA = "coffea.nanoevents.NanoAODSchema"
 
 
@@ -54,7 +53,7 @@ def schema_class(schema: str, wants_coffea_events: bool = False) -> type | None:
     if not sep:
         module_name, _, attr = name.rpartition(".")
     try:
-        from coffea.nanoevents.schemas.base import BaseSchema
+        from coffea.nanoevents.schemas.base import BaseSchema  # noqa: PLC0415 (coffea is optional)
     except ImportError as err:
         why = "the processor is a coffea ProcessorABC" if schema == "auto" else f"schema {schema!r}"
         raise SchemaError(
@@ -78,8 +77,13 @@ class CoffeaSource:
     """
 
     def __init__(self, rootfile: Any, tree: Any, treename: str, schemaclass: type) -> None:
-        from coffea.nanoevents.util import tuple_to_key
+        # made only after schema_class() has found coffea
+        from coffea.nanoevents import NanoEventsFactory  # noqa: PLC0415 (coffea is optional)
+        from coffea.nanoevents.util import tuple_to_key, unquote  # noqa: PLC0415 (coffea is optional)
 
+        self._factory = NanoEventsFactory
+        self._tuple_to_key = tuple_to_key
+        self._unquote = unquote
         self.rootfile = rootfile
         self.tree = tree
         self.treename = treename
@@ -87,7 +91,6 @@ class CoffeaSource:
         self.file = tree.file
         self.where = str(getattr(self.file, "file_path", "") or tree.object_path)
         self._uuid = str(self.file.uuid)
-        self._tuple_to_key = tuple_to_key
         self._branches = set(tree.keys(recursive=False))
         self._mapping: Any = None
         # uproot's own array cache would keep what coffea_smk's store frees
@@ -97,9 +100,7 @@ class CoffeaSource:
         self, start: int, stop: int, metadata: dict[str, Any], store: Any, attrs: dict[str, Any]
     ) -> Any:
         """coffea's virtual NanoEvents for ``[start, stop)`` of the open file."""
-        from coffea.nanoevents import NanoEventsFactory
-
-        factory = NanoEventsFactory.from_root(
+        factory = self._factory.from_root(
             self.rootfile,
             treepath=self.treename,
             entry_start=start,
@@ -109,6 +110,8 @@ class CoffeaSource:
             mode="virtual",
             buffer_cache=store,
         )
+        # coffea's private key -> buffer mapping: read_key reads through it what a prefetch
+        # thread asks for before the events touch it (None: read_key says no events yet)
         self._mapping = getattr(factory, "_mapping", None)
         events = factory.events()
         for key, value in attrs.items():
@@ -117,11 +120,9 @@ class CoffeaSource:
 
     # ---- the KeySource protocol of coffea_smk.buffers -------------------------------
     def _split(self, key: str) -> tuple[int, int, str, str]:
-        from coffea.nanoevents.util import unquote
-
         _, _, rng, attribute, form_key = key.split("/", 4)
-        start, _, stop = unquote(rng).partition("-")
-        return int(start), int(stop), attribute, unquote(form_key)
+        start, _, stop = self._unquote(rng).partition("-")
+        return int(start), int(stop), attribute, self._unquote(form_key)
 
     def read_key(self, key: str) -> Any:
         if self._mapping is None:
@@ -142,7 +143,7 @@ class CoffeaSource:
         compressed = uncompressed = 0
         for name in self.key_branches(key):
             if name in self._branches:
-                c, u = _basket_bytes(self.tree[name], start, stop)
+                c, u = basket_bytes(self.tree[name], start, stop)
                 compressed += c
                 uncompressed += u
         return compressed, uncompressed

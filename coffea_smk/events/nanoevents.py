@@ -15,24 +15,23 @@ them. A buffer key is ``"<start>-<stop>/<column>/<attribute>"``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import awkward as ak
 import numpy as np
-from awkward._nplikes.numpy import Numpy
-from awkward._nplikes.shape import unknown_length
-from awkward._nplikes.virtual import VirtualNDArray
 
-from coffea_smk.buffers import FileBuffers, ReadStats, reader_for
+from coffea_smk.buffers import FileBuffers, reader_for
+from coffea_smk.buffers._awkward import UNKNOWN_LENGTH, primitive, virtual_buffer
 from coffea_smk.events import behaviors
 from coffea_smk.io.basketmap import FLAT, JAGGED, TreeMap
 from coffea_smk.io.reader import BasketReader, source_fetch, uproot_fallback
 
-__all__ = ["NanoEventsArray", "ReadStats", "TreeLayout"]
+__all__ = ["NanoEventsArray", "TreeLayout", "basket_bytes"]
 
 EVENTS_RECORD = "NanoEvents"
-_NUMPY = Numpy.instance()
 
 
 class NanoEventsArray(ak.Array):  # type: ignore[misc]
@@ -47,12 +46,23 @@ behavior: dict[Any, Any] = dict(behaviors.behavior)
 behavior["*", EVENTS_RECORD] = NanoEventsArray
 
 
+class ColumnKind(Enum):
+    """What one buffer of the events holds."""
+
+    FLAT = "flat"
+    """A branch with one value per event."""
+    OFFSETS = "offsets"
+    """A collection's offsets, summed from its counter branch ``nX``."""
+    JAGGED = "jagged"
+    """The content of a jagged branch ``X_y``, as long as its counter's offsets say."""
+
+
 @dataclass(frozen=True)
 class _Column:
     branch: str
-    kind: str  # "flat", "offsets" (from a counter), "jagged" (content of X_y)
+    kind: ColumnKind
     dtype: np.dtype[Any]
-    counter: str = ""  # for "jagged": the counter whose offsets give its length
+    counter: str = ""  # for JAGGED: the counter whose offsets give its length
 
 
 class TreeLayout:
@@ -88,13 +98,13 @@ class TreeLayout:
             # NanoAOD's counter for X_y is nX; some writers also give every
             # jagged branch a private counter (nX_y): prefer the shared one.
             prefix = name.partition("_")[0]
-            counter = f"n{prefix}" if f"n{prefix}" in flat else own if own in flat else None
-            if counter is None:
+            shared = f"n{prefix}" if f"n{prefix}" in flat else own if own in flat else None
+            if shared is None:
                 self.skipped.append(name)
                 continue
-            if own != counter:
+            if own != shared:
                 own_counters.add(own)
-            jagged[name] = (counter, np.dtype(dtype).newbyteorder("="))
+            jagged[name] = (shared, np.dtype(dtype).newbyteorder("="))
         for name in own_counters:
             flat.pop(name, None)
         self.form = ak.forms.from_dict(self._form_dict(flat, jagged))
@@ -117,21 +127,21 @@ class TreeLayout:
             if rest and prefix and f"n{prefix}" not in collections:
                 groups.setdefault(prefix, {})[rest] = name
             else:
-                top[name] = self._numpy(name, "flat", dtype)
+                top[name] = self._numpy(name, ColumnKind.FLAT, dtype)
         for prefix, members in groups.items():
             if len(members) == 1 and prefix in top:
                 ((rest, name),) = members.items()
-                top[name] = self._numpy(name, "flat", flat[name])
+                top[name] = self._numpy(name, ColumnKind.FLAT, flat[name])
                 continue
             top[prefix] = _record(
-                {f: self._numpy(b, "flat", flat[b]) for f, b in members.items()},
+                {f: self._numpy(b, ColumnKind.FLAT, flat[b]) for f, b in members.items()},
                 behaviors.record_name(set(members)),
             )
         for counter, members in collections.items():
             coll = counter[1:]
-            self.columns[f"{counter}.offsets"] = _Column(counter, "offsets", np.dtype(np.int64))
+            self.columns[f"{counter}.offsets"] = _Column(counter, ColumnKind.OFFSETS, np.dtype(np.int64))
             content = _record(
-                {f: self._numpy(b, "jagged", jagged[b][1], counter) for f, b in members.items()},
+                {f: self._numpy(b, ColumnKind.JAGGED, jagged[b][1], counter) for f, b in members.items()},
                 behaviors.record_name(set(members)),
             )
             top[coll] = {
@@ -142,20 +152,24 @@ class TreeLayout:
             }
         for name in loose:
             counter, dtype = jagged[name]
-            self.columns.setdefault(f"{counter}.offsets", _Column(counter, "offsets", np.dtype(np.int64)))
+            self.columns.setdefault(
+                f"{counter}.offsets", _Column(counter, ColumnKind.OFFSETS, np.dtype(np.int64))
+            )
             top[name] = {
                 "class": "ListOffsetArray",
                 "offsets": "i64",
-                "content": self._numpy(name, "jagged", dtype, counter),
+                "content": self._numpy(name, ColumnKind.JAGGED, dtype, counter),
                 "form_key": f"{counter}.offsets",
             }
         return _record(top, EVENTS_RECORD)
 
-    def _numpy(self, branch: str, kind: str, dtype: np.dtype[Any], counter: str = "") -> dict[str, Any]:
+    def _numpy(
+        self, branch: str, kind: ColumnKind, dtype: np.dtype[Any], counter: str = ""
+    ) -> dict[str, Any]:
         self.columns[branch] = _Column(branch, kind, dtype, counter)
         return {
             "class": "NumpyArray",
-            "primitive": ak.types.numpytype.dtype_to_primitive(dtype),
+            "primitive": primitive(dtype),
             "form_key": branch,
         }
 
@@ -164,7 +178,6 @@ class TreeLayout:
         entry_start: int,
         entry_stop: int,
         metadata: dict[str, Any],
-        stats: ReadStats | None = None,
         store: FileBuffers | None = None,
         attrs: dict[str, Any] | None = None,
     ) -> NanoEventsArray:
@@ -174,14 +187,12 @@ class TreeLayout:
             entry_start: First entry of the chunk.
             entry_stop: One past the last entry.
             metadata: Exposed as ``events.metadata``.
-            stats: Filled with the columns and bytes that the processor makes us read.
-            store: Where read buffers are kept (shared with prefetch threads); a
+            store: Where read buffers are kept (shared with prefetch threads), and
+                what each chunk read (``store.stats(entry_start, entry_stop)``); a
                 private one when not given.
             attrs: More ``attrs`` for the events (e.g. their buffer manager).
         """
         store = store if store is not None else FileBuffers(self)
-        if stats is not None:
-            store.attach(entry_start, entry_stop, stats)
         prefix = f"{entry_start}-{entry_stop}/"
         n = entry_stop - entry_start
         container = {}
@@ -189,15 +200,14 @@ class TreeLayout:
         # cheaper per buffer, and a jagged content learns its length from its
         # counter's offsets without being read.
         for key, col in self.columns.items():
-            full = f"{prefix}{key}/{'offsets' if col.kind == 'offsets' else 'data'}"
-            if col.kind == "jagged":
-                shape: tuple[Any, ...] = (unknown_length,)
+            offsets = col.kind is ColumnKind.OFFSETS
+            full = f"{prefix}{key}/{'offsets' if offsets else 'data'}"
+            if col.kind is ColumnKind.JAGGED:
+                shape: tuple[Any, ...] = (UNKNOWN_LENGTH,)
                 shape_of = _content_shape(store, f"{prefix}{col.counter}.offsets/offsets")
             else:
-                shape, shape_of = ((n + 1,) if col.kind == "offsets" else (n,)), None
-            container[full] = VirtualNDArray(
-                _NUMPY, shape, col.dtype, reader_for(store, full), shape_of, full, __enable_caching__=False
-            )
+                shape, shape_of = ((n + 1,) if offsets else (n,)), None
+            container[full] = virtual_buffer(shape, col.dtype, reader_for(store, full), shape_of, full)
         events = ak.from_buffers(
             self.form,
             entry_stop - entry_start,
@@ -214,7 +224,7 @@ class TreeLayout:
         """Read one buffer (a flat column, a counter's offsets or a jagged content)."""
         col = self.columns[key]
         values, _, _ = self.reader.read(col.branch, entry_start, entry_stop)
-        if col.kind == "offsets":
+        if col.kind is ColumnKind.OFFSETS:
             out = np.zeros(len(values) + 1, dtype=np.int64)
             np.cumsum(values, out=out[1:])
             return out
@@ -262,7 +272,7 @@ class TreeLayout:
         return f"{start}-{stop}/{suffix}" if column in self.columns else None
 
 
-def _content_shape(store: FileBuffers, offsets_key: str) -> Any:
+def _content_shape(store: FileBuffers, offsets_key: str) -> Callable[[], tuple[int]]:
     def shape() -> tuple[int]:
         return (int(store.load(offsets_key)[-1]),)
 
@@ -280,7 +290,7 @@ def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, 
     return out
 
 
-def _basket_bytes(branch: Any, start: int, stop: int) -> tuple[int, int]:
+def basket_bytes(branch: Any, start: int, stop: int) -> tuple[int, int]:
     """Compressed and uncompressed bytes of the baskets that cover ``[start, stop)``."""
     offsets = branch.entry_offsets
     compressed = uncompressed = 0
