@@ -1,0 +1,1 @@
+"""What an analysis does with its result: normalisation, plots, the report."""

@@ -1,0 +1,190 @@
+"""One self-contained HTML page for an analysis: plots, cutflows, completeness, metrics, config.
+
+Everything is inside the file (images as data URIs, no script, no external style), so
+it can be mailed, attached to a logbook or opened from a batch node's disk as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coffea_smk.post.plots import MANIFEST, Plot
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .5em 0 1em; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+.bad { color: #b00020; font-weight: bold; } .ok { color: #137333; font-weight: bold; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; width: 380px; } figure img { width: 100%; border: 1px solid #eee; }
+figcaption { font-size: .85em; color: #555; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: .85em; }
+"""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed chunk or file, as the report lists it."""
+
+    dataset: str
+    file: str
+    entries: str
+    """The entry range(s), e.g. ``0-20``; "" for a file that could not be opened."""
+    error: str
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _table(header: list[str], rows: Iterable[list[Any]], raw: bool = False) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c if raw else _e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _number(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return str(x)
+
+
+def cutflows(result: Any, datasets: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Tables of counts in the result: ``{name: {dataset: {step: count}}}``.
+
+    A table is a dict under the result's top level whose keys are dataset names and
+    whose values are flat dicts of numbers (the coffea habit: ``out["cutflow"][dataset]``).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if not isinstance(result, dict):
+        return out
+    for name, value in result.items():
+        if (
+            isinstance(value, dict)
+            and value
+            and set(value) <= set(datasets)
+            and all(
+                isinstance(v, dict) and v and all(isinstance(n, (int, float)) for n in v.values())
+                for v in value.values()
+            )
+        ):
+            out[str(name)] = value
+    return out
+
+
+def _cutflow_html(tables: dict[str, dict[str, dict[str, Any]]]) -> str:
+    parts = []
+    for name, by_dataset in tables.items():
+        steps = list(dict.fromkeys(step for flow in by_dataset.values() for step in flow))
+        rows = [[d, *(_number(flow.get(s, "")) for s in steps)] for d, flow in by_dataset.items()]
+        parts.append(f"<h3>{_e(name)}</h3>" + _table(["dataset", *steps], rows))
+    return "".join(parts) or "<p>No table of counts per dataset in the result.</p>"
+
+
+def _state(complete: bool) -> str:
+    return '<span class="ok">complete</span>' if complete else '<span class="bad">INCOMPLETE</span>'
+
+
+def _datasets_html(meta: dict[str, Any]) -> str:
+    rows = []
+    for name, d in meta.get("datasets", {}).items():
+        state = (
+            '<span class="ok">complete</span>' if d.get("complete") else '<span class="bad">INCOMPLETE</span>'
+        )
+        sumw = d.get("sumw")
+        rows.append(
+            [
+                _e(name),
+                _e(f"{d.get('events', 0):,}"),
+                _e(f"{d.get('events_expected', 0):,}"),
+                state,
+                _e(d.get("files", "")),
+                _e(d.get("failed_chunks", 0)),
+                _e("data" if sumw is None else f"{sumw:.6g} ({d.get('sumw_source', '')})"),
+            ]
+        )
+    header = ["dataset", "events", "expected", "state", "files", "failed chunks", "sum of gen. weights"]
+    return _table(header, rows, raw=True)
+
+
+def _metrics_html(meta: dict[str, Any]) -> str:
+    rows = []
+    for name, d in meta.get("datasets", {}).items():
+        totals, rates = d.get("totals", {}), d.get("rates", {})
+        rows.append(
+            [
+                name,
+                f"{rates.get('events_per_s', 0):,.0f}",
+                f"{totals.get('bytes_compressed', 0) / 1e6:.2f}",
+                f"{totals.get('process_s', 0):.2f}",
+                f"{totals.get('peak_rss_mb', 0):.0f}",
+                int(totals.get("fallbacks", 0)),
+                ", ".join(d.get("columns", [])),
+            ]
+        )
+    header = ["dataset", "events/s", "MB read", "process s", "peak MB", "fallbacks", "columns"]
+    return _table(header, rows)
+
+
+def _plots_html(folder: Path) -> str:
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return "<p>No plots (add a <code>plots:</code> section to analysis.yaml).</p>"
+    plots = [Plot(**{**p, "files": tuple(p["files"])}) for p in json.loads(manifest.read_text())]
+    parts = []
+    for name in dict.fromkeys(p.histogram for p in plots):
+        figures = []
+        for p in (q for q in plots if q.histogram == name):
+            png = next((f for f in p.files if f.endswith(".png")), None)
+            if png is None:
+                continue
+            data = base64.b64encode((folder / png).read_bytes()).decode()
+            caption = " ".join(x for x in (p.dataset or "stacked", p.selection, p.yscale) if x)
+            figures.append(
+                f'<figure><img alt="{_e(name)} {_e(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_e(caption)}</figcaption></figure>"
+            )
+        parts.append(f"<h3>{_e(name)}</h3><div class='plots'>{''.join(figures)}</div>")
+    return "".join(parts)
+
+
+def _failures_html(failures: list[Failure]) -> str:
+    if not failures:
+        return '<p class="ok">No failed chunks or files.</p>'
+    rows = [[f.dataset, f.file, f.entries or "(whole file)", f.error] for f in failures]
+    return _table(["dataset", "file", "entries", "error"], rows)
+
+
+def render(
+    meta: dict[str, Any], result: Any, plots: Path, failures: list[Failure], config_text: str, title: str
+) -> str:
+    """The report's HTML."""
+    complete = meta.get("complete", False)
+    summary = (
+        f"<p>{meta.get('events', 0):,} of {meta.get('events_expected', 0):,} expected events processed: "
+        + _state(bool(complete))
+        + f". Analysis key <code>{_e(meta.get('analysis_key', ''))}</code>, coffea_smk "
+        f"{_e(meta.get('coffea_smk_version', ''))}.</p>"
+    )
+    sections = [
+        ("Datasets", _datasets_html(meta)),
+        ("Cutflows", _cutflow_html(cutflows(result, list(meta.get("datasets", {}))))),
+        ("Plots", _plots_html(plots)),
+        ("Failed chunks and files", _failures_html(failures)),
+        ("Metrics", _metrics_html(meta)),
+        ("Configuration", f"<pre>{_e(config_text)}</pre>"),
+    ]
+    body = "".join(f"<h2>{_e(h)}</h2>{content}" for h, content in sections)
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>{summary}{body}</body></html>\n"
+    )
