@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "coffea_smk"
 LAYERS = [
     ("cli", "demo", "__main__"),
     ("smk",),
+    ("post",),
     ("engine",),
     ("events",),
     ("buffers",),
