@@ -58,8 +58,9 @@ def _z_decays(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
-    """``n`` events of NanoAOD-layout columns (awkward records for collections)."""
+def generate_events(n: int, seed: int, first_event: int = 1, *, mc: bool = True) -> dict[str, Any]:
+    """``n`` events of NanoAOD-layout columns (awkward records for collections); simulation
+    has generator weights (``genWeight``: mostly positive, a few percent negative, as at NLO)."""
     rng = np.random.default_rng(seed)
     z = _z_decays(rng, n)
     has_z = rng.random(n) < 0.7
@@ -109,7 +110,12 @@ def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
             "jetId": ak.unflatten(rng.integers(0, 7, total).astype(np.int32), n_jet),
         }
     )
+    weights = {}
+    if mc:
+        sign = np.where(rng.random(n) < 0.03, -1.0, 1.0)
+        weights["genWeight"] = (sign * rng.normal(1.0, 0.05, n)).astype(np.float32)
     return {
+        **weights,
         "run": np.full(n, 1, dtype=np.uint32),
         "luminosityBlock": (1 + np.arange(first_event, first_event + n) // 1000).astype(np.uint32),
         "event": np.arange(first_event, first_event + n, dtype=np.uint64),
@@ -121,27 +127,49 @@ def generate_events(n: int, seed: int, first_event: int = 1) -> dict[str, Any]:
     }
 
 
-def write_nanoaod(path: str | Path, n_events: int, seed: int, basket_events: int = 10_000) -> None:
-    """Write a NanoAOD-layout ROOT file of ``n_events`` generated events."""
+def write_nanoaod(
+    path: str | Path, n_events: int, seed: int, basket_events: int = 10_000, *, mc: bool = True
+) -> None:
+    """Write a NanoAOD-layout ROOT file of ``n_events`` generated events; simulation also
+    gets a ``Runs`` tree with the file's sum of generator weights (``genEventSumw``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.root")
+    sumw = sumw2 = 0.0
     with uproot.recreate(tmp) as f:
         tree = None
         for start in range(0, n_events, basket_events):
             n = min(basket_events, n_events - start)
-            data = generate_events(n, seed * 1_000_003 + start, first_event=start + 1)
+            data = generate_events(n, seed * 1_000_003 + start, first_event=start + 1, mc=mc)
             if tree is None:
                 types = {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()}
                 tree = f.mktree("Events", types)
             tree.extend(data)
+            if mc:
+                w = data["genWeight"].astype(np.float64)
+                sumw, sumw2 = sumw + float(w.sum()), sumw2 + float((w * w).sum())
         if tree is None:  # zero events: an empty tree with the full layout
-            data = generate_events(1, seed)
+            data = generate_events(1, seed, mc=mc)
             f.mktree("Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in data.items()})
+        if mc:
+            f["Runs"] = {
+                "run": np.array([1], dtype=np.uint32),
+                "genEventCount": np.array([n_events], dtype=np.int64),
+                "genEventSumw": np.array([sumw]),
+                "genEventSumw2": np.array([sumw2]),
+            }
     tmp.replace(path)
 
 
-DEMO_DATASETS = {"DYJetsToLL": (3, 30_000), "ZToMuMu_extra": (2, 20_000)}
+LUMI = 1000.0
+"""The demo's luminosity at scale 1, in pb^-1."""
+# name: (files, events per file at scale 1, metadata). The cross sections make the
+# normalised simulation match the pseudo-data (xsec x lumi ~ the selected events).
+DEMO_DATASETS: dict[str, tuple[int, int, dict[str, Any]]] = {
+    "DYJetsToLL": (3, 30_000, {"xsec": 72.0, "is_data": False}),
+    "ZToMuMu_extra": (2, 20_000, {"xsec": 18.0, "is_data": False}),
+    "SingleMuon": (2, 45_000, {"is_data": True}),
+}
 
 
 def prepare(directory: str | Path, scale: float = 1.0) -> Path:
@@ -150,15 +178,16 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
     data = directory / "data"
     fileset: dict[str, Any] = {}
     seed = 1
-    for name, (n_files, n_events) in DEMO_DATASETS.items():
+    for name, (n_files, n_events, metadata) in DEMO_DATASETS.items():
         files = []
         for i in range(n_files):
-            path = data / f"{name}_{i}.root"
+            path = data / f"{name}_v2_{i}.root"  # v2: generator weights and a Runs tree
             if not path.exists():
-                write_nanoaod(path, max(1, int(n_events * scale)), seed)
+                write_nanoaod(path, max(1, int(n_events * scale)), seed, mc=not metadata["is_data"])
             seed += 1
             files.append(str(path.relative_to(directory)))
-        fileset[name] = {"files": {f: "Events" for f in files}, "metadata": {"is_mc": True}}
+        md = {**metadata, **({"lumi": LUMI * scale} if metadata["is_data"] else {})}
+        fileset[name] = {"files": {f: "Events" for f in files}, "metadata": md}
     (directory / "fileset.json").write_text(json.dumps(fileset, indent=2) + "\n")
     shutil.copyfile(Path(__file__).parent / "examples" / "dimuon.py", directory / "dimuon.py")
     (directory / "analysis.yaml").write_text(
