@@ -64,11 +64,15 @@ def run_via_server(argv: list[str]) -> int | None:
 
 # ---- server ------------------------------------------------------------------------------
 def _preload() -> None:
-    import awkward  # noqa: F401
-    import hist  # noqa: F401
-    import numpy  # noqa: F401
-    import uproot  # noqa: F401
-    import vector  # noqa: F401
+    """Import what jobs use, once, in the server (after it listens; never in the client)."""
+    import awkward  # noqa: F401, PLC0415  the server's whole point: imported once, after listening
+    import hist  # noqa: F401, PLC0415  (as above)
+    import numpy  # noqa: F401, PLC0415  (as above)
+    import uproot  # noqa: F401, PLC0415  (as above)
+    import vector  # noqa: F401, PLC0415  (as above)
+
+    import coffea_smk.engine.process  # noqa: PLC0415  (as above)
+    import coffea_smk.smk.jobs  # noqa: F401, PLC0415  (as above)
 
 
 def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
@@ -94,7 +98,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
     threading.Thread(target=watch, daemon=True).start()
     code = 1
     try:
-        from coffea_smk.smk.jobs import main
+        from coffea_smk.smk.jobs import main  # noqa: PLC0415  the client never imports the job steps
 
         code = main(request["argv"])
     except SystemExit as exit_:
