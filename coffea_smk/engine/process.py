@@ -38,7 +38,7 @@ from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
 from coffea_smk.util.atomic import write_json
 from coffea_smk.util.ranges import coalesce, covered
 
-__all__ = ["ChunkError", "ErrorPolicy", "process_unit_to_file", "run_unit"]
+__all__ = ["ChunkError", "process_unit_to_file", "run_unit"]
 
 log = logging.getLogger("coffea_smk.process")
 

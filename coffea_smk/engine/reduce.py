@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -27,6 +27,8 @@ from coffea_smk.engine.records import Plan
 from coffea_smk.util.ranges import coalesce
 
 log = logging.getLogger("coffea_smk.engine.reduce")
+
+M = TypeVar("M")
 
 
 class MergeError(RuntimeError):
@@ -57,7 +59,7 @@ def _add_input(result: Any, path: str, allow_pickle: bool) -> tuple[Any, storage
         raise MergeError(f"cannot merge {path}: {err}") from err
 
 
-def _parsed(path: str, meta: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> Any:
+def _parsed(path: str, meta: dict[str, Any], parse: Callable[[dict[str, Any]], M]) -> M:
     """``parse(meta)``; an input whose meta is of another shape is damaged."""
     try:
         return parse(meta)
@@ -80,7 +82,7 @@ def merge_stored(paths: Iterable[str], *, allow_pickle: bool = False) -> Merged:
     for path in paths:
         n_inputs += 1
         result, stored = _add_input(result, path, allow_pickle)
-        meta: Partial = _parsed(path, stored.meta, partial_meta)
+        meta = _parsed(path, stored.meta, partial_meta)
         datasets.add(meta.dataset)
         events += meta.events
         for key, rs in meta.ranges.items():
@@ -190,7 +192,7 @@ def finish_global(
     per_dataset: dict[str, DatasetSummary] = {}
     for path in paths:
         result, stored = _add_input(result, path, allow_pickle)
-        m: DatasetMeta = _parsed(path, stored.meta, DatasetMeta.model_validate)
+        m = _parsed(path, stored.meta, DatasetMeta.model_validate)
         per_dataset[m.dataset] = DatasetSummary(
             analysis_key=m.analysis_key,
             metadata=m.metadata,
