@@ -208,7 +208,7 @@ def _warm(paths: list[Path]) -> None:
                 pass
 
 
-def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: int) -> list[dict[str, Any]]:
+def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: int) -> list[Any]:
     """One dataset of all the files, cut into work units of ``events_per_job`` events."""
     from coffea_smk.engine.plan import PlanSettings, make_plan
     from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
@@ -218,7 +218,10 @@ def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: i
     records, _ = preprocess_files(
         [FileIdentity.of(InputFile(str(p), "Events"), "Bench") for _, p, _ in files], cache
     )
-    return [make_plan("Bench", "Bench", {}, records, PlanSettings(chunksize, events_per_job, 16, True))]
+    settings = PlanSettings(
+        chunksize=chunksize, events_per_job=events_per_job, merge_fanin=16, align_chunks=True
+    )
+    return [make_plan("Bench", "Bench", {}, records, settings)]
 
 
 def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -259,10 +262,10 @@ def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
         cpu0 = usage0.ru_utime + usage0.ru_stime
         t0 = time.perf_counter()
         for plan in plans:
-            for unit in plan["units"]:
-                out, meta = run_unit(plan, unit["id"], processor, events=options)
+            for unit in plan.units:
+                out, meta = run_unit(plan, unit.id, processor, events=options)
                 result = add(result, out)
-                chunks += meta["chunks"]
+                chunks += [c.model_dump() for c in meta.chunks]
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     events = sum(e for _, _, e in files)

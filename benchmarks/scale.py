@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from coffea_smk.engine.meta import UnitMeta
 from coffea_smk.engine.preprocess import RECORD_VERSION, record_path
 from coffea_smk.io.basketmap import READER_VERSION
 from coffea_smk.smk.layout import Layout
@@ -67,6 +68,7 @@ def synthesise(work: Path, n_files: int, entries: int, n_datasets: int) -> Layou
                     "treename": identity.treename,
                     "size": identity.size,
                     "mtime_ns": identity.mtime_ns,
+                    "replaced": identity.replaced,
                     "key": identity.key,
                     "uuid": identity.key,
                     "entries": entries,
@@ -99,17 +101,22 @@ def fake_outputs(work: Path, layout: Layout) -> int:
     for slug in layout.datasets:
         plan = layout.read_plan(slug)
         assert plan is not None
-        for unit in plan["units"]:
-            path = Path(layout.path("partial", dataset=slug, tag=layout.keys[slug].tag, unit=unit["id"]))
+        for unit in plan.units:
+            path = Path(layout.path("partial", dataset=slug, tag=layout.keys[slug].tag, unit=unit.id))
             if not path.exists():
                 ranges: dict[str, list] = {}
-                for fi, a, b in unit["chunks"]:
-                    ranges.setdefault(plan["files"][fi]["key"], []).append([a, b])
-                storage.save(
-                    path,
-                    {"events": unit["events"]},
-                    {"dataset": plan["dataset"], "events": unit["events"], "ranges": ranges},
+                for fi, a, b in unit.chunks:
+                    ranges.setdefault(plan.files[fi].key, []).append((a, b))
+                meta = UnitMeta(
+                    dataset=plan.dataset,
+                    unit=unit.id,
+                    attempt=0,
+                    events=unit.events,
+                    ranges={k: tuple(v) for k, v in ranges.items()},
+                    chunks=(),
+                    failed=(),
                 )
+                storage.save(path, {"events": unit.events}, meta.model_dump(mode="json"))
             n += 1
     return n
 
@@ -130,8 +137,8 @@ def main() -> None:
 
     t_plan, out = snakemake(work, "--until", "plan")
     plans = [layout.read_plan(s) for s in layout.datasets]
-    chunks = sum(len(u["chunks"]) for p in plans if p for u in p["units"])
-    units = sum(len(p["units"]) for p in plans if p)
+    chunks = sum(len(u.chunks) for p in plans if p for u in p.units)
+    units = sum(len(p.units) for p in plans if p)
     print(
         f"plan (records synthesised; DAG + {len(plans)} plan jobs): {t_plan:.1f} s "
         f"-> {units} units, {chunks} chunks",

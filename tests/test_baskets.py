@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import uproot
 
+from coffea_smk.engine.records import PreprocessedFile
 from coffea_smk.io.allowlist import unreadable
 from coffea_smk.io.basketmap import OTHER, BasketMapError, BasketReadError, TreeMap, map_path
 from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, uproot_fallback
@@ -254,14 +255,14 @@ def test_a_basket_of_several_compression_blocks(tmp_path: Path) -> None:
 # ---- what the reader does not trust ---------------------------------------------------------
 
 
-def _record(path: Path, treename: str, cache: Path) -> dict[str, Any]:
+def _record(path: Path, treename: str, cache: Path) -> PreprocessedFile:
     """Preprocess ``path`` as the workflow does: its record, with the map beside it."""
     from coffea_smk.engine.preprocess import FileIdentity, inspect_file, record_path
 
     st = path.stat()
     identity = FileIdentity(str(path), treename, st.st_size, st.st_mtime_ns)
     rpath = record_path(cache, identity)
-    return {**inspect_file(identity, map_path(rpath)), "record_path": str(rpath)}
+    return PreprocessedFile(**inspect_file(identity, map_path(rpath)).model_dump(), record_path=str(rpath))
 
 
 def test_a_map_of_another_reader_version_is_never_trusted(
@@ -277,8 +278,8 @@ def test_a_map_of_another_reader_version_is_never_trusted(
 
     path = nanoaod / "nano_dy.root"
     record = _record(path, "Events", tmp_path)
-    assert record["reader"] == baskets.READER_VERSION
-    target = map_path(record["record_path"])
+    assert record.reader == baskets.READER_VERSION
+    target = map_path(record.record_path)
     assert _basket_map(record) is not None
 
     # the map as an older reader wrote it (no reader version): treated as missing
@@ -294,7 +295,7 @@ def test_a_map_of_another_reader_version_is_never_trusted(
             for name, data in members.items():
                 zf.writestr(name, buf.getvalue() if name == "header.npy" else data)
         with pytest.raises(BasketMapError, match="another reader"):
-            TreeMap.load(target, record["key"], record["uuid"])
+            TreeMap.load(target, record.key, record.uuid)
         with caplog.at_level(logging.WARNING, logger="coffea_smk.engine.reading"):
             assert _basket_map(record) is None  # the job decodes the tree's metadata instead
         assert "another reader" in caplog.text
@@ -303,9 +304,10 @@ def test_a_map_of_another_reader_version_is_never_trusted(
     st = path.stat()
     identity = FileIdentity(str(path), "Events", st.st_size, st.st_mtime_ns)
     rpath = record_path(tmp_path, identity)
-    rpath.write_text(json.dumps({k: v for k, v in record.items() if k != "record_path"}))
+    rpath.write_text(record.model_dump_json(exclude={"record_path"}))
     assert read_record(rpath, identity) is not None
-    rpath.write_text(json.dumps({**record, "reader": baskets.READER_VERSION - 1}))
+    older = {**record.model_dump(exclude={"record_path"}), "reader": baskets.READER_VERSION - 1}
+    rpath.write_text(json.dumps(older))
     assert read_record(rpath, identity) is None
 
 
@@ -374,8 +376,8 @@ def test_fallbacks_are_counted_in_the_chunk_metrics(rootfiles: Path, tmp_path: P
             with reader.chunk(4, 10, {}) as run:
                 assert ak.sum(run.events.Event_size) == 6
             second = run.metrics(1.0, 1.0)
-    assert first["fallbacks"] == 1 and first["fallback_branches"] == ["Particle_size"]
-    assert second["fallbacks"] == 0 and second["fallback_branches"] == []
-    table = report({"dataset": "delphes", "chunks": [first, second]})
+    assert first.fallbacks == 1 and first.fallback_branches == ("Particle_size",)
+    assert second.fallbacks == 0 and second.fallback_branches == ()
+    table = report({"dataset": "delphes", "chunks": [first.model_dump(), second.model_dump()]})
     assert "fallbacks" in table.splitlines()[0]
     assert table.splitlines()[-1] == "branches read by uproot instead of the basket reader: Particle_size"

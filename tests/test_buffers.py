@@ -21,6 +21,7 @@ from coffea_smk.engine.plan import PlanSettings, make_plan
 from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
 from coffea_smk.engine.process import ChunkError, run_unit
 from coffea_smk.engine.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.engine.records import PlanFile
 from coffea_smk.events.nanoevents import TreeLayout, basket_bytes
 from coffea_smk.examples.dimuon import DimuonProcessor
 from coffea_smk.io.files import open_file, tree_of
@@ -34,7 +35,9 @@ def make_plans(paths: list[Path], cache: Path, chunksize: int, events_per_job: i
     plans = []
     for path in paths:
         records, _ = preprocess_files([FileIdentity.of(InputFile(str(path), "Events"), path.stem)], cache)
-        settings = PlanSettings(chunksize, events_per_job, 4, False)
+        settings = PlanSettings(
+            chunksize=chunksize, events_per_job=events_per_job, merge_fanin=4, align_chunks=False
+        )
         plans.append(make_plan(path.stem, path.stem, {}, records, settings))
     return plans
 
@@ -44,11 +47,18 @@ def run_all(plans: list[Any], process: Callable[[Any], Any], options: EventsOpti
 
     result, chunks = None, []
     for plan in plans:
-        for unit in plan["units"]:
-            out, meta = run_unit(plan, unit["id"], Processor("test", process, None), events=options)
+        for unit in plan.units:
+            out, meta = run_unit(plan, unit.id, Processor("test", process, None), events=options)
             result = add(result, out)
-            chunks += meta["chunks"]
+            chunks += [c.model_dump(mode="json") for c in meta.chunks]
     return result, chunks
+
+
+def _file(path: Path, entries: int) -> PlanFile:
+    """A file as a plan lists it, without preprocessing (no basket map)."""
+    return PlanFile(
+        path=str(path), treename="Events", key="", uuid="", entries=entries, size=None, mtime_ns=None
+    )
 
 
 @contextmanager
@@ -60,7 +70,7 @@ def one_chunk(path: Path, start: int = 0, stop: int | None = None) -> Iterator[C
         stop = tree.num_entries if stop is None else stop
         with (
             rootfile,
-            unit.open(rootfile, {"path": str(path), "treename": "Events"}, [(start, stop)]) as reader,
+            unit.open(rootfile, _file(path, stop), [(start, stop)]) as reader,
         ):
             with reader.chunk(start, stop, {"dataset": "d"}) as chunk:
                 yield chunk
@@ -195,7 +205,10 @@ def dimuon_reference(nanoaod: Path, tmp_path_factory: pytest.TempPathFactory) ->
     ("process", "options"),
     [
         (DimuonProcessor().process, EventsOptions(schema="nanoaod", prefetch=True)),
-        (DimuonProcessor().process, EventsOptions("nanoaod", True, prefetch_threads=3, prefetch_max_mb=1)),
+        (
+            DimuonProcessor().process,
+            EventsOptions(schema="nanoaod", prefetch=True, prefetch_threads=3, prefetch_max_mb=1),
+        ),
         (ExplicitPrefetch(1).process, OFF),
         (ExplicitPrefetch(4).process, EventsOptions(schema="nanoaod", prefetch=True)),
     ],
@@ -354,21 +367,21 @@ def test_metrics_roll_up_per_dataset_and_globally(nanoaod: Path, tmp_path: Path)
     datasets = []
     for plan in plans:
         partials = []
-        for unit in plan["units"]:
-            out = tmp_path / f"{unit['id']}.npz"
-            process_unit_to_file(plan, unit["id"], processor, str(out), events=OFF)
+        for unit in plan.units:
+            out = tmp_path / f"{unit.id}.npz"
+            process_unit_to_file(plan, unit.id, processor, str(out), events=OFF)
             partials.append(str(out))
         chunks = [c for p in partials for c in storage.load_meta(p)["chunks"]]
-        merged = merge_stored(partials).meta
+        merged = merge_stored(partials).meta.model_dump()
         assert merged["totals"]["chunks"] == len(chunks) == 2
         assert merged["totals"]["events"] == 40
         assert merged["totals"]["bytes_compressed"] == sum(c["bytes_compressed"] for c in chunks)
         assert merged["totals"]["peak_rss_mb"] == max(c["peak_rss_mb"] for c in chunks)
-        ds = tmp_path / f"{plan['slug']}.npz"
-        meta = finish_dataset(partials, plan, str(ds), {})
+        ds = tmp_path / f"{plan.slug}.npz"
+        meta = finish_dataset(partials, plan, str(ds)).model_dump()
         assert meta["rates"]["events_per_s"] > 0 and "Muon_pt" in meta["columns"]
         datasets.append(str(ds))
-    glob = finish_global(datasets, str(tmp_path / "result.npz"), {})
+    glob = finish_global(datasets, str(tmp_path / "result.npz")).model_dump()
     assert glob["totals"]["events"] == 80 and glob["totals"]["chunks"] == 4
     assert set(glob["columns"]) >= {"Muon_pt", "Jet_pt", "nMuon"}
     table = metrics.report(storage.load_meta(tmp_path / "result.npz"))

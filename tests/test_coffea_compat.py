@@ -23,6 +23,7 @@ pytest.importorskip(
 import coffea_smk
 from coffea_smk import buffers
 from coffea_smk.engine.reading import ChunkRun, EventsOptions, UnitReader
+from coffea_smk.engine.records import PlanFile
 from coffea_smk.events.coffea import SchemaError, schema_class
 from coffea_smk.io.files import open_file, tree_of
 from coffea_smk.spec.processor import Processor
@@ -111,7 +112,10 @@ def coffea_chunk(path: Path, options: EventsOptions, wants: bool = True) -> Iter
             rootfile = open_file(str(path))
             tree = tree_of(rootfile, str(path), "Events")
             n = tree.num_entries
-            with rootfile, unit.open(rootfile, {"path": str(path), "treename": "Events"}, [(0, n)]) as reader:
+            file = PlanFile(
+                path=str(path), treename="Events", key="", uuid="", entries=n, size=None, mtime_ns=None
+            )
+            with rootfile, unit.open(rootfile, file, [(0, n)]) as reader:
                 with reader.chunk(0, n, {"dataset": "d", "filename": str(path)}) as chunk:
                     yield chunk
 

@@ -6,9 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from coffea_smk.smk.paths import snakefile
-from coffea_smk.spec.config import ConfigError, json_schema, load_fileset, parse_config, slugify
+from coffea_smk.spec.config import (
+    AnalysisConfig,
+    ConfigError,
+    json_schema,
+    load_fileset,
+    parse_config,
+    slugify,
+)
+from coffea_smk.spec.settings import ErrorPolicy, EventsOptions, PlanSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +75,51 @@ def test_bad_filesets_name_dataset_and_field(tmp_path: Path, fileset: object, me
 def _write(tmp_path: Path, obj: object) -> str:
     (tmp_path / "fs.json").write_text(json.dumps(obj))
     return "fs.json"
+
+
+SETTINGS = [ErrorPolicy, EventsOptions, PlanSettings]
+CHANGED = {
+    "continue_on": ["OSError", "mymod.MyError"],
+    "retries": 5,
+    "retry_backoff": 0.25,
+    "schema": "coffea",
+    "prefetch": False,
+    "prefetch_threads": 3,
+    "prefetch_max_mb": 64,
+    "chunksize": 7,
+    "events_per_job": 70,
+    "merge_fanin": 3,
+    "align_chunks": False,
+}
+
+
+@pytest.mark.parametrize("model", SETTINGS)
+def test_settings_are_the_configs_by_name(model: type[BaseModel]) -> None:
+    """One definition per setting: the config's name, constraints and default, parsed back by the job."""
+    minimal = parse_config({"fileset": "f.json", "processor": "m:P"})
+    assert model.from_config(minimal) == model()  # type: ignore[attr-defined]
+    changed = parse_config({"fileset": "f.json", "processor": "m:P", **CHANGED})
+    settings = model.from_config(changed)  # type: ignore[attr-defined]
+    for name, field in model.model_fields.items():
+        config_field = AnalysisConfig.model_fields[name]
+        assert field.alias == config_field.alias, name
+        assert [m for m in field.metadata if not isinstance(m, AfterValidator)] == config_field.metadata, name
+        value = getattr(changed, name)
+        assert getattr(settings, name) == (tuple(value) if isinstance(value, list) else value), name
+        assert (
+            getattr(model(), name) == config_field.get_default(call_default_factory=True)
+            or name == "continue_on"
+        )
+    assert model.from_json(settings.to_json()) == settings  # type: ignore[attr-defined]
+    assert set(settings.model_dump(by_alias=True)) <= set(CHANGED)
+
+
+def test_settings_reject_what_the_config_rejects() -> None:
+    with pytest.raises(ValidationError, match="chunksize"):
+        PlanSettings(chunksize=0)
+    with pytest.raises(ValidationError, match="not an exception type name"):
+        ErrorPolicy(continue_on=("no spaces",))
+    with pytest.raises(ValidationError, match="unknown schema"):
+        EventsOptions(schema="nano aod")
+    with pytest.raises(ValidationError, match="backoff"):
+        ErrorPolicy.from_json('{"continue_on": [], "retries": 0, "backoff": 0}')  # the old name

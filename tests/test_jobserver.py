@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,14 +42,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _partial(events: int, entries: list[int]) -> dict[str, Any]:
+    """The meta of a partial result covering ``entries`` of file ``f``."""
+    from coffea_smk.engine.meta import UnitMeta
+
+    meta = UnitMeta(
+        dataset="d", unit="u", attempt=0, events=events, ranges={"f": (tuple(entries),)}, chunks=(), failed=()
+    )
+    return meta.model_dump(mode="json")
+
+
 def test_jobs_run_in_the_server_with_exit_codes_and_messages(tmp_path: Path, server: tuple) -> None:
     proc, env = server
     a = tmp_path / "a.npz"
     b = tmp_path / "b.npz"
     from coffea_smk import results as storage
 
-    storage.save(a, {"n": 1}, {"events": 1, "ranges": {"f": [[0, 1]]}})
-    storage.save(b, {"n": 2}, {"events": 2, "ranges": {"f": [[1, 3]]}})
+    storage.save(a, {"n": 1}, _partial(1, [0, 1]))
+    storage.save(b, {"n": 2}, _partial(2, [1, 3]))
     cmd = [sys.executable, "-m", "coffea_smk", "job", "merge", "--processor", "m:p", "--out", "c.npz"]
     ok = subprocess.run([*cmd, str(a), str(b)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
@@ -67,13 +78,14 @@ def test_killing_the_client_kills_the_job(tmp_path: Path, server: tuple, nanoaod
     from coffea_smk.engine.plan import PlanSettings, make_plan
     from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
     from coffea_smk.spec.config import InputFile
+    from coffea_smk.spec.settings import ErrorPolicy
     from coffea_smk.util.atomic import write_json
 
     records, _ = preprocess_files(
         [FileIdentity.of(InputFile(str(nanoaod / "nano_dy.root"), "Events"))], tmp_path
     )
-    plan = make_plan("DY", "DY", {}, records, PlanSettings(40, 40, 2))
-    write_json(tmp_path / "plan.json", plan)
+    plan = make_plan("DY", "DY", {}, records, PlanSettings(chunksize=40, events_per_job=40, merge_fanin=2))
+    write_json(tmp_path / "plan.json", plan.model_dump(mode="json"))
     client = subprocess.Popen(
         [
             sys.executable,
@@ -84,13 +96,13 @@ def test_killing_the_client_kills_the_job(tmp_path: Path, server: tuple, nanoaod
             "--plan",
             "plan.json",
             "--unit",
-            plan["units"][0]["id"],
+            plan.units[0].id,
             "--processor",
             "slow:f",
             "--basedir",
             str(tmp_path),
             "--policy",
-            '{"continue_on": [], "retries": 0, "backoff": 0}',
+            ErrorPolicy(retries=0, retry_backoff=0).to_json(),
             "--failures",
             "f.json",
             "--out",

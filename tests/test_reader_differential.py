@@ -29,6 +29,7 @@ import uproot
 
 from coffea_smk.engine.preprocess import FileIdentity, inspect_file, record_path
 from coffea_smk.engine.reading import EventsOptions, UnitReader
+from coffea_smk.engine.records import PreprocessedFile
 from coffea_smk.io.basketmap import OTHER, TreeMap, map_path
 from coffea_smk.io.files import open_file
 from coffea_smk.io.reader import BasketReader
@@ -129,12 +130,11 @@ def _job_reader(path: Path, treename: str, cache: Path) -> Iterator[BasketReader
     st = os.stat(path)
     identity = FileIdentity(str(path), treename, st.st_size, st.st_mtime_ns)
     rpath = record_path(cache, identity)
-    record = inspect_file(identity, map_path(rpath))
-    record["record_path"] = str(rpath)
-    TreeMap.load(map_path(rpath), record["key"], record["uuid"])  # the job will find the map
+    record = PreprocessedFile(**inspect_file(identity, map_path(rpath)).model_dump(), record_path=str(rpath))
+    TreeMap.load(map_path(rpath), record.key, record.uuid)  # the job will find the map
     with UnitReader(EventsOptions(schema="nanoaod", prefetch=False)) as unit:
         rootfile = open_file(str(path))
-        with rootfile, unit.open(rootfile, record, [(0, record["entries"])]) as reader:
+        with rootfile, unit.open(rootfile, record, [(0, record.entries)]) as reader:
             yield reader.source.reader
 
 

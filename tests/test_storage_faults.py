@@ -19,12 +19,13 @@ from rangeserver import serve
 import coffea_smk
 from coffea_smk.buffers import BufferReadError
 from coffea_smk.engine.accumulate import AccumulateError
-from coffea_smk.engine.process import ChunkError, ErrorPolicy
+from coffea_smk.engine.policy import ChunkError, continues, retryable
 from coffea_smk.io.basketmap import BasketReadError
 from coffea_smk.io.faults import causes, matches, transient
 from coffea_smk.io.files import InputFileError, open_file
 from coffea_smk.io.reader import source_fetch_many
 from coffea_smk.spec.config import ConfigError
+from coffea_smk.spec.settings import ErrorPolicy
 
 DIMUON = "coffea_smk.examples.dimuon:DimuonProcessor"
 FILES = ("nano_dy.root", "nano_dimuon.root")  # one dataset of two files, 40 events each
@@ -107,17 +108,17 @@ def test_continue_on_matches_anywhere_in_the_chain() -> None:
         _raise(BufferReadError("reading"), _raise(BasketReadError("b"), reset)),
     )
     policy = ErrorPolicy(continue_on=("OSError",))
-    assert policy.continues(open_error) and policy.continues(read_error)
-    assert policy.retryable(open_error) and policy.retryable(read_error)
-    assert ErrorPolicy(continue_on=("builtins.ConnectionResetError",)).continues(read_error)
-    assert ErrorPolicy(continue_on=("coffea_smk.buffers.BufferReadError",)).continues(read_error)
-    assert not ErrorPolicy(continue_on=("KeyError",)).continues(read_error)
+    assert continues(policy, open_error) and continues(policy, read_error)
+    assert retryable(open_error) and retryable(read_error)
+    assert continues(ErrorPolicy(continue_on=("builtins.ConnectionResetError",)), read_error)
+    assert continues(ErrorPolicy(continue_on=("coffea_smk.buffers.BufferReadError",)), read_error)
+    assert not continues(ErrorPolicy(continue_on=("KeyError",)), read_error)
     # ChunkError wraps every failure of process(): it is no reason to go on
     bug = _raise(ChunkError("processor failed"), ZeroDivisionError())
-    assert not ErrorPolicy(continue_on=("RuntimeError",)).continues(bug)
-    assert ErrorPolicy(continue_on=("ArithmeticError",)).continues(bug)
+    assert not continues(ErrorPolicy(continue_on=("RuntimeError",)), bug)
+    assert continues(ErrorPolicy(continue_on=("ArithmeticError",)), bug)
     # never on an accumulator that may be half-updated, wherever it is in the chain
-    assert not policy.continues(_raise(ChunkError("x"), _raise(AccumulateError("half"), reset)))
+    assert not continues(policy, _raise(ChunkError("x"), _raise(AccumulateError("half"), reset)))
     assert matches(read_error, ["OSError"], skip=(BasketReadError, ConnectionResetError)) is False
 
 
@@ -130,7 +131,7 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
         with pytest.raises(InputFileError, match="its storage failed") as opened:
             open_file(remote("nano_dy.root"))
         assert "not a ROOT file" not in str(opened.value)
-        assert transient(opened.value) and ErrorPolicy(("OSError",)).continues(opened.value)
+        assert transient(opened.value) and continues(ErrorPolicy(continue_on=("OSError",)), opened.value)
         remote.heal()
 
         rootfile = open_file(remote("nano_dy.root"))
@@ -144,7 +145,7 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
             # uproot's own reads (coffea's events) get a TypeError instead: it counts as the reset
             with pytest.raises(TypeError, match="object is not subscriptable") as lost:
                 rootfile["Events"]["Muon_pt"].array()
-            assert transient(lost.value) and ErrorPolicy(("OSError",)).continues(lost.value)
+            assert transient(lost.value) and continues(ErrorPolicy(continue_on=("OSError",)), lost.value)
             remote.heal()
             assert [len(b) for b in source_fetch_many(rootfile)(ranges)] == [b - a for a, b in ranges]
         assert remote.resets("nano_dy.root", "open") > 0 and remote.resets("nano_dy.root", "read") > 0
@@ -152,11 +153,11 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
 
 
 def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from coffea_smk.engine import preprocess
+    from coffea_smk.io import files
     from coffea_smk.smk.layout import Layout
 
-    importable = preprocess._importable
-    monkeypatch.setattr(preprocess, "_importable", lambda module: module != "aiohttp" and importable(module))
+    importable = files._importable
+    monkeypatch.setattr(files, "_importable", lambda module: module != "aiohttp" and importable(module))
     with pytest.raises(InputFileError, match=r"needs aiohttp.*pip install 'coffea_smk\[http\]'") as err:
         open_file("https://storage.example.org/store/nano.root")
     assert "truncated" not in str(err.value)
@@ -165,7 +166,7 @@ def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch,
     config = {"fileset": fileset, "processor": DIMUON, "basedir": str(tmp_path)}
     with pytest.raises(ConfigError, match=r"storage.example.org/store/nano.root.*coffea_smk\[http\]"):
         Layout.from_config(config, None)
-    monkeypatch.setattr(preprocess, "_importable", lambda module: False)
+    monkeypatch.setattr(files, "_importable", lambda module: False)
     fileset["DY"]["files"] = ["root://eos.example.org//store/nano.root"]
     with pytest.raises(ConfigError, match=r"root://.*pip install 'coffea_smk\[xrootd\]'"):
         Layout.from_config(config, None)
@@ -195,31 +196,33 @@ def test_read_faults_in_process_fail_only_their_chunks(nanoaod: Path, tmp_path: 
     with serve(nanoaod) as remote:
         identities = [FileIdentity.of(InputFile(remote(name), "Events")) for name in FILES]
         records, _ = preprocess_files(identities, tmp_path / "cache")
-        plan = make_plan("Mixed", "Mixed", {}, records, PlanSettings(10, 80, 4))
-        (unit,) = plan["units"]
+        plan = make_plan(
+            "Mixed", "Mixed", {}, records, PlanSettings(chunksize=10, events_per_job=80, merge_fanin=4)
+        )
+        (unit,) = plan.units
         options = EventsOptions(schema=schema, prefetch=False)
-        policy = ErrorPolicy(("OSError",), retries=2, backoff=0.0)
+        policy = ErrorPolicy(continue_on=("OSError",), retries=2, retry_backoff=0.0)
         processor = Processor("muons", _muons, None)
 
         remote.fail(bad, at="read", times=2)  # transient: retried in the job
-        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
-        assert out == {"muons": 18 + 84, "events": 80} and not meta["failed"]
-        assert remote.resets(bad, "read") == 2 and sum(c["retries"] for c in meta["chunks"]) >= 1
+        out, meta = run_unit(plan, unit.id, processor, policy, events=options)
+        assert out == {"muons": 18 + 84, "events": 80} and not meta.failed
+        assert remote.resets(bad, "read") == 2 and sum(c.retries for c in meta.chunks) >= 1
 
         remote.fail(bad, at="read")  # permanent: its chunks fail, the other file's do not
-        out, meta = run_unit(plan, unit["id"], processor, policy, events=options)
+        out, meta = run_unit(plan, unit.id, processor, policy, events=options)
         assert out == {"muons": 84, "events": 40}
-        assert [(f["file"], f["entrystart"], f["attempts"]) for f in meta["failed"]] == [
+        assert [(f.file, f.entrystart, f.attempts) for f in meta.failed] == [
             (remote(bad), a, 3) for a in (0, 10, 20, 30)
         ]
         # coffea's events are read by uproot: the reset comes as a TypeError (uproot5#1450)
-        root_causes = {(f["cause"] or f["exception"]).split(":")[0] for f in meta["failed"]}
+        root_causes = {(f.cause or f.exception).split(":")[0] for f in meta.failed}
         assert root_causes == {
             "builtins.ConnectionResetError" if schema == "nanoaod" else "builtins.TypeError"
         }
 
         with pytest.raises(ChunkError, match=f"file {remote(bad)}, entries 0-10"):  # no continue_on
-            run_unit(plan, unit["id"], processor, ErrorPolicy(retries=0), events=options)
+            run_unit(plan, unit.id, processor, ErrorPolicy(retries=0), events=options)
 
 
 # ---- real runs ------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ RESULT.npz`` prints them.
 from __future__ import annotations
 
 import resource
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from coffea_smk.buffers import ReadStats
+from coffea_smk.engine.meta import ChunkMetrics, MergedMeta, Partial
 
 SUMMED = (
     "events",
@@ -68,15 +70,21 @@ def peak_rss_mb() -> float:
 def chunk_metrics(
     stats: ReadStats,
     *,
+    file: str,
+    start: int,
+    stop: int,
     events_s: float,
     process_s: float,
     total_s: float,
     fallback_branches: list[str] | None = None,
-) -> dict[str, Any]:
+) -> ChunkMetrics:
     """The metrics record of one chunk.
 
     Args:
         stats: What the chunk read (from its buffer store).
+        file: The key of the chunk's file.
+        start: The chunk's first entry.
+        stop: The entry after its last.
         events_s: Wall time of building the lazy events (no column is read then).
         process_s: Wall time of building the events and running ``process()``,
             including the reads it waited for.
@@ -90,43 +98,51 @@ def chunk_metrics(
     ``process_s`` excludes ``read_s`` and ``events_s``, so ``events_s + read_s +
     process_s`` is the processor's share of ``total_s`` (the rest is accumulation).
     """
-    return {
-        "columns": sorted(stats.columns),
-        "buffers": stats.buffers,
-        "rereads": stats.rereads,
-        "bytes_compressed": stats.bytes_compressed,
-        "bytes_uncompressed": stats.bytes_uncompressed,
-        "read_s": round(stats.read_seconds, 6),
-        "read_wait_s": round(stats.wait_seconds, 6),
-        "read_background_s": round(stats.background_seconds, 6),
-        "events_s": round(events_s, 6),
-        "process_s": round(max(0.0, process_s - stats.read_seconds - events_s), 6),
-        "total_s": round(total_s, 6),
-        "peak_rss_mb": peak_rss_mb(),
-        "prefetched": stats.prefetched,
-        "prefetch_hits": stats.prefetch_hits,
-        "prefetch_waits": stats.prefetch_waits,
-        "prefetch_unused": stats.prefetch_unused,
-        "prefetch_errors": stats.prefetch_errors,
-        "retries": 0,
-        "fallbacks": len(fallback_branches or []),
-        "fallback_branches": sorted(fallback_branches or []),
-    }
+    return ChunkMetrics(
+        file=file,
+        entrystart=start,
+        entrystop=stop,
+        events=stop - start,
+        columns=tuple(sorted(stats.columns)),
+        buffers=stats.buffers,
+        rereads=stats.rereads,
+        bytes_compressed=stats.bytes_compressed,
+        bytes_uncompressed=stats.bytes_uncompressed,
+        read_s=round(stats.read_seconds, 6),
+        read_wait_s=round(stats.wait_seconds, 6),
+        read_background_s=round(stats.background_seconds, 6),
+        events_s=round(events_s, 6),
+        process_s=round(max(0.0, process_s - stats.read_seconds - events_s), 6),
+        total_s=round(total_s, 6),
+        peak_rss_mb=peak_rss_mb(),
+        prefetched=stats.prefetched,
+        prefetch_hits=stats.prefetch_hits,
+        prefetch_waits=stats.prefetch_waits,
+        prefetch_unused=stats.prefetch_unused,
+        prefetch_errors=stats.prefetch_errors,
+        retries=0,
+        fallbacks=len(fallback_branches or []),
+        fallback_branches=tuple(sorted(fallback_branches or [])),
+    )
 
 
-def unit_totals(meta: dict[str, Any]) -> dict[str, float]:
+def unit_totals(meta: Partial) -> dict[str, float]:
     """Totals of a result's metrics: its own ``totals`` if merged, else summed from its chunks."""
-    if "totals" in meta:
-        return dict(meta["totals"])
+    if isinstance(meta, MergedMeta):
+        return dict(meta.totals)
+    return _summed([c.model_dump() for c in meta.chunks], meta.wall_s)
+
+
+def _summed(chunks: list[Mapping[str, Any]], wall_s: float) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for chunk in meta.get("chunks", []):
+    for chunk in chunks:
         totals = add_totals(totals, {"chunks": 1, **chunk})
     totals.setdefault("chunks", 0.0)
-    totals["wall_s"] = float(meta.get("wall_s", 0.0))
+    totals["wall_s"] = float(wall_s)
     return totals
 
 
-def add_totals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+def add_totals(a: Mapping[str, float], b: Mapping[str, Any]) -> dict[str, float]:
     """Roll ``b`` into a copy of ``a``: sums, and maxima for peak memory."""
     out = {k: float(v) for k, v in a.items()}
     for name, value in b.items():
@@ -139,7 +155,7 @@ def add_totals(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def rates(totals: dict[str, float]) -> dict[str, float]:
+def rates(totals: Mapping[str, float]) -> dict[str, float]:
     """Throughput figures from totals: per second of chunk processing time."""
     t = totals.get("total_s", 0.0)
     out = {
@@ -151,15 +167,18 @@ def rates(totals: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def report(meta: dict[str, Any]) -> str:
-    """A table of a per-dataset or global result's metrics."""
+def report(meta: Mapping[str, Any]) -> str:
+    """A table of the metrics in a result file's ``meta`` (of any kind, read as it is)."""
     rows: list[tuple[str, dict[str, Any], list[str]]] = []
     if "datasets" in meta:
         for name, d in meta["datasets"].items():
             rows.append((name, d.get("totals", {}), d.get("columns", [])))
         rows.append(("(all)", meta.get("totals", {}), meta.get("columns", [])))
     else:
-        rows.append((str(meta.get("dataset")), unit_totals(meta), meta.get("columns", [])))
+        totals = (
+            meta["totals"] if "totals" in meta else _summed(meta.get("chunks", []), meta.get("wall_s", 0.0))
+        )
+        rows.append((str(meta.get("dataset")), dict(totals), meta.get("columns", [])))
     header = (
         f"{'dataset':<24} {'events':>10} {'chunks':>6} {'columns':>7} {'MB read':>9} "
         f"{'events/s':>10} {'MB/s':>7} {'read %':>6} {'peak RSS MB':>11} {'fallbacks':>9}"

@@ -10,27 +10,29 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
+from coffea_smk.engine.records import (
+    PLAN_VERSION,
+    BadFile,
+    Chunk,
+    MergeTree,
+    Plan,
+    PlanFile,
+    PreprocessedFile,
+    UnusableFile,
+    WorkUnit,
+)
+from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
 
-PLAN_VERSION = 1
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    """The settings that shape a dataset's plan."""
-
-    chunksize: int
-    events_per_job: int
-    merge_fanin: int
-    align_chunks: bool = True
+__all__ = ["PLAN_VERSION", "PlanSettings", "chunk_boundaries", "make_plan", "merge_tree"]
 
 
 def chunk_boundaries(
-    entries: int, chunksize: int, clusters: list[int] | None = None, align: bool = True
+    entries: int, chunksize: int, clusters: Sequence[int] | None = None, align: bool = True
 ) -> list[int]:
     """Boundaries ``[0, b1, ..., entries]`` of near-equal chunks of at most ~``chunksize`` events.
 
@@ -58,59 +60,91 @@ def chunk_boundaries(
 
 
 def make_plan(
-    dataset: str, slug: str, metadata: dict[str, Any], records: list[dict[str, Any]], settings: PlanSettings
-) -> dict[str, Any]:
-    """The plan of one dataset: files, work units and the merge tree."""
+    dataset: str,
+    slug: str,
+    metadata: Mapping[str, Any],
+    records: Sequence[PreprocessedFile | UnusableFile],
+    settings: PlanSettings,
+    *,
+    key: str | None = None,
+    batch_outputs: Sequence[str | None] | None = None,
+) -> Plan:
+    """The plan of one dataset: files, work units and the merge tree.
+
+    Args:
+        dataset: The dataset's name; ``slug`` its name in paths.
+        metadata: The dataset's metadata from the fileset.
+        records: The preprocessing records of its files, in fileset order.
+        settings: How to cut the files into chunks and units.
+        key: The plan's content key (its path's).
+        batch_outputs: For each record, the preprocessing output it came from.
+    """
+    sources = list(batch_outputs) if batch_outputs is not None else [None] * len(records)
     bad = [
-        {"path": r["path"], "treename": r["treename"], "error": r["error"]} for r in records if "error" in r
+        BadFile(path=r.path, treename=r.treename, error=r.error)
+        for r in records
+        if isinstance(r, UnusableFile)
     ]
-    records = [r for r in records if "error" not in r]
-    keep = ("path", "treename", "key", "uuid", "entries", "size", "mtime_ns", "record_path", "batch_output")
-    files = [{k: r.get(k) for k in keep} for r in records]
-    units = _units(records, settings)
-    nodes, top = merge_tree([u["id"] for u in units], settings.merge_fanin)
-    return {
-        "version": PLAN_VERSION,
-        "dataset": dataset,
-        "slug": slug,
-        "metadata": metadata,
-        "settings": vars(settings),
-        "files": files,
-        "units": units,
-        "merge": {"nodes": nodes, "top": top},
-        "expected_events": sum(r["entries"] for r in records),
-        "empty_files": [r["path"] for r in records if r["entries"] == 0],
-        "bad_files": bad,
-    }
+    usable = [(r, src) for r, src in zip(records, sources, strict=True) if isinstance(r, PreprocessedFile)]
+    files = tuple(
+        PlanFile(
+            path=r.path,
+            treename=r.treename,
+            key=r.key,
+            uuid=r.uuid,
+            entries=r.entries,
+            size=r.size,
+            mtime_ns=r.mtime_ns,
+            record_path=r.record_path,
+            batch_output=src,
+        )
+        for r, src in usable
+    )
+    units = _units([r for r, _ in usable], settings)
+    nodes, top = merge_tree([u.id for u in units], settings.merge_fanin)
+    return Plan(
+        version=PLAN_VERSION,
+        dataset=dataset,
+        slug=slug,
+        metadata=dict(metadata),
+        settings=settings,
+        files=files,
+        units=tuple(units),
+        merge=MergeTree(nodes={k: tuple(v) for k, v in nodes.items()}, top=tuple(top)),
+        expected_events=sum(f.entries for f in files),
+        empty_files=tuple(f.path for f in files if f.entries == 0),
+        bad_files=tuple(bad),
+        key=key,
+    )
 
 
-def _units(records: list[dict[str, Any]], s: PlanSettings) -> list[dict[str, Any]]:
+def _units(records: Sequence[PreprocessedFile], s: PlanSettings) -> list[WorkUnit]:
     """Group consecutive chunks into units of about ``events_per_job`` events.
 
     A small file goes whole into the open unit when it fits; a large file is
     cut at chunk boundaries, and its tail stays open for the next small files.
     """
-    units: list[dict[str, Any]] = []
-    current: list[list[int]] = []
+    units: list[WorkUnit] = []
+    current: list[Chunk] = []
     events = 0
 
     def close() -> None:
         nonlocal current, events
         if current:
-            chunks_key = [[records[i]["key"], records[i]["uuid"], a, b] for i, a, b in current]
-            units.append({"id": key_of("unit", chunks_key), "events": events, "chunks": current})
+            chunks_key = [[records[c.file].key, records[c.file].uuid, c.start, c.stop] for c in current]
+            units.append(WorkUnit(id=key_of("unit", chunks_key), events=events, chunks=tuple(current)))
         current, events = [], 0
 
     for index, record in enumerate(records):
-        bounds = chunk_boundaries(record["entries"], s.chunksize, record.get("clusters"), s.align_chunks)
+        bounds = chunk_boundaries(record.entries, s.chunksize, record.clusters, s.align_chunks)
         if len(bounds) < 2:
             continue
-        if events and events + record["entries"] > s.events_per_job:
+        if events and events + record.entries > s.events_per_job:
             close()
         for start, stop in pairwise(bounds):
             if events and events + (stop - start) > s.events_per_job:
                 close()
-            current.append([index, start, stop])
+            current.append(Chunk(index, start, stop))
             events += stop - start
     close()
     return units
@@ -132,10 +166,3 @@ def merge_tree(leaves: list[str], fanin: int) -> tuple[dict[str, list[str]], lis
             nxt.append(node)
         level = nxt
     return nodes, level
-
-
-def unit_by_id(plan: dict[str, Any], unit_id: str) -> dict[str, Any]:
-    for unit in plan["units"]:
-        if unit["id"] == unit_id:
-            return unit
-    raise KeyError(f"work unit {unit_id} is not in the plan of dataset {plan['dataset']!r}")

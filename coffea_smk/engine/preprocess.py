@@ -17,19 +17,36 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from coffea_smk.io.basketmap import READER_VERSION
+from pydantic import ValidationError
+
+from coffea_smk.engine.records import (
+    RECORD_VERSION,
+    BadFile,
+    FileIdentity,
+    FileRecord,
+    PreprocessedFile,
+    UnusableFile,
+)
+from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
 from coffea_smk.io.files import InputFileError, open_file
-from coffea_smk.spec.config import InputFile
 from coffea_smk.util.atomic import write_json
-from coffea_smk.util.hashing import key_of
+
+__all__ = [
+    "RECORD_VERSION",
+    "FileIdentity",
+    "StaleRecordError",
+    "inspect_file",
+    "note_replaced",
+    "preprocess_files",
+    "read_record",
+    "record_path",
+    "replaced_files",
+]
 
 log = logging.getLogger("coffea_smk.engine.preprocess")
-
-RECORD_VERSION = 2
 
 
 class StaleRecordError(InputFileError):
@@ -41,47 +58,6 @@ class StaleRecordError(InputFileError):
         """The file's cache key."""
         self.uuid = uuid
         """The UUID the file has now."""
-
-
-@dataclass(frozen=True)
-class FileIdentity:
-    """What identifies an input file without opening it."""
-
-    path: str
-    treename: str
-    size: int | None
-    mtime_ns: int | None
-    replaced: str | None = None
-    """Set when a job found the file replaced behind the cache's back (same size and
-    mtime, another UUID): the UUID it found, so that the key changes (see :func:`note_replaced`)."""
-
-    @property
-    def key(self) -> str:
-        """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
-        parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
-        return key_of("file", *parts, *([self.replaced] if self.replaced else []))
-
-    @classmethod
-    def of(cls, f: InputFile, dataset: str = "", *, missing_ok: bool = False) -> FileIdentity:
-        """Stat a local file (no open); remote files are identified by URL and tree.
-
-        Raises:
-            InputFileError: A local file does not exist (unless ``missing_ok``:
-                then it is identified like a remote file and fails at preprocessing).
-        """
-        if f.is_remote:
-            return cls(f.path, f.treename, None, None)
-        try:
-            st = os.stat(f.path)
-        except FileNotFoundError:
-            if missing_ok:
-                return cls(f.path, f.treename, None, None)
-            where = f" of dataset {dataset!r}" if dataset else ""
-            raise InputFileError(
-                f"input file {f.path}{where} does not exist: fix its path in the fileset "
-                "or remove it from the dataset"
-            ) from None
-        return cls(f.path, f.treename, st.st_size, st.st_mtime_ns)
 
 
 def _replaced_dir(cache_dir: str | os.PathLike[str]) -> Path:
@@ -110,36 +86,31 @@ def record_path(cache_dir: str | os.PathLike[str], identity: FileIdentity) -> Pa
     return Path(cache_dir) / "files" / key[:2] / f"{key}.json"
 
 
-def read_record(path: Path, identity: FileIdentity) -> dict[str, Any] | None:
+def read_record(path: Path, identity: FileIdentity) -> FileRecord | None:
     """A valid cached record for ``identity``, or None (missing, corrupt or stale)."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_bytes()
+    except OSError:
         return None
-    if (
-        not isinstance(record, dict)
-        or record.get("version") != RECORD_VERSION
-        or record.get("key") != identity.key
-        or not isinstance(record.get("entries"), int)
-    ):
+    try:
+        record = FileRecord.model_validate_json(text)
+    except ValidationError:
         log.warning("ignoring invalid cache record %s", path)
         return None
-    if record.get("reader") != READER_VERSION:
+    if record.version != RECORD_VERSION or record.key != identity.key:
+        log.warning("ignoring invalid cache record %s", path)
+        return None
+    if record.reader != READER_VERSION:
         # its basket map and cluster boundaries come from another reader: build both again
         log.info(
-            "cache record %s is of reader %s, not %s: rebuilding it",
-            path,
-            record.get("reader"),
-            READER_VERSION,
+            "cache record %s is of reader %s, not %s: rebuilding it", path, record.reader, READER_VERSION
         )
         return None
     return record
 
 
-def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str, Any]:
+def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileRecord:
     """Open the file once and build its record (and write its basket map at ``map_to``)."""
-    from coffea_smk.io.basketmap import TreeMap
-
     t0 = time.perf_counter()
     rootfile = open_file(identity.path)
     with rootfile:
@@ -147,53 +118,51 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> dict[str
         tmap = TreeMap.read(rootfile, identity.path, identity.treename, uuid)
         if map_to is not None:
             tmap.save(map_to, identity.key)
-        record = {
-            "version": RECORD_VERSION,
-            "reader": READER_VERSION,
+        return FileRecord(
+            version=RECORD_VERSION,
+            reader=READER_VERSION,
             **asdict(identity),
-            "key": identity.key,
-            "uuid": uuid,
-            "entries": tmap.entries,
-            "clusters": tmap.clusters() if tmap.entries else [0],
-            "nbranches": len(tmap.types),
-            "branches_hash": tmap.branches_hash(),
-            "seconds": round(time.perf_counter() - t0, 4),
-        }
-    return record
+            key=identity.key,
+            uuid=uuid,
+            entries=tmap.entries,
+            clusters=tuple(tmap.clusters()) if tmap.entries else (0,),
+            nbranches=len(tmap.types),
+            branches_hash=tmap.branches_hash(),
+            seconds=round(time.perf_counter() - t0, 4),
+        )
 
 
 def preprocess_files(
     identities: list[FileIdentity], cache_dir: str | os.PathLike[str], *, skip_bad_files: bool = False
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[PreprocessedFile | UnusableFile], list[BadFile]]:
     """Records for ``identities``: from the cache when valid, else by opening the file once.
 
     Returns:
         The records, in order, and the files that could not be used (only with
-        ``skip_bad_files``; their records carry ``error`` and are not cached, so
-        the next run tries them again).
+        ``skip_bad_files``; their records say why and are not cached, so the
+        next run tries them again).
 
     Raises:
         InputFileError: A file cannot be used and ``skip_bad_files`` is off.
     """
-    records, bad = [], []
+    records: list[PreprocessedFile | UnusableFile] = []
+    bad: list[BadFile] = []
     for identity in identities:
         path = record_path(cache_dir, identity)
         record = read_record(path, identity)
         if record is None:
             log.info("opening %s (tree %s)", identity.path, identity.treename)
             try:
-                from coffea_smk.io.basketmap import map_path
-
                 record = inspect_file(identity, map_path(path))
             except InputFileError as err:
                 if not skip_bad_files:
                     raise
                 log.error("skipping %s: %s", identity.path, err)
-                bad.append({"file": identity.path, "treename": identity.treename, "error": str(err)})
-                records.append({**asdict(identity), "key": identity.key, "entries": 0, "error": str(err)})
+                bad.append(BadFile(path=identity.path, treename=identity.treename, error=str(err)))
+                records.append(UnusableFile(**asdict(identity), key=identity.key, error=str(err)))
                 continue
-            write_json(path, record)
+            write_json(path, record.model_dump(mode="json"))
         else:
             log.info("cached %s", identity.path)
-        records.append({**record, "record_path": str(path)})
+        records.append(PreprocessedFile(**record.model_dump(), record_path=str(path)))
     return records, bad

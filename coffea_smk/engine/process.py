@@ -15,160 +15,130 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import groupby
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from pydantic import ValidationError
 
 from coffea_smk import results as storage
 from coffea_smk.engine.accumulate import AccumulateError, add
-from coffea_smk.engine.plan import unit_by_id
+from coffea_smk.engine.damaged import describe, discard
+from coffea_smk.engine.meta import ChunkFailure, ChunkMetrics, UnitFailures, UnitMeta, ranges_of
+from coffea_smk.engine.policy import ChunkError, continues, retrying
 from coffea_smk.engine.preprocess import StaleRecordError
-from coffea_smk.engine.reading import EventsOptions, FileReader, UnitReader
-from coffea_smk.io.faults import causes, matches, transient
+from coffea_smk.engine.reading import FileReader, UnitReader
+from coffea_smk.engine.records import Plan, PlanFile
+from coffea_smk.io.faults import causes
 from coffea_smk.io.files import open_file
 from coffea_smk.spec.processor import Processor
+from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
 from coffea_smk.util.atomic import write_json
 from coffea_smk.util.ranges import coalesce, covered
 
+__all__ = ["ChunkError", "process_unit_to_file", "run_unit"]
+
 log = logging.getLogger("coffea_smk.process")
-
-T = TypeVar("T")
-
-
-class ChunkError(RuntimeError):
-    """The processor failed on a chunk; the message says which and shows its traceback."""
-
-
-@dataclass(frozen=True)
-class ErrorPolicy:
-    """What a failing file open or chunk does.
-
-    Both decisions read the whole exception chain (:func:`coffea_smk.io.faults.causes`):
-    a storage error arrives wrapped (in ``InputFileError``, ``BufferReadError``,
-    by awkward, coffea or the processor), and its root cause is what counts.
-    """
-
-    continue_on: tuple[str, ...] = ()
-    """Exception type names (``OSError``, ``mymod.MyError``) that fail only the chunk."""
-    retries: int = 2
-    """In-job retries of a file open or a chunk after a transient I/O error."""
-    backoff: float = 1.0
-    """Seconds before the first retry, doubled for each further one."""
-
-    def continues(self, err: BaseException) -> bool:
-        """Whether an exception of ``err``'s chain is of a ``continue_on`` type.
-
-        ``ChunkError`` (coffea_smk's wrapper around every failure of ``process()``)
-        is not looked at, so ``continue_on: [RuntimeError]`` does not catch all.
-        Never on an ``AccumulateError`` (the accumulator may be half-updated) or
-        a ``StaleRecordError`` (the job must stop so that the file is preprocessed again).
-        """
-        chain = causes(err)
-        if any(isinstance(e, (AccumulateError, StaleRecordError)) for e in chain):
-            return False
-        return matches(err, self.continue_on, skip=(ChunkError,))
-
-    def retryable(self, err: BaseException) -> bool:
-        """Whether the root cause is a transient I/O error (a reset, a timeout; not a missing file)."""
-        return transient(err)
 
 
 @dataclass
 class _UnitState:
+    plan: Plan
+    policy: ErrorPolicy
+    tracebacks: Path | None
     accumulator: Any = None
     ranges: dict[str, list[list[int]]] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[ChunkMetrics] = field(default_factory=list)
+    failed: list[ChunkFailure] = field(default_factory=list)
 
 
 def run_unit(
-    plan: dict[str, Any],
-    unit_name: str,
+    plan: Plan,
+    unit_id: str,
     processor: Processor,
     policy: ErrorPolicy | None = None,
-    previous: storage.Stored | None = None,
-    traceback_dir: Path | None = None,
+    previous: tuple[Any, UnitMeta] | None = None,
+    tracebacks: Path | None = None,
     events: EventsOptions | None = None,
-) -> tuple[Any, dict[str, Any]]:
+    *,
+    attempt: int = 0,
+) -> tuple[Any, UnitMeta]:
     """Process the chunks of a work unit that ``previous`` does not already cover.
+
+    Args:
+        plan: The dataset's plan.
+        unit_id: The work unit's id.
+        processor: The user's processor.
+        policy: What a failing file open or chunk does.
+        previous: The result and meta of the unit's previous attempt, if this is a retry.
+        tracebacks: Where the tracebacks of failed chunks go: ``<tracebacks>-<file key>-<start>-<stop>.txt``.
+        events: How to build and read events.
+        attempt: Which attempt this is (0 for the first run of the unit).
 
     Returns:
         The accumulated output and the unit's meta record (events, entry ranges
         covered, per-chunk metrics, failed chunks).
     """
-    from coffea_smk.smk.layout import split_attempt
-
-    policy = policy or ErrorPolicy()
-    unit_id, attempt = split_attempt(unit_name)
-    unit = unit_by_id(plan, unit_id)
-    files = plan["files"]
-    state = _UnitState()
+    unit = plan.unit(unit_id)
+    files = plan.files
+    state = _UnitState(plan, policy or ErrorPolicy(), tracebacks)
     done: dict[str, list[list[int]]] = {}
     if previous is not None:
-        state.accumulator = previous.result
-        state.metrics = list(previous.meta.get("chunks", []))
-        done = {k: [list(r) for r in v] for k, v in previous.meta.get("ranges", {}).items()}
+        state.accumulator, before = previous
+        state.metrics = list(before.chunks)
+        done = {k: [list(r) for r in v] for k, v in before.ranges.items()}
         state.ranges = {k: [list(r) for r in v] for k, v in done.items()}
-    todo = [c for c in unit["chunks"] if not covered(done.get(files[c[0]]["key"], []), c[1], c[2])]
-    log.info(
-        "unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit["chunks"])
-    )
+    todo = [c for c in unit.chunks if not covered(done.get(files[c.file].key, []), c.start, c.stop)]
+    log.info("unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit.chunks))
     with UnitReader(events, processor.wants_coffea_events) as reader:
-        for file_index, chunks_iter in groupby(todo, key=lambda c: c[0]):
-            chunks = [(start, stop) for _, start, stop in chunks_iter]
+        for file_index, chunks_iter in groupby(todo, key=lambda c: c.file):
+            chunks = [(c.start, c.stop) for c in chunks_iter]
             record = files[file_index]
-            opened, err, tries = _retrying(
-                policy, f"opening {record['path']}", partial(_open, reader, record, chunks)
+            opened, err, tries = retrying(
+                state.policy, f"opening {record.path}", partial(_open, reader, record, chunks)
             )
             if err is not None:
-                if not policy.continues(err):
+                if not continues(state.policy, err):
                     raise err
                 # the file's chunks fail, the unit's other files go on
                 for start, stop in chunks:
-                    _record_failure(
-                        state, plan, record, start, stop, err, tries + 1, traceback_dir, unit_name
-                    )
+                    _record_failure(state, record, start, stop, err, tries + 1)
                 continue
             assert opened is not None
             rootfile, source = opened
             with rootfile, source:
                 for start, stop in chunks:
-                    _run_with_policy(
-                        state, plan, record, source, start, stop, processor, policy, traceback_dir, unit_name
-                    )
-    meta = {
-        "dataset": plan["dataset"],
-        "unit": unit_name,
-        "attempt": attempt,
-        "events": sum(b - a for rs in state.ranges.values() for a, b in rs),
-        "ranges": {key: coalesce(r) for key, r in state.ranges.items()},
-        "chunks": state.metrics,
-        "failed": state.failed,
-    }
+                    _run_with_policy(state, record, source, start, stop, processor)
+    meta = UnitMeta(
+        dataset=plan.dataset,
+        unit=unit_id,
+        attempt=attempt,
+        events=sum(b - a for rs in state.ranges.values() for a, b in rs),
+        ranges={key: ranges_of(coalesce(r)) for key, r in state.ranges.items()},
+        chunks=tuple(state.metrics),
+        failed=tuple(state.failed),
+    )
     return state.accumulator, meta
 
 
-def _open(
-    reader: UnitReader, record: dict[str, Any], chunks: list[tuple[int, int]]
-) -> tuple[Any, FileReader]:
+def _open(reader: UnitReader, record: PlanFile, chunks: list[tuple[int, int]]) -> tuple[Any, FileReader]:
     """Open a file, check it is the one preprocessed, and make its reader.
 
     Raises:
         InputFileError: It cannot be opened (the cause says why).
         StaleRecordError: It changed since it was preprocessed.
     """
-    rootfile = open_file(record["path"])
+    rootfile = open_file(record.path)
     try:
         uuid = str(rootfile.file.uuid)
-        if uuid != record["uuid"]:
+        if uuid != record.uuid:
             raise StaleRecordError(
-                f"{record['path']}: the file changed since it was preprocessed (UUID {record['uuid']} "
+                f"{record.path}: the file changed since it was preprocessed (UUID {record.uuid} "
                 f"became {uuid}) although its size and modification time did not; its records were "
                 "invalidated: run again to preprocess it anew",
-                key=record["key"],
+                key=record.key,
                 uuid=uuid,
             )
         # without a basket map (or for coffea's events) this reads the tree's metadata
@@ -178,63 +148,24 @@ def _open(
         raise
 
 
-def _retrying(
-    policy: ErrorPolicy, what: str, call: Callable[[], T]
-) -> tuple[T | None, Exception | None, int]:
-    """``call()``, tried again after transient I/O errors (``policy.retries`` times, with back-off).
-
-    Returns:
-        Its result (or None), the error it failed with for good (or None), and
-        the retries it took.
-    """
-    tries = 0
-    while True:
-        try:
-            return call(), None, tries
-        except Exception as err:
-            if tries >= policy.retries or not policy.retryable(err):
-                return None, err, tries
-            _sleep(policy, tries, what, err)
-            tries += 1
-
-
-def _sleep(policy: ErrorPolicy, tries: int, what: str, err: BaseException) -> None:
-    delay = policy.backoff * (2**tries)
-    root = causes(err)[-1]
-    log.warning(
-        "%s failed (%s: %s); retry %d of %d in %.2f s",
-        what,
-        type(root).__name__,
-        root,
-        tries + 1,
-        policy.retries,
-        delay,
-    )
-    time.sleep(delay)
-
-
 def _run_with_policy(
     state: _UnitState,
-    plan: dict[str, Any],
-    record: dict[str, Any],
+    record: PlanFile,
     source: FileReader,
     start: int,
     stop: int,
     processor: Processor,
-    policy: ErrorPolicy,
-    traceback_dir: Path | None,
-    unit_name: str,
 ) -> None:
-    done, err, tries = _retrying(
-        policy,
-        f"chunk {record['path']} [{start}, {stop})",
-        lambda: _run_chunk(plan, record, source, start, stop, processor),
+    done, err, tries = retrying(
+        state.policy,
+        f"chunk {record.path} [{start}, {stop})",
+        lambda: _run_chunk(state.plan, record, source, start, stop, processor),
     )
     if err is not None:
-        if not policy.continues(err):
+        if not continues(state.policy, err):
             raise err
         failure = err.__cause__ if isinstance(err, ChunkError) and err.__cause__ is not None else err
-        _record_failure(state, plan, record, start, stop, failure, tries + 1, traceback_dir, unit_name)
+        _record_failure(state, record, start, stop, failure, tries + 1)
         return
     assert done is not None
     output, metrics = done
@@ -242,56 +173,47 @@ def _run_with_policy(
         state.accumulator = add(state.accumulator, output)
     except AccumulateError as acc_err:
         raise ChunkError(
-            f"dataset {plan['dataset']!r}, file {record['path']}, entries {start}-{stop}: "
+            f"dataset {state.plan.dataset!r}, file {record.path}, entries {start}-{stop}: "
             f"the processor's output cannot be accumulated: {acc_err}"
         ) from acc_err
-    metrics["retries"] = tries
-    state.ranges.setdefault(record["key"], []).append([start, stop])
-    state.metrics.append(metrics)
+    state.ranges.setdefault(record.key, []).append([start, stop])
+    state.metrics.append(metrics.model_copy(update={"retries": tries}))
 
 
 def _record_failure(
-    state: _UnitState,
-    plan: dict[str, Any],
-    record: dict[str, Any],
-    start: int,
-    stop: int,
-    err: BaseException,
-    attempts: int,
-    traceback_dir: Path | None,
-    unit_name: str,
+    state: _UnitState, record: PlanFile, start: int, stop: int, err: BaseException, attempts: int
 ) -> None:
     text = "".join(traceback.format_exception(err))
     root = causes(err)[-1]
     tb_file = None
-    if traceback_dir is not None:
-        tb_path = traceback_dir / f"{unit_name}-{record['key']}-{start}-{stop}.txt"
+    if state.tracebacks is not None:
+        tb_path = state.tracebacks.with_name(f"{state.tracebacks.name}-{record.key}-{start}-{stop}.txt")
         tb_path.parent.mkdir(parents=True, exist_ok=True)
         tb_path.write_text(text)
         tb_file = str(tb_path.resolve())
     log.error(
         "chunk %s [%d, %d) of dataset %r failed (%s: %s); continuing (continue_on)",
-        record["path"],
+        record.path,
         start,
         stop,
-        plan["dataset"],
+        state.plan.dataset,
         type(err).__name__,
         err,
     )
     state.failed.append(
-        {
-            "dataset": plan["dataset"],
-            "file": record["path"],
-            "file_key": record["key"],
-            "entrystart": start,
-            "entrystop": stop,
-            "events": stop - start,
-            "exception": _type_name(err),
-            "message": str(err),
-            "cause": f"{_type_name(root)}: {root}" if root is not err else None,
-            "traceback_file": tb_file,
-            "attempts": attempts,
-        }
+        ChunkFailure(
+            dataset=state.plan.dataset,
+            file=record.path,
+            file_key=record.key,
+            entrystart=start,
+            entrystop=stop,
+            events=stop - start,
+            exception=_type_name(err),
+            message=str(err),
+            cause=f"{_type_name(root)}: {root}" if root is not err else None,
+            traceback_file=tb_file,
+            attempts=attempts,
+        )
     )
 
 
@@ -300,21 +222,16 @@ def _type_name(err: BaseException) -> str:
 
 
 def _run_chunk(
-    plan: dict[str, Any],
-    record: dict[str, Any],
-    source: FileReader,
-    start: int,
-    stop: int,
-    processor: Processor,
-) -> tuple[Any, dict[str, Any]]:
+    plan: Plan, record: PlanFile, source: FileReader, start: int, stop: int, processor: Processor
+) -> tuple[Any, ChunkMetrics]:
     metadata = {
-        **plan["metadata"],
-        "dataset": plan["dataset"],
-        "filename": record["path"],
-        "treename": record["treename"],
+        **plan.metadata,
+        "dataset": plan.dataset,
+        "filename": record.path,
+        "treename": record.treename,
         "entrystart": start,
         "entrystop": stop,
-        "fileuuid": record["uuid"],
+        "fileuuid": record.uuid,
     }
     t0 = time.perf_counter()
     with source.chunk(start, stop, metadata) as chunk:
@@ -323,57 +240,59 @@ def _run_chunk(
         except Exception as err:
             tb = "".join(traceback.format_exception(err))
             raise ChunkError(
-                f"processor {processor.spec} failed on dataset {plan['dataset']!r}, file {record['path']}, "
+                f"processor {processor.spec} failed on dataset {plan.dataset!r}, file {record.path}, "
                 f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
             ) from err
     t_process = time.perf_counter() - t0
-    metrics = {
-        "file": record["key"],
-        "entrystart": start,
-        "entrystop": stop,
-        "events": stop - start,
-        **chunk.metrics(t_process, time.perf_counter() - t0),
-    }
-    return output, metrics
+    return output, chunk.metrics(t_process, time.perf_counter() - t0)
+
+
+def load_previous(path: str, *, allow_pickle: bool = False) -> tuple[Any, UnitMeta]:
+    """The result and meta of a unit's previous attempt; a damaged one is removed (then run again)."""
+    try:
+        stored = storage.load_stored(path, allow_pickle=allow_pickle)
+        return stored.result, UnitMeta.model_validate(stored.meta)
+    except storage.ResultFileError as err:
+        raise discard(path, str(err), storage.ResultFileError) from None
+    except ValidationError as err:
+        raise discard(
+            path, f"{path} is not a partial result ({describe(err)})", storage.ResultFileError
+        ) from None
 
 
 def process_unit_to_file(
-    plan: dict[str, Any],
-    unit_name: str,
+    plan: Plan,
+    unit_id: str,
     processor: Processor,
     out_path: str,
     *,
+    attempt: int = 0,
     policy: ErrorPolicy | None = None,
     previous_path: str | None = None,
     failures_path: str | None = None,
     allow_pickle: bool = False,
     events: EventsOptions | None = None,
-) -> dict[str, Any]:
+) -> UnitMeta:
     """Run a unit and write its partial result atomically; return the meta record.
 
     With failed chunks, the failure manifest is written first (at
     ``failures_path``), then the partial: the next run sees the manifest and
-    schedules a retry of only those chunks.
+    schedules a retry of only those chunks. Tracebacks of failed chunks go to
+    ``tracebacks/`` beside the manifest, named after it.
     """
     t0 = time.perf_counter()
-    previous = None
-    if previous_path:
-        try:
-            previous = storage.load_stored(previous_path, allow_pickle=allow_pickle)
-        except storage.ResultFileError as err:
-            Path(previous_path).unlink(missing_ok=True)
-            raise storage.ResultFileError(f"{err}\nRemoved it: run again and it is redone.") from None
-    tb_dir = Path(failures_path).parent / "tracebacks" if failures_path else None
-    result, meta = run_unit(plan, unit_name, processor, policy, previous, tb_dir, events)
-    meta["wall_s"] = round(time.perf_counter() - t0, 6)
-    if meta["failed"] and failures_path:
-        write_json(failures_path, {"dataset": plan["dataset"], "unit": unit_name, "failed": meta["failed"]})
-    storage.save(out_path, result, meta, allow_pickle=allow_pickle)
+    previous = load_previous(previous_path, allow_pickle=allow_pickle) if previous_path else None
+    tracebacks = None
+    if failures_path:
+        manifest = Path(failures_path)
+        tracebacks = manifest.parent / "tracebacks" / manifest.stem
+    result, meta = run_unit(plan, unit_id, processor, policy, previous, tracebacks, events, attempt=attempt)
+    meta = meta.model_copy(update={"wall_s": round(time.perf_counter() - t0, 6)})
+    if meta.failed and failures_path:
+        failures = UnitFailures(dataset=plan.dataset, unit=unit_id, failed=meta.failed)
+        write_json(failures_path, failures.model_dump(mode="json"))
+    storage.save(out_path, result, meta.model_dump(mode="json"), allow_pickle=allow_pickle)
     log.info(
-        "unit %s: %d events in %.2f s, %d chunks failed",
-        unit_name,
-        meta["events"],
-        meta["wall_s"],
-        len(meta["failed"]),
+        "unit %s: %d events in %.2f s, %d chunks failed", unit_id, meta.events, meta.wall_s, len(meta.failed)
     )
     return meta

@@ -16,17 +16,23 @@ processor are bounded by ``prefetch_max_mb``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from coffea_smk import buffers
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
 from coffea_smk.engine import metrics
+from coffea_smk.engine.meta import ChunkMetrics
+from coffea_smk.events.coffea import CoffeaSource, schema_class
+from coffea_smk.events.nanoevents import TreeLayout
 from coffea_smk.io.basketmap import BasketMapError, TreeMap, map_path
+from coffea_smk.io.files import tree_of
 from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, source_fetch_many, uproot_fallback
+from coffea_smk.spec.settings import EventsOptions
+
+__all__ = ["ChunkRun", "EventsError", "EventsOptions", "FileReader", "SourceFile", "UnitReader"]
 
 log = logging.getLogger("coffea_smk.engine.reading")
 
@@ -35,35 +41,28 @@ class EventsError(RuntimeError):
     """The events of a chunk cannot be built (e.g. coffea's schema fails on the file)."""
 
 
-@dataclass(frozen=True)
-class EventsOptions:
-    """How a processing job builds and reads events (from the analysis config)."""
+class SourceFile(Protocol):
+    """What reading needs of a file's record (a :class:`~coffea_smk.engine.records.PlanFile`)."""
 
-    schema: str = "auto"
-    """``auto``, ``nanoaod``, ``coffea`` or a coffea schema class (see the config's ``schema``)."""
-    prefetch: bool = True
-    """Automatic prefetch of the columns the processor touched in earlier chunks."""
-    prefetch_threads: int = 1
-    """Threads of the automatic prefetch."""
-    prefetch_max_mb: int = 512
-    """Bound on prefetched bytes the processor has not used yet."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> EventsOptions:
-        return cls(**json.loads(text)) if text else cls()
+    @property
+    def path(self) -> str: ...
+    @property
+    def treename(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def record_path(self) -> str | None:
+        """The preprocessing record, beside which its basket map lies."""
 
 
 class UnitReader:
     """The reading side of one work unit (a context manager)."""
 
     def __init__(self, options: EventsOptions | None = None, wants_coffea_events: bool = False) -> None:
-        from coffea_smk.events.coffea import schema_class
-
         self.options = options or EventsOptions()
-        self.schemaclass = schema_class(self.options.schema, wants_coffea_events)
+        self.schemaclass = schema_class(self.options.schema_, wants_coffea_events)
         self.learned: list[str] = []
         self.prefetcher: Prefetcher | None = None
         if self.options.prefetch:
@@ -80,20 +79,17 @@ class UnitReader:
         if self.prefetcher is not None:
             self.prefetcher.close()
 
-    def open(self, rootfile: Any, record: dict[str, Any], ranges: list[tuple[int, int]]) -> FileReader:
-        """The reader of one open file (its preprocessing ``record``); ``ranges`` are the
-        unit's chunks in it, in order."""
-        from coffea_smk.io.files import tree_of
-
-        path, treename = record["path"], record["treename"]
+    def open(self, rootfile: Any, file: SourceFile, ranges: list[tuple[int, int]]) -> FileReader:
+        """The reader of one open file (its record in the plan); ``ranges`` are the unit's
+        chunks in it, in order."""
+        path, treename = file.path, file.treename
+        closing: Callable[[], None] | None = None
         if self.schemaclass is None:
-            from coffea_smk.events.nanoevents import TreeLayout
-
-            tmap = _basket_map(record)
+            tmap = _basket_map(file)
             if tmap is None:  # no usable map: read the tree's metadata here
-                tmap = TreeMap.read(rootfile, path, treename, record.get("uuid", ""))
+                tmap = TreeMap.read(rootfile, path, treename, file.uuid)
             fallback = uproot_fallback(lambda: tree_of(rootfile, path, treename))
-            closing = fetch_many = None
+            fetch_many = None
             if "://" in path:
                 # remote: the baskets of a column range in one (vector) request
                 fetch, fetch_many = source_fetch(rootfile), source_fetch_many(rootfile)
@@ -103,22 +99,19 @@ class UnitReader:
                 fetch, closing = local_fetch(path)
             reader = BasketReader(tmap, fetch, path, fallback, fetch_many)
             source: Any = TreeLayout(tmap, reader)
-            return FileReader(self, source, ranges, closing)
         else:
-            from coffea_smk.events.coffea import CoffeaSource
-
             source = CoffeaSource(rootfile, tree_of(rootfile, path, treename), treename, self.schemaclass)
-        return FileReader(self, source, ranges)
+        return FileReader(self, source, file.key, ranges, closing)
 
 
-def _basket_map(record: dict[str, Any]) -> TreeMap | None:
+def _basket_map(file: SourceFile) -> TreeMap | None:
     """The basket map that preprocessing kept for this file, or None (then say why)."""
-    if not record.get("record_path"):
+    if not file.record_path:
         return None  # e.g. a file opened outside a planned analysis
     try:
-        return TreeMap.load(map_path(record["record_path"]), record["key"], record.get("uuid", ""))
+        return TreeMap.load(map_path(file.record_path), file.key, file.uuid)
     except BasketMapError as err:
-        log.warning("%s: %s; decoding the tree's metadata instead", record["path"], err)
+        log.warning("%s: %s; decoding the tree's metadata instead", file.path, err)
         return None
 
 
@@ -126,11 +119,18 @@ class FileReader:
     """The chunks of one file; a context manager that ends the file's background reads."""
 
     def __init__(
-        self, unit: UnitReader, source: Any, ranges: list[tuple[int, int]], closing: Any = None
+        self,
+        unit: UnitReader,
+        source: Any,
+        key: str,
+        ranges: list[tuple[int, int]],
+        closing: Callable[[], None] | None = None,
     ) -> None:
         self.unit = unit
         self._closing = closing
         self.source = source
+        self.key = key
+        """The file's key (chunk metrics name the file by it)."""
         self.ranges = list(ranges)
         self.store = FileBuffers(source)
 
@@ -212,11 +212,14 @@ class ChunkRun:
         self.manager.events = None
         self.events = None
 
-    def metrics(self, process_s: float, total_s: float) -> dict[str, Any]:
+    def metrics(self, process_s: float, total_s: float) -> ChunkMetrics:
         """The chunk's metrics record (after the ``with`` block)."""
         fallbacks = getattr(self.reader.source, "fallbacks", None)
         return metrics.chunk_metrics(
             self.stats,
+            file=self.reader.key,
+            start=self.start,
+            stop=self.stop,
             events_s=self.events_s,
             process_s=process_s,
             total_s=total_s,

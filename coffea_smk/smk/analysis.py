@@ -4,6 +4,8 @@ This is the only engine-side module that imports Snakemake. The Snakefile
 creates one :class:`Analysis` from ``config``; the rules call its ``get_*``
 functions and paths. Parsing a workflow stats every local input file (it never
 opens one), so an unchanged analysis has nothing to do and reads no ROOT file.
+Parsing (``-n`` and ``--lint`` included) never writes or deletes a file: a
+damaged output is removed by the job that reads it (:mod:`coffea_smk.engine.damaged`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,26 @@ import json
 import os
 import shlex
 import sys
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from coffea_smk.smk.layout import WILDCARDS, Layout, plan_settings, split_attempt
+from pydantic import ValidationError
+from snakemake.exceptions import WorkflowError
+
+from coffea_smk.engine.meta import GlobalMeta
+from coffea_smk.engine.records import MergeTree, Plan, PlanRequest
+from coffea_smk.results import ResultFileError, load_meta
+from coffea_smk.smk.layout import Kind, Layout
+from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
 from coffea_smk.spec.config import ConfigError
+from coffea_smk.spec.settings import ErrorPolicy, EventsOptions, PlanSettings
 from coffea_smk.util.hashing import key_of
 
 __all__ = ["WILDCARDS", "Analysis"]
+
+_SCHEDULER = os.path.join("snakemake", "scheduling", "job_scheduler.py")
 
 
 class ShellArg:
@@ -45,8 +58,6 @@ class Analysis:
     """The analysis described by a config, as Snakemake sees it."""
 
     def __init__(self, config: dict[str, Any], configfiles: list[Any], checkpoints: Any) -> None:
-        from snakemake.exceptions import WorkflowError
-
         if not config:
             raise WorkflowError(
                 "no analysis config: pass --configfile analysis.yaml (or run `coffea-smk run analysis.yaml`)"
@@ -60,14 +71,15 @@ class Analysis:
         self._unpublished = self.layout.unpublished()
         self.checkpoints = checkpoints
         self.python = shlex.quote(sys.executable)
-        self._plans: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._plans: dict[str, tuple[float, Plan | None]] = {}
         self._names: dict[str, dict[str, str]] = {}
 
     # ---- paths ---------------------------------------------------------------
-    def path(self, kind: str) -> str:
+    def path(self, kind: Kind | str) -> str:
+        """An output path pattern (``kind``: a :class:`~coffea_smk.smk.layout.Kind`)."""
         return self.layout.path(kind)
 
-    def log(self, kind: str) -> str:
+    def log(self, kind: Kind | str) -> str:
         return self.layout.log(kind)
 
     @property
@@ -78,9 +90,9 @@ class Analysis:
     def result(self) -> str:
         return self.layout.result
 
-    def job(self, step: str) -> str:
+    def job(self, step: Step | str) -> str:
         """The shell command prefix of a job step."""
-        return f"{self.python} -m coffea_smk job {step}"
+        return f"{self.python} -m coffea_smk job {Step(step).value}"
 
     # ---- preprocessing -----------------------------------------------------------
     def get_preprocess_files(self, wildcards: Any) -> str:
@@ -90,20 +102,22 @@ class Analysis:
 
     def get_plan_inputs(self, wildcards: Any) -> list[str]:
         slug = wildcards.dataset
-        return [self.layout.path("preprocess", dataset=slug, batch=b) for b in self.layout.batch_names(slug)]
+        return [
+            self.layout.path(Kind.PREPROCESS, dataset=slug, batch=b) for b in self.layout.batch_names(slug)
+        ]
 
     def get_plan_spec(self, wildcards: Any) -> str:
+        """What the plan job makes, as JSON (a :class:`~coffea_smk.engine.records.PlanRequest`)."""
         d = self.layout.datasets[wildcards.dataset]
-        settings = plan_settings(self.cfg)
-        return json.dumps(
-            {
-                "dataset": d.name,
-                "slug": d.slug,
-                "key": wildcards.plan,
-                "metadata": d.metadata,
-                "settings": asdict(settings),
-            }
+        request = PlanRequest(
+            dataset=d.name,
+            slug=d.slug,
+            key=wildcards.plan,
+            metadata=d.metadata,
+            settings=PlanSettings.from_config(self.cfg),
         )
+        # json.dumps' spacing, as before: Snakemake records this param and redoes the plan if it changes
+        return json.dumps(request.model_dump(mode="json"))
 
     def get_plan_path(self, wildcards: Any) -> str:
         """The current plan of the job's dataset (a param: the checkpoint is known to exist)."""
@@ -141,43 +155,44 @@ class Analysis:
     def get_provenance(self, wildcards: Any = None) -> ShellArg:
         """What a per-dataset (or, without a dataset wildcard, the global) result records of its origin."""
         slug = getattr(wildcards, "dataset", None)
-        return ShellArg(shlex.quote(json.dumps(self.layout.provenance(slug), separators=(",", ":"))))
+        return ShellArg(shlex.quote(self.layout.provenance(slug).model_dump_json()))
 
     # ---- processing and merging -------------------------------------------------
-    def _plan(self, slug: str) -> dict[str, Any]:
-        from snakemake.exceptions import WorkflowError
+    def _plan(self, slug: str) -> Plan | None:
+        """The dataset's plan once made; None if it is damaged.
 
+        A damaged plan is left in place: the dataset job (which then has no
+        inputs) reads it, removes it and asks for a re-run, which plans again.
+        """
         path = self.checkpoints.plan.get(dataset=slug, plan=self.layout.keys[slug].plan).output[0]
         mtime = os.stat(path).st_mtime
         cached = self._plans.get(path)
         if cached is None or cached[0] != mtime:
             try:
-                with open(path) as handle:
-                    plan = json.load(handle)
-            except ValueError as err:
-                os.unlink(path)
-                raise WorkflowError(
-                    f"{path} was corrupted ({err}): removed it; run again to re-plan"
-                ) from None
+                plan: Plan | None = Plan.read(path)
+            except ValidationError:
+                plan = None
             cached = (mtime, plan)
             self._plans[path] = cached
             self._names.pop(slug, None)
         return cached[1]
 
-    def _name_map(self, slug: str) -> tuple[dict[str, Any], dict[str, str]]:
-        merge = self._plan(slug)["merge"]
+    def _name_map(self, slug: str) -> tuple[MergeTree, dict[str, str]]:
+        plan = self._plan(slug)
+        if plan is None:
+            return MergeTree(nodes={}, top=()), {}
         if slug not in self._names:
-            self._names[slug] = self.layout.node_names(merge, self.layout.unit_attempts(slug))
-        return merge, self._names[slug]
+            self._names[slug] = self.layout.node_names(plan.merge, self.layout.unit_attempts(slug))
+        return plan.merge, self._names[slug]
 
-    def _paths(self, slug: str, ids: list[str], merge: dict[str, Any], names: dict[str, str]) -> list[str]:
+    def _paths(self, slug: str, ids: tuple[str, ...], merge: MergeTree, names: dict[str, str]) -> list[str]:
         tag = self.layout.keys[slug].tag
         out = []
         for i in ids:
-            if i in merge["nodes"]:
-                out.append(self.layout.path("merge", dataset=slug, tag=tag, node=names[i]))
+            if i in merge.nodes:
+                out.append(self.layout.path(Kind.MERGE, dataset=slug, tag=tag, node=names[i]))
             else:
-                out.append(self.layout.path("partial", dataset=slug, tag=tag, unit=names[i]))
+                out.append(self.layout.path(Kind.PARTIAL, dataset=slug, tag=tag, unit=names[i]))
         return out
 
     def get_process_inputs(self, wildcards: Any) -> list[str]:
@@ -185,28 +200,24 @@ class Analysis:
         unit, attempt = split_attempt(wildcards.unit)
         if attempt == 0:
             return []
-        previous = unit if attempt == 1 else f"{unit}-a{attempt - 1}"
-        return [self.layout.path("partial", dataset=wildcards.dataset, tag=wildcards.tag, unit=previous)]
+        previous = attempt_name(unit, attempt - 1)
+        return [self.layout.path(Kind.PARTIAL, dataset=wildcards.dataset, tag=wildcards.tag, unit=previous)]
 
     def get_merge_inputs(self, wildcards: Any) -> list[str]:
         merge, names = self._name_map(wildcards.dataset)
         node = wildcards.node.split("-")[0]
-        return self._paths(wildcards.dataset, merge["nodes"][node], merge, names)
+        return self._paths(wildcards.dataset, merge.nodes.get(node, ()), merge, names)
 
     def get_dataset_inputs(self, wildcards: Any) -> list[str]:
         merge, names = self._name_map(wildcards.dataset)
-        return self._paths(wildcards.dataset, merge["top"], merge, names)
+        return self._paths(wildcards.dataset, merge.top, merge, names)
 
     def get_dataset_results(self, wildcards: Any = None) -> list[str]:
         return [self.layout.dataset_result(slug) for slug in self.layout.datasets]
 
     def get_events_options(self, wildcards: Any = None) -> ShellArg:
         """How process jobs build and read events (schema, prefetch), as ``--events JSON``."""
-        from coffea_smk.engine.reading import EventsOptions
-
-        c = self.cfg
-        options = EventsOptions(c.schema_, c.prefetch, c.prefetch_threads, c.prefetch_max_mb)
-        return ShellArg(shlex.quote(options.to_json()))
+        return ShellArg(shlex.quote(EventsOptions.from_config(self.cfg).to_json()))
 
     def get_job_options(self, wildcards: Any = None) -> ShellArg:
         """Options every processing/merging job needs, shell-quoted.
@@ -222,40 +233,47 @@ class Analysis:
         return ShellArg(" ".join(shlex.quote(o) for o in opts))
 
     def get_policy(self, wildcards: Any = None) -> ShellArg:
-        """The error policy of processing jobs, shell-quoted JSON (not recorded: it shapes no result)."""
-        c = self.cfg
-        policy = {"continue_on": c.continue_on, "retries": c.retries, "backoff": c.retry_backoff}
-        return ShellArg(shlex.quote(json.dumps(policy)))
+        """The error policy of processing jobs, as ``--policy JSON`` (not recorded: it shapes no result)."""
+        return ShellArg(shlex.quote(ErrorPolicy.from_config(self.cfg).to_json()))
 
     def end_of_run(self, success: bool) -> None:
         """Called by the Snakefile once the run is over (``onsuccess`` / ``onerror``).
 
         Warns when the result is incomplete (failed chunks, unreadable files),
-        and cancels the re-check timers Snakemake's scheduler leaves behind,
-        which would hold the process up to a second at exit.
+        and cancels the re-check timers Snakemake's job scheduler leaves behind
+        (:func:`_scheduler_timers`), which would hold the process up to a second at exit.
         """
-        import sys
-        import threading
-
-        for thread in threading.enumerate():
-            if isinstance(thread, threading.Timer):
-                thread.cancel()
+        for timer in _scheduler_timers():
+            timer.cancel()
         if not success:
             return
-        from coffea_smk.results import load_meta
-
         try:
-            meta = load_meta(self.result)
-        except Exception:
-            return
-        if meta.get("complete") is False:
+            meta = GlobalMeta.model_validate(load_meta(self.result))
+        except (ResultFileError, ValidationError, OSError):
+            return  # nothing to warn about: the run says what went wrong
+        if not meta.complete:
             print(
-                f"coffea-smk: WARNING: the result is INCOMPLETE ({meta['events']} of "
-                f"{meta['events_expected']} events; {meta.get('failed_chunks', 0)} chunks failed, "
-                f"{meta.get('bad_files', 0)} files unreadable). `coffea-smk status "
+                f"coffea-smk: WARNING: the result is INCOMPLETE ({meta.events} of "
+                f"{meta.events_expected} events; {meta.failed_chunks} chunks failed, "
+                f"{meta.bad_files} files unreadable). `coffea-smk status "
                 f"{self.configfile}` lists them; run again to retry them.",
                 file=sys.stderr,
             )
+
+
+def _scheduler_timers() -> list[threading.Timer]:
+    """The pending re-evaluation timers of Snakemake's job scheduler, and no other timer.
+
+    Snakemake starts them to wake its scheduler after a rate-limit pause; at the
+    end of the run nothing waits for them. Any other timer of the process (a
+    plugin's, the user's) is left alone.
+    """
+    out = []
+    for thread in threading.enumerate():
+        code = getattr(getattr(thread, "function", None), "__code__", None)
+        if isinstance(thread, threading.Timer) and code is not None and code.co_filename.endswith(_SCHEDULER):
+            out.append(thread)
+    return out
 
 
 def _lstat(path: str) -> list[int] | None:

@@ -2,7 +2,8 @@
 
 Each step writes its output atomically and its log to ``--log``. A failure
 prints one clear message on stderr (Snakemake shows it) and the full story in
-the log; nothing already written is touched.
+the log; nothing already written is touched, but for a damaged input, which
+is removed so that the next run makes it again (:mod:`coffea_smk.engine.damaged`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,28 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from coffea_smk.engine.preprocess import StaleRecordError
+from pydantic import ValidationError
+
+from coffea_smk.engine.damaged import DamagedFileError, describe, discard
+from coffea_smk.engine.meta import Provenance
+from coffea_smk.engine.plan import make_plan
+from coffea_smk.engine.preprocess import FileIdentity, StaleRecordError, note_replaced, preprocess_files
+from coffea_smk.engine.records import (
+    Batch,
+    BatchFailures,
+    Plan,
+    PlanRequest,
+    PreprocessedFile,
+    UnusableFile,
+)
+from coffea_smk.engine.reduce import finish_dataset, finish_global, merge_to_file
+from coffea_smk.io.basketmap import map_path
+from coffea_smk.io.faults import causes
+from coffea_smk.smk.names import Step, split_attempt
+from coffea_smk.spec.processor import load_processor
+from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
+from coffea_smk.util.atomic import write_json
 
 log = logging.getLogger("coffea_smk")
 
@@ -31,67 +50,67 @@ def _setup_logging(path: str | None) -> None:
     )
 
 
-def _read_json(path: str) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
+def _plan(path: str) -> Plan:
+    """The plan a job reads; a damaged one is removed (the next run plans again)."""
+    try:
+        return Plan.read(path)
+    except ValidationError as err:
+        raise discard(path, f"{path} was corrupted ({describe(err)})", DamagedFileError) from None
 
 
 def step_preprocess(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
-    from coffea_smk.util.atomic import write_json
-
     identities = [FileIdentity(**d) for d in json.loads(a.files)]
     records, bad = preprocess_files(identities, a.cache, skip_bad_files=a.skip_bad_files)
     if bad:
-        write_json(a.failures, {"bad_files": bad})
-    write_json(a.out, {"records": records})
+        write_json(a.failures, BatchFailures(bad_files=tuple(bad)).model_dump(mode="json"))
+    write_json(a.out, Batch(records=tuple(records)).model_dump(mode="json"))
 
 
 def step_plan(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.plan import PlanSettings, make_plan
-    from coffea_smk.util.atomic import write_json
-
-    spec = json.loads(a.spec)
-    records = []
+    request = PlanRequest.model_validate_json(a.spec)
+    records: list[PreprocessedFile | UnusableFile] = []
+    sources: list[str | None] = []
     for path in a.inputs:
         try:
-            batch = _read_json(path)["records"]
-        except (ValueError, KeyError, TypeError) as err:
-            Path(path).unlink(missing_ok=True)
-            raise RuntimeError(f"{path} is corrupted ({err}): removed it; run again to redo it") from None
-        records.extend({**r, "batch_output": path} for r in batch)
+            batch = Batch.model_validate_json(Path(path).read_bytes())
+        except ValidationError as err:
+            raise discard(path, f"{path} is corrupted ({describe(err)})", DamagedFileError) from None
+        records.extend(batch.records)
+        sources.extend([path] * len(batch.records))
     plan = make_plan(
-        spec["dataset"], spec["slug"], spec["metadata"], records, PlanSettings(**spec["settings"])
+        request.dataset,
+        request.slug,
+        request.metadata,
+        records,
+        request.settings,
+        key=request.key,
+        batch_outputs=sources,
     )
-    plan["key"] = spec["key"]
-    write_json(a.out, plan)
+    write_json(a.out, plan.model_dump(mode="json"))
     log.info(
         "dataset %s: %d files, %d events, %d work units, %d bad files",
-        spec["dataset"],
+        request.dataset,
         len(records),
-        plan["expected_events"],
-        len(plan["units"]),
-        len(plan["bad_files"]),
+        plan.expected_events,
+        len(plan.units),
+        len(plan.bad_files),
     )
 
 
 def step_process(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.preprocess import StaleRecordError
-    from coffea_smk.engine.process import ErrorPolicy, process_unit_to_file
-    from coffea_smk.engine.reading import EventsOptions
-    from coffea_smk.io.faults import causes
-    from coffea_smk.spec.processor import load_processor
+    from coffea_smk.engine.process import process_unit_to_file  # noqa: PLC0415  only this step loads awkward, uproot
 
-    policy = json.loads(a.policy)
-    plan = _read_json(a.plan)
+    plan = _plan(a.plan)
+    unit_id, attempt = split_attempt(a.unit)
     processor = load_processor(a.processor, a.basedir)
     try:
         process_unit_to_file(
             plan,
-            a.unit,
+            unit_id,
             processor,
             a.out,
-            policy=ErrorPolicy(tuple(policy["continue_on"]), policy["retries"], policy["backoff"]),
+            attempt=attempt,
+            policy=ErrorPolicy.from_json(a.policy),
             previous_path=a.inputs[0] if a.inputs else None,
             failures_path=a.failures,
             allow_pickle=a.allow_pickle,
@@ -104,53 +123,48 @@ def step_process(a: argparse.Namespace) -> None:
         raise
 
 
-def _note_replaced(plan: dict[str, Any], err: StaleRecordError) -> None:
+def _note_replaced(plan: Plan, err: StaleRecordError) -> None:
     """A file was replaced behind the cache's back: drop its record and change its key for the next run."""
-    from coffea_smk.engine.preprocess import note_replaced
-    from coffea_smk.io.basketmap import map_path
-
-    for f in plan["files"]:
-        if f["key"] == err.key and f.get("record_path"):
-            record = Path(f["record_path"])
+    for f in plan.files:
+        if f.key == err.key and f.record_path:
+            record = Path(f.record_path)
             record.unlink(missing_ok=True)
             map_path(record).unlink(missing_ok=True)
             note_replaced(record.parents[2], err.key, err.uuid)  # <cache>/files/<kk>/<key>.json
 
 
 def step_merge(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.reduce import merge_to_file
-
     merge_to_file(a.inputs, a.out, allow_pickle=a.allow_pickle)
 
 
 def step_dataset(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.reduce import finish_dataset
-
-    provenance = json.loads(a.provenance)
-    finish_dataset(a.inputs, _read_json(a.plan), a.out, provenance, allow_pickle=a.allow_pickle)
+    provenance = Provenance.model_validate_json(a.provenance)
+    finish_dataset(a.inputs, _plan(a.plan), a.out, provenance, allow_pickle=a.allow_pickle)
 
 
 def step_result(a: argparse.Namespace) -> None:
-    from coffea_smk.engine.reduce import finish_global
-    from coffea_smk.spec.processor import load_processor
-
     processor = load_processor(a.processor, a.basedir)
-    provenance = json.loads(a.provenance)
+    provenance = Provenance.model_validate_json(a.provenance)
     meta = finish_global(a.inputs, a.out, provenance, processor.postprocess, allow_pickle=a.allow_pickle)
-    log.info(
-        "global result: %d of %d events, complete=%s",
-        meta["events"],
-        meta["events_expected"],
-        meta["complete"],
-    )
+    log.info("global result: %d of %d events, complete=%s", meta.events, meta.events_expected, meta.complete)
+
+
+STEPS = {
+    Step.PREPROCESS: step_preprocess,
+    Step.PLAN: step_plan,
+    Step.PROCESS: step_process,
+    Step.MERGE: step_merge,
+    Step.DATASET: step_dataset,
+    Step.RESULT: step_result,
+}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m coffea_smk job")
     sub = parser.add_subparsers(dest="step", required=True)
 
-    def add(name: str, *args: str, inputs: bool = False, processor: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name)
+    def add(name: Step, *args: str, inputs: bool = False, processor: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name.value)
         p.add_argument("--out", required=True)
         p.add_argument("--log")
         for arg in args:
@@ -163,15 +177,17 @@ def main(argv: list[str]) -> int:
             p.add_argument("inputs", nargs="*")
         return p
 
-    add("preprocess", "files", "cache", "failures").add_argument("--skip-bad-files", action="store_true")
-    add("plan", "spec", inputs=True)
-    add("process", "plan", "unit", "policy", "failures", inputs=True, processor=True).add_argument("--events")
-    add("merge", inputs=True, processor=True)
-    add("dataset", "plan", "provenance", inputs=True, processor=True)
-    add("result", "provenance", inputs=True, processor=True)
+    add(Step.PREPROCESS, "files", "cache", "failures").add_argument("--skip-bad-files", action="store_true")
+    add(Step.PLAN, "spec", inputs=True)
+    add(Step.PROCESS, "plan", "unit", "policy", "failures", inputs=True, processor=True).add_argument(
+        "--events"
+    )
+    add(Step.MERGE, inputs=True, processor=True)
+    add(Step.DATASET, "plan", "provenance", inputs=True, processor=True)
+    add(Step.RESULT, "provenance", inputs=True, processor=True)
     a = parser.parse_args(argv)
     _setup_logging(a.log)
-    step = globals()[f"step_{a.step}"]
+    step = STEPS[Step(a.step)]
     try:
         step(a)
     except Exception as err:

@@ -22,10 +22,18 @@ import socket
 import struct
 import sys
 import threading
-from typing import Any
+from typing import TypedDict
 
 ENV = "COFFEA_SMK_JOBSERVER"
 _MAX_REQUEST = 1 << 24
+
+
+class _Request(TypedDict):
+    """What a client sends: the job's arguments, working directory and environment."""
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
 
 
 def address(sock_path: str) -> str:
@@ -43,7 +51,8 @@ def run_via_server(argv: list[str]) -> int | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
-        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        body: _Request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        request = json.dumps(body).encode()
         sys.stdout.flush()
         sys.stderr.flush()
         socket.send_fds(conn, [struct.pack("!I", len(request))], [1, 2])
@@ -64,14 +73,18 @@ def run_via_server(argv: list[str]) -> int | None:
 
 # ---- server ------------------------------------------------------------------------------
 def _preload() -> None:
-    import awkward  # noqa: F401
-    import hist  # noqa: F401
-    import numpy  # noqa: F401
-    import uproot  # noqa: F401
-    import vector  # noqa: F401
+    """Import what jobs use, once, in the server (after it listens; never in the client)."""
+    import awkward  # noqa: F401, PLC0415  the server's whole point: imported once, after listening
+    import hist  # noqa: F401, PLC0415  (as above)
+    import numpy  # noqa: F401, PLC0415  (as above)
+    import uproot  # noqa: F401, PLC0415  (as above)
+    import vector  # noqa: F401, PLC0415  (as above)
+
+    import coffea_smk.engine.process  # noqa: PLC0415  (as above)
+    import coffea_smk.smk.jobs  # noqa: F401, PLC0415  (as above)
 
 
-def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+def _child(conn: socket.socket, fds: list[int], request: _Request) -> None:
     """Runs in the forked child: become the job, report its exit code."""
     os.dup2(fds[0], 1)
     os.dup2(fds[1], 2)
@@ -94,7 +107,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
     threading.Thread(target=watch, daemon=True).start()
     code = 1
     try:
-        from coffea_smk.smk.jobs import main
+        from coffea_smk.smk.jobs import main  # noqa: PLC0415  the client never imports the job steps
 
         code = main(request["argv"])
     except SystemExit as exit_:
@@ -110,7 +123,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None
             os._exit(code)
 
 
-def _receive(conn: socket.socket) -> tuple[list[int], dict[str, Any]]:
+def _receive(conn: socket.socket) -> tuple[list[int], _Request]:
     msg, fds, _, _ = socket.recv_fds(conn, 4, 2)
     (size,) = struct.unpack("!I", msg)
     if size > _MAX_REQUEST:
@@ -121,7 +134,15 @@ def _receive(conn: socket.socket) -> tuple[list[int], dict[str, Any]]:
         if not chunk:
             raise ConnectionError("client went away")
         data += chunk
-    return list(fds), json.loads(data)
+    raw = json.loads(data)
+    if not (
+        isinstance(raw, dict)
+        and isinstance(raw.get("argv"), list)
+        and isinstance(raw.get("cwd"), str)
+        and isinstance(raw.get("env"), dict)
+    ):
+        raise ValueError("not a job request")
+    return list(fds), _Request(argv=raw["argv"], cwd=raw["cwd"], env=raw["env"])
 
 
 def serve(sock_path: str) -> None:

@@ -10,33 +10,38 @@ in ``.snakemake/`` say. The fixed names users read, ``datasets/<dataset>.npz``
 and ``result.npz``, are links to the current analysis's results, *published*
 by a job whenever they point elsewhere (:meth:`Layout.publish`).
 
-Shared by the Snakemake glue (``smk.py``) and ``coffea-smk status``; it never
-imports Snakemake and never opens a ROOT file (it only stats inputs).
+Shared by the Snakemake glue (:mod:`coffea_smk.smk.analysis`) and ``coffea-smk
+status``; it never imports Snakemake, never opens a ROOT file (it only stats
+inputs) and never writes while the workflow is parsed (only :meth:`Layout.publish`
+writes, in the publish job).
 
-Failed work is retried through *attempts*: a job that ends with failures
-(under ``continue_on`` or ``skip_bad_files``) still writes its output, covering
-what succeeded, plus a failure manifest ``failures/<dataset>/<group>/<name>.json``.
-On the next run the same job is requested under a new name ``<id>-a<k>``: it
-takes the previous attempt's output as input and redoes only what failed. The
-merges above it get new names too, so Snakemake redoes exactly the failed
-chunks and the merges they feed, and nothing else.
+Failed work is retried through *attempts* (:mod:`coffea_smk.smk.names`): a job
+that ends with failures writes its output and a failure manifest
+``failures/<dataset>/<group>/<name>.json``; the next run requests the job
+again as ``<id>-a<k>``, which takes the previous attempt's output as input and
+redoes only what failed. The merges above it get new names too, so Snakemake
+redoes exactly the failed chunks and the merges they feed, and nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from coffea_smk._version import __version__
-from coffea_smk.engine.plan import PLAN_VERSION, PlanSettings
+from coffea_smk.engine.damaged import describe
+from coffea_smk.engine.meta import Provenance
 from coffea_smk.engine.preprocess import FileIdentity, replaced_files
-from coffea_smk.io.files import check_backends
+from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
+from coffea_smk.io.files import InputFileError, check_backends
+from coffea_smk.smk.names import attempt_name, split_attempt
 from coffea_smk.spec.config import (
     AnalysisConfig,
     ConfigError,
@@ -46,55 +51,45 @@ from coffea_smk.spec.config import (
     read_mapping,
 )
 from coffea_smk.spec.processor import ProcessorError, processor_tag
+from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
 
-HEX = r"[0-9a-f]{16}"
-_ATTEMPT = re.compile(rf"^({HEX})(?:-a([0-9]+))?$")
 
-WILDCARDS = {
-    "dataset": r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    "batch": rf"{HEX}(?:-a[0-9]+)?",
-    "plan": HEX,
-    "tag": HEX,
-    "key": HEX,
-    "unit": rf"{HEX}(?:-a[0-9]+)?",
-    "node": rf"{HEX}(?:-[0-9a-f]{{8}})?",
-}
+class Kind(str, Enum):
+    """The kinds of output, from a preprocessing batch to the global result."""
+
+    PREPROCESS = "preprocess"
+    PLAN = "plan"
+    PARTIAL = "partial"
+    MERGE = "merge"
+    DATASET = "dataset"
+    RESULT = "result"
+    PUBLISH = "publish"
+    """The job that points the fixed names at the current results (a log, no path of its own)."""
+
 
 PATHS = {
-    "preprocess": "preprocess/{dataset}/{batch}.json",
-    "plan": "plan/{dataset}/{plan}.json",
-    "partial": "partials/{dataset}/{tag}/{unit}.npz",
-    "merge": "merges/{dataset}/{tag}/{node}.npz",
-    "dataset": "datasets/{dataset}/{key}.npz",
-    "result": "global/{key}.npz",
+    Kind.PREPROCESS: "preprocess/{dataset}/{batch}.json",
+    Kind.PLAN: "plan/{dataset}/{plan}.json",
+    Kind.PARTIAL: "partials/{dataset}/{tag}/{unit}.npz",
+    Kind.MERGE: "merges/{dataset}/{tag}/{node}.npz",
+    Kind.DATASET: "datasets/{dataset}/{key}.npz",
+    Kind.RESULT: "global/{key}.npz",
 }
-ALIASES = {"dataset": "datasets/{dataset}.npz", "result": "result.npz"}
+ALIASES = {Kind.DATASET: "datasets/{dataset}.npz", Kind.RESULT: "result.npz"}
 LOGS = {
-    "preprocess": "logs/preprocess/{dataset}/{batch}.log",
-    "plan": "logs/plan/{dataset}/{plan}.log",
-    "partial": "logs/process/{dataset}/{tag}/{unit}.log",
-    "merge": "logs/merge/{dataset}/{tag}/{node}.log",
-    "dataset": "logs/dataset/{dataset}/{key}.log",
-    "result": "logs/result/{key}.log",
-    "publish": "logs/publish.log",
+    Kind.PREPROCESS: "logs/preprocess/{dataset}/{batch}.log",
+    Kind.PLAN: "logs/plan/{dataset}/{plan}.log",
+    Kind.PARTIAL: "logs/process/{dataset}/{tag}/{unit}.log",
+    Kind.MERGE: "logs/merge/{dataset}/{tag}/{node}.log",
+    Kind.DATASET: "logs/dataset/{dataset}/{key}.log",
+    Kind.RESULT: "logs/result/{key}.log",
+    Kind.PUBLISH: "logs/publish.log",
 }
 FAILURES = {
-    "preprocess": "failures/{dataset}/preprocess/{batch}.json",
-    "partial": "failures/{dataset}/{tag}/{unit}.json",
+    Kind.PREPROCESS: "failures/{dataset}/preprocess/{batch}.json",
+    Kind.PARTIAL: "failures/{dataset}/{tag}/{unit}.json",
 }
-
-
-def split_attempt(name: str) -> tuple[str, int]:
-    """``"<id>-a3"`` -> ``("<id>", 3)``; ``"<id>"`` -> ``("<id>", 0)``."""
-    m = _ATTEMPT.match(name)
-    if not m:
-        raise ValueError(f"not a job name: {name!r}")
-    return m.group(1), int(m.group(2) or 0)
-
-
-def attempt_name(ident: str, attempt: int) -> str:
-    return ident if attempt == 0 else f"{ident}-a{attempt}"
 
 
 @dataclass(frozen=True)
@@ -110,7 +105,7 @@ class DatasetKeys:
 
     @classmethod
     def of(cls, d: Dataset, files: list[FileIdentity], settings: PlanSettings, processor: str) -> DatasetKeys:
-        plan = key_of("plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], asdict(settings))
+        plan = key_of("plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], settings.model_dump())
         tag = key_of("tag", processor, d.name, d.metadata)
         return cls(plan, tag, key_of("dataset", tag, plan))
 
@@ -138,8 +133,6 @@ class Layout:
             ConfigError: Invalid config or fileset, or (without ``skip_bad_files``)
                 a local input file that does not exist.
         """
-        from coffea_smk.io.files import InputFileError
-
         cfg = parse_config(dict(config), configfile or "analysis config")
         base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())
         basedir = str(Path(base).resolve())
@@ -159,7 +152,7 @@ class Layout:
             tag = processor_tag(cfg.processor, basedir, cfg.version, cfg.schema_)
         except ProcessorError as err:
             raise ConfigError(str(err)) from None
-        settings = plan_settings(cfg)
+        settings = PlanSettings.from_config(cfg)
         keys = {slug: DatasetKeys.of(d, identities[slug], settings, tag) for slug, d in datasets.items()}
         analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
         return cls(cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key)
@@ -182,15 +175,17 @@ class Layout:
     def cache_dir(self) -> str:
         return f"{self.outdir}/cache"
 
-    def path(self, kind: str, **wildcards: str) -> str:
+    def path(self, kind: Kind | str, **wildcards: str) -> str:
         """An output path; left as a pattern for the wildcards not given."""
-        return _fill(f"{self.outdir}/{PATHS[kind]}", wildcards)
+        return _fill(f"{self.outdir}/{PATHS[Kind(kind)]}", wildcards)
 
-    def log(self, kind: str, **wildcards: str) -> str:
-        return _fill(f"{self.outdir}/{LOGS[kind]}", wildcards)
+    def log(self, kind: Kind | str, **wildcards: str) -> str:
+        """The log of the job that makes an output."""
+        return _fill(f"{self.outdir}/{LOGS[Kind(kind)]}", wildcards)
 
-    def failure(self, kind: str, **wildcards: str) -> str:
-        return _fill(f"{self.outdir}/{FAILURES[kind]}", wildcards)
+    def failure(self, kind: Kind | str, **wildcards: str) -> str:
+        """The failure manifest of a job that can fail in part (preprocessing, processing)."""
+        return _fill(f"{self.outdir}/{FAILURES[Kind(kind)]}", wildcards)
 
     # ---- preprocessing batches -------------------------------------------------
     def batches(self, slug: str) -> dict[str, list[FileIdentity]]:
@@ -201,7 +196,7 @@ class Layout:
         return {key_of("batch", [g.key for g in group]): group for group in groups}
 
     def batch_names(self, slug: str) -> list[str]:
-        tried = self.attempts(self.failure("preprocess", dataset=slug, batch="x"))
+        tried = self.attempts(self.failure(Kind.PREPROCESS, dataset=slug, batch="x"))
         return [attempt_name(b, tried.get(b, 0)) for b in self.batches(slug)]
 
     # ---- attempts ------------------------------------------------------------
@@ -233,11 +228,11 @@ class Layout:
         return out
 
     def unit_attempts(self, slug: str) -> dict[str, int]:
-        return self.attempts(self.failure("partial", dataset=slug, tag=self.keys[slug].tag, unit="x"))
+        return self.attempts(self.failure(Kind.PARTIAL, dataset=slug, tag=self.keys[slug].tag, unit="x"))
 
-    def node_names(self, merge: dict[str, Any], unit_attempts: dict[str, int]) -> dict[str, str]:
+    def node_names(self, merge: MergeTree, unit_attempts: dict[str, int]) -> dict[str, str]:
         """Names of merge nodes and units: a node is renamed when a unit below it has a new attempt."""
-        nodes: dict[str, list[str]] = merge["nodes"]
+        nodes = merge.nodes
         names: dict[str, str] = {}
 
         def name(ident: str) -> str:
@@ -251,26 +246,28 @@ class Layout:
                 names[ident] = ident if not changed else f"{ident}-{key_of(children)[:8]}"
             return names[ident]
 
-        for top in merge["top"]:
+        for top in merge.top:
             name(top)
         return names
 
     # ---- results and the links that publish them ----------------------------------
     def plan_path(self, slug: str) -> str:
-        return self.path("plan", dataset=slug, plan=self.keys[slug].plan)
+        return self.path(Kind.PLAN, dataset=slug, plan=self.keys[slug].plan)
 
     def dataset_result(self, slug: str) -> str:
-        return self.path("dataset", dataset=slug, key=self.keys[slug].result)
+        return self.path(Kind.DATASET, dataset=slug, key=self.keys[slug].result)
 
     @property
     def result(self) -> str:
-        return self.path("result", key=self.analysis_key)
+        return self.path(Kind.RESULT, key=self.analysis_key)
 
     def aliases(self) -> dict[str, str]:
         """``{fixed name: the current analysis's result}`` for the global and every per-dataset result."""
-        out = {_fill(f"{self.outdir}/{ALIASES['result']}", {}): self.result}
+        out = {_fill(f"{self.outdir}/{ALIASES[Kind.RESULT]}", {}): self.result}
         for slug in self.datasets:
-            out[_fill(f"{self.outdir}/{ALIASES['dataset']}", {"dataset": slug})] = self.dataset_result(slug)
+            out[_fill(f"{self.outdir}/{ALIASES[Kind.DATASET]}", {"dataset": slug})] = self.dataset_result(
+                slug
+            )
         return out
 
     def unpublished(self) -> list[str]:
@@ -300,44 +297,39 @@ class Layout:
                 done.append(f"{entry} removed (no longer in the analysis)")
         return done
 
-    def provenance(self, slug: str | None = None) -> dict[str, Any]:
+    def provenance(self, slug: str | None = None) -> Provenance:
         """What a per-dataset (``slug``) or the global result records about its origin."""
         config = self.cfg.model_dump(mode="json", by_alias=True)
         if isinstance(self.cfg.fileset, dict):
             config["fileset"] = "(inline)"
-        out: dict[str, Any] = {
-            "analysis_key": self.analysis_key if slug is None else self.keys[slug].result,
-            "processor_key": self.processor_key,
-            "coffea_smk_version": __version__,
-            "configfile": str(Path(self.configfile).resolve()) if self.configfile else None,
-            "config": config,
-        }
-        if slug is not None:
-            out["plan_key"] = self.keys[slug].plan
-        return out
+        return Provenance(
+            analysis_key=self.analysis_key if slug is None else self.keys[slug].result,
+            processor_key=self.processor_key,
+            coffea_smk_version=__version__,
+            configfile=str(Path(self.configfile).resolve()) if self.configfile else None,
+            config=config,
+            plan_key=None if slug is None else self.keys[slug].plan,
+        )
 
-    def read_plan(self, slug: str) -> dict[str, Any] | None:
-        """The current plan of a dataset, if it was made."""
+    def read_plan(self, slug: str) -> Plan | None:
+        """The current plan of a dataset, if it was made (read only: a damaged one raises).
+
+        Raises:
+            ConfigError: The plan is damaged.
+        """
         path = self.plan_path(slug)
         try:
-            with open(path) as handle:
-                plan = json.load(handle)
+            return Plan.read(path)
         except FileNotFoundError:
             return None
-        except ValueError as err:
-            raise ConfigError(f"{path} is corrupted ({err}); delete it and re-run") from None
-        return plan if isinstance(plan, dict) else None
+        except ValidationError as err:
+            raise ConfigError(f"{path} is corrupted ({describe(err)}); delete it and re-run") from None
 
 
 def _fill(pattern: str, wildcards: dict[str, str]) -> str:
     for name, value in wildcards.items():
         pattern = pattern.replace("{" + name + "}", value)
     return pattern
-
-
-def plan_settings(cfg: AnalysisConfig) -> PlanSettings:
-    """The settings of the config that shape a dataset's plan."""
-    return PlanSettings(cfg.chunksize, cfg.events_per_job, cfg.merge_fanin, cfg.align_chunks)
 
 
 def _with_replacements(identity: FileIdentity, replaced: dict[str, str]) -> FileIdentity:

@@ -7,13 +7,29 @@ covers (from the plan), its log and the last line of the error in it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
 
+from pydantic import ValidationError
+
+from coffea_smk.engine.meta import ChunkFailure, DatasetMeta, GlobalMeta, UnitFailures
 from coffea_smk.engine.preprocess import record_path
-from coffea_smk.smk.layout import Layout, attempt_name
+from coffea_smk.engine.records import BadFile
+from coffea_smk.results import ResultFileError, load_meta
+from coffea_smk.smk.layout import Kind, Layout
+from coffea_smk.smk.names import Step, attempt_name
+
+
+class ResultState(str, Enum):
+    """What a per-dataset or the global result file is."""
+
+    MISSING = "missing"
+    CORRUPTED = "corrupted"
+    """Unreadable, or not the result its key-named path promises."""
+    COMPLETE = "complete"
+    INCOMPLETE = "INCOMPLETE"
+    """Some events were not processed (failed chunks, unreadable files)."""
 
 
 @dataclass
@@ -21,7 +37,7 @@ class FailedJob:
     """A job that failed as a whole: what it covered, its log, its error."""
 
     dataset: str
-    step: str
+    step: Step
     log: str
     covers: list[tuple[str, list[list[int]]]] = field(default_factory=list)
     """The input files and (for processing) the entry ranges of each."""
@@ -36,22 +52,22 @@ class DatasetStatus:
     name: str
     files: int
     preprocessed: int
-    bad_files: list[dict[str, Any]] = field(default_factory=list)
+    bad_files: list[BadFile] = field(default_factory=list)
     planned: bool = False
     chunks_done: int = 0
     chunks_failed: int = 0
     chunks_pending: int = 0
     events_done: int = 0
     events_expected: int | None = None
-    failed_chunks: list[dict[str, Any]] = field(default_factory=list)
+    failed_chunks: list[ChunkFailure] = field(default_factory=list)
     failed_jobs: list[FailedJob] = field(default_factory=list)
-    result: str = "missing"
+    result: ResultState = ResultState.MISSING
 
 
-def _manifest(path: str) -> list[dict[str, Any]]:
+def _manifest(path: str) -> list[ChunkFailure]:
     try:
-        return list(json.loads(Path(path).read_text()).get("failed", []))
-    except (OSError, ValueError):
+        return list(UnitFailures.model_validate_json(Path(path).read_bytes()).failed)
+    except (OSError, ValidationError):
         return []
 
 
@@ -103,98 +119,91 @@ def dataset_status(layout: Layout, slug: str) -> DatasetStatus:
     st = DatasetStatus(d.name, len(ids), sum(record_path(layout.cache_dir, i).is_file() for i in ids))
     batch_files = {b: [i.path for i in group] for b, group in layout.batches(slug).items()}
     for batch in layout.batch_names(slug):
-        log = layout.log("preprocess", dataset=slug, batch=batch)
-        if not Path(layout.path("preprocess", dataset=slug, batch=batch)).exists() and _job_failed(log):
+        log = layout.log(Kind.PREPROCESS, dataset=slug, batch=batch)
+        if not Path(layout.path(Kind.PREPROCESS, dataset=slug, batch=batch)).exists() and _job_failed(log):
             files = batch_files.get(batch.split("-")[0], [])
             covers: list[tuple[str, list[list[int]]]] = [(path, []) for path in files]
-            st.failed_jobs.append(FailedJob(d.name, "preprocess", log, covers, _last_error(log)))
+            st.failed_jobs.append(FailedJob(d.name, Step.PREPROCESS, log, covers, _last_error(log)))
     plan = layout.read_plan(slug)
     if plan is None:
         return _from_result(layout, slug, st)
     st.planned = True
-    st.bad_files = plan.get("bad_files", [])
-    st.events_expected = plan["expected_events"]
+    st.bad_files = list(plan.bad_files)
+    st.events_expected = plan.expected_events
     attempts = layout.unit_attempts(slug)
     tag = layout.keys[slug].tag
-    for unit in plan["units"]:
-        k = attempts.get(unit["id"], 0)
-        name = attempt_name(unit["id"], k)
-        n = len(unit["chunks"])
-        if Path(layout.path("partial", dataset=slug, tag=tag, unit=name)).exists():
-            failed = _manifest(layout.failure("partial", dataset=slug, tag=tag, unit=name))
+    for unit in plan.units:
+        k = attempts.get(unit.id, 0)
+        name = attempt_name(unit.id, k)
+        n = len(unit.chunks)
+        log = layout.log(Kind.PARTIAL, dataset=slug, tag=tag, unit=name)
+        if Path(layout.path(Kind.PARTIAL, dataset=slug, tag=tag, unit=name)).exists():
+            failed = _manifest(layout.failure(Kind.PARTIAL, dataset=slug, tag=tag, unit=name))
         elif k > 0:
             # the previous attempt's failures: a re-run retries them
-            previous = attempt_name(unit["id"], k - 1)
-            failed = _manifest(layout.failure("partial", dataset=slug, tag=tag, unit=previous))
-            log = layout.log("partial", dataset=slug, tag=tag, unit=name)
+            previous = attempt_name(unit.id, k - 1)
+            failed = _manifest(layout.failure(Kind.PARTIAL, dataset=slug, tag=tag, unit=previous))
             if _job_failed(log):  # the retry itself failed as a whole
-                covers = _covers([(c["file"], c["entrystart"], c["entrystop"]) for c in failed])
-                st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
-            st.chunks_failed += len(failed)
-            st.chunks_done += n - len(failed)
-            st.events_done += unit["events"] - sum(f["events"] for f in failed)
-            st.failed_chunks.extend(failed)
-            continue
+                covers = _covers([(c.file, c.entrystart, c.entrystop) for c in failed])
+                st.failed_jobs.append(FailedJob(d.name, Step.PROCESS, log, covers, _last_error(log)))
         else:
-            log = layout.log("partial", dataset=slug, tag=tag, unit=name)
             if _job_failed(log):
-                covers = _covers([(plan["files"][i]["path"], a, b) for i, a, b in unit["chunks"]])
-                st.failed_jobs.append(FailedJob(d.name, "process", log, covers, _last_error(log)))
+                covers = _covers([(plan.files[c.file].path, c.start, c.stop) for c in unit.chunks])
+                st.failed_jobs.append(FailedJob(d.name, Step.PROCESS, log, covers, _last_error(log)))
                 st.chunks_failed += n
             else:
                 st.chunks_pending += n
             continue
         st.chunks_failed += len(failed)
         st.chunks_done += n - len(failed)
-        st.events_done += unit["events"] - sum(f["events"] for f in failed)
+        st.events_done += unit.events - sum(f.events for f in failed)
         st.failed_chunks.extend(failed)
     st.result, _ = _result_state(layout.dataset_result(slug), layout.keys[slug].result)
     return st
 
 
-def _result_state(path: str, key: str) -> tuple[str, dict[str, Any] | None]:
-    """``missing``, ``corrupted``, ``complete`` or ``INCOMPLETE``, and the result's meta."""
-    from coffea_smk.results import ResultFileError, load_meta
-
+def _result_state(path: str, key: str) -> tuple[ResultState, DatasetMeta | GlobalMeta | None]:
+    """The state of a per-dataset or the global result, and its meta."""
     if not Path(path).exists():
-        return "missing", None
+        return ResultState.MISSING, None
     try:
-        meta = load_meta(path)
-    except ResultFileError:
-        return "corrupted", None
-    if meta.get("analysis_key") != key:
-        return "corrupted", None  # not the result its key-named path promises
-    return ("complete" if meta.get("complete") else "INCOMPLETE"), meta
+        raw = load_meta(path)
+        meta = GlobalMeta.model_validate(raw) if "datasets" in raw else DatasetMeta.model_validate(raw)
+    except (ResultFileError, ValidationError):
+        return ResultState.CORRUPTED, None
+    if meta.analysis_key != key:
+        return ResultState.CORRUPTED, None  # not the result its key-named path promises
+    return (ResultState.COMPLETE if meta.complete else ResultState.INCOMPLETE), meta
 
 
 def _from_result(layout: Layout, slug: str, st: DatasetStatus) -> DatasetStatus:
     """Without a plan (removed after damage), the dataset result still tells how far it got."""
     st.result, meta = _result_state(layout.dataset_result(slug), layout.keys[slug].result)
-    if meta is not None:
-        st.events_done, st.events_expected = meta["events"], meta["events_expected"]
-        st.bad_files = meta.get("bad_files", [])
-        st.failed_chunks = meta.get("failed", [])
+    if isinstance(meta, DatasetMeta):
+        st.events_done, st.events_expected = meta.events, meta.events_expected
+        st.bad_files = list(meta.bad_files)
+        st.failed_chunks = list(meta.failed)
     return st
 
 
-def _failed_chunks(failed: list[dict[str, Any]], limit: int = 50) -> list[str]:
+def _failed_chunks(failed: list[ChunkFailure], limit: int = 50) -> list[str]:
     """Failed chunks by dataset, file and exception: the entry ranges, the error, its root cause."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[ChunkFailure]] = {}
     for c in failed:
-        groups.setdefault((c["dataset"], c["file"], c["exception"]), []).append(c)
+        groups.setdefault((c.dataset, c.file, c.exception), []).append(c)
     lines = []
     for (dataset, path, exception), chunks in list(groups.items())[:limit]:
-        ranges = _merged([[c["entrystart"], c["entrystop"]] for c in chunks])
-        events = sum(c["entrystop"] - c["entrystart"] for c in chunks)
+        ranges = _merged([[c.entrystart, c.entrystop] for c in chunks])
+        events = sum(c.entrystop - c.entrystart for c in chunks)
         first = chunks[0]
         lines.append(
             f"  {dataset}: {path} entries {_entries(ranges)} ({len(chunks)} chunks, {events} events)"
         )
-        lines.append(f"      {exception}: {_shorten(first['message'])}")
-        if first.get("cause"):
-            lines.append(f"      root cause: {_shorten(first['cause'])}")
-        if first.get("traceback_file"):
-            lines.append(f"      traceback: {first['traceback_file']}")
+        lines.append(f"      {exception}: {_shorten(first.message)}")
+        if first.cause:
+            lines.append(f"      root cause: {_shorten(first.cause)}")
+        if first.traceback_file:
+            lines.append(f"      traceback: {first.traceback_file}")
     if len(groups) > limit:
         lines.append(f"  ... and {len(groups) - limit} more files")
     return lines
@@ -222,7 +231,7 @@ def report(layout: Layout) -> tuple[str, bool]:
         chunks = f"{r.chunks_done}/{r.chunks_failed}/{r.chunks_pending}" if r.planned else "not planned"
         lines.append(
             f"{r.name[:28]:<28} {r.files:>7} {r.preprocessed:>7} {len(r.bad_files):>4} {chunks:>27} "
-            f"{f'{r.events_done}/{expected}':>22}  {r.result}"
+            f"{f'{r.events_done}/{expected}':>22}  {r.result.value}"
         )
     failed = [c for r in rows for c in r.failed_chunks]
     if failed:
@@ -233,22 +242,22 @@ def report(layout: Layout) -> tuple[str, bool]:
     if bad:
         lines.append("")
         lines.append("unreadable files (skipped; a re-run tries them again):")
-        lines.extend(f"  {name}: {b['path']}: {b['error']}" for name, b in bad)
+        lines.extend(f"  {name}: {b.path}: {b.error}" for name, b in bad)
     jobs = [job for r in rows for job in r.failed_jobs]
     if jobs:
         lines.append("")
         lines.append("failed jobs (see their logs):")
         for job in jobs:
-            lines.append(f"  {job.dataset}: {job.step} job: {job.log}")
+            lines.append(f"  {job.dataset}: {job.step.value} job: {job.log}")
             for path, ranges in job.covers:
                 lines.append(f"      covers {path}" + (f" entries {_entries(ranges)}" if ranges else ""))
             if job.error:
                 lines.append(f"      error: {_shorten(job.error)}")
     state, _ = _result_state(layout.result, layout.analysis_key)
-    ok = state == "complete" and all(r.result == "complete" for r in rows)
+    ok = state is ResultState.COMPLETE and all(r.result is ResultState.COMPLETE for r in rows)
     published = (
         "" if not layout.unpublished() else "; result.npz is not this analysis's yet: run to publish it"
     )
     lines.append("")
-    lines.append(f"global result: {layout.result} ({state}{published})")
+    lines.append(f"global result: {layout.result} ({state.value}{published})")
     return "\n".join(lines), ok

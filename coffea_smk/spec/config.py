@@ -11,18 +11,39 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SCHEMA_CLASS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*([.:][A-Za-z_]\w*)$")
+T = TypeVar("T", bound=Sequence[str])
 
 
 class ConfigError(ValueError):
     """The analysis config or the fileset is invalid; the message says where and how to fix it."""
+
+
+def exception_names(value: T) -> T:
+    """Check that every name of ``value`` could name an exception type (``OSError``, ``mod.MyError``)."""
+    for name in value:
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+            raise ValueError(f"{name!r} is not an exception type name")
+    return value
+
+
+def known_schema(value: str) -> str:
+    """Check a ``schema`` setting: ``auto``, ``nanoaod``, ``coffea`` or a coffea schema class."""
+    if value in ("auto", "nanoaod", "coffea") or _SCHEMA_CLASS.match(value):
+        return value
+    raise ValueError(
+        f"unknown schema {value!r}; use 'auto', 'nanoaod', 'coffea' or a coffea schema class "
+        "such as 'coffea.nanoevents.NanoAODSchema' or 'mymodule:MySchema'"
+    )
 
 
 class AnalysisConfig(BaseModel):
@@ -117,23 +138,8 @@ class AnalysisConfig(BaseModel):
         "(default: the config file's directory).",
     )
 
-    @field_validator("continue_on")
-    @classmethod
-    def _exception_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
-                raise ValueError(f"{name!r} is not an exception type name")
-        return value
-
-    @field_validator("schema_")
-    @classmethod
-    def _known_schema(cls, value: str) -> str:
-        if value in ("auto", "nanoaod", "coffea") or _SCHEMA_CLASS.match(value):
-            return value
-        raise ValueError(
-            f"unknown schema {value!r}; use 'auto', 'nanoaod', 'coffea' or a coffea schema class "
-            "such as 'coffea.nanoevents.NanoAODSchema' or 'mymodule:MySchema'"
-        )
+    _exception_names = field_validator("continue_on")(exception_names)
+    _known_schema = field_validator("schema_")(known_schema)
 
 
 @dataclass(frozen=True)
@@ -197,8 +203,6 @@ def read_mapping(path: Path) -> Any:
     text = path.read_text()
     if path.suffix.lower() == ".json":
         return json.loads(text)
-    import yaml
-
     return yaml.safe_load(text)
 
 

@@ -1,0 +1,242 @@
+"""What preprocessing and planning write: file identities and records, batches, plans and work units.
+
+Each record is a frozen pydantic model whose JSON is exactly what the file on
+disk holds; a file is parsed with its model before anything reads it, so a
+record of another shape is rejected, never misread. The shapes are part of the
+cache keys: a change to :class:`FileRecord` or :class:`Batch` needs a new
+:data:`RECORD_VERSION`, a change to :class:`Plan` a new :data:`PLAN_VERSION`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+
+from coffea_smk.io.basketmap import READER_VERSION
+from coffea_smk.io.files import InputFileError
+from coffea_smk.spec.config import InputFile
+from coffea_smk.spec.settings import PlanSettings
+from coffea_smk.util.hashing import key_of
+
+RECORD_VERSION = 2
+"""The shape of :class:`FileRecord` and :class:`Batch` (part of every file's key)."""
+PLAN_VERSION = 1
+"""The shape of :class:`Plan` (part of every plan's key)."""
+
+
+class Record(BaseModel):
+    """A frozen record whose JSON has exactly its fields (no more, no fewer)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What identifies an input file without opening it."""
+
+    path: str
+    treename: str
+    size: int | None
+    mtime_ns: int | None
+    replaced: str | None = None
+    """Set when a job found the file replaced behind the cache's back (same size and
+    mtime, another UUID): the UUID it found, so that the key changes."""
+
+    @property
+    def key(self) -> str:
+        """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
+        parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
+        return key_of("file", *parts, *([self.replaced] if self.replaced else []))
+
+    @classmethod
+    def of(cls, f: InputFile, dataset: str = "", *, missing_ok: bool = False) -> FileIdentity:
+        """Stat a local file (no open); remote files are identified by URL and tree.
+
+        Raises:
+            InputFileError: A local file does not exist (unless ``missing_ok``:
+                then it is identified like a remote file and fails at preprocessing).
+        """
+        if f.is_remote:
+            return cls(f.path, f.treename, None, None)
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            if missing_ok:
+                return cls(f.path, f.treename, None, None)
+            where = f" of dataset {dataset!r}" if dataset else ""
+            raise InputFileError(
+                f"input file {f.path}{where} does not exist: fix its path in the fileset "
+                "or remove it from the dataset"
+            ) from None
+        return cls(f.path, f.treename, st.st_size, st.st_mtime_ns)
+
+
+class FileRecord(Record):
+    """What preprocessing keeps of one input file: the cache record ``<cache>/files/<kk>/<key>.json``."""
+
+    version: int
+    """:data:`RECORD_VERSION` when it was written."""
+    reader: int
+    """The basket reader's version (:data:`~coffea_smk.io.basketmap.READER_VERSION`)."""
+    path: str
+    treename: str
+    size: int | None
+    mtime_ns: int | None
+    replaced: str | None
+    """See :attr:`FileIdentity.replaced`."""
+    key: str
+    """:attr:`FileIdentity.key`."""
+    uuid: str
+    """The ROOT file's UUID (checked when a processing job opens the file)."""
+    entries: int
+    clusters: tuple[int, ...]
+    """Cluster boundaries ``[0, ..., entries]`` (chunk boundaries move onto them)."""
+    nbranches: int
+    branches_hash: str
+    seconds: float
+    """Time it took to open the file and read its metadata."""
+
+
+class PreprocessedFile(FileRecord):
+    """A usable file of a preprocessing batch: its record and where the record is cached."""
+
+    record_path: str
+    """The cache record (its basket map lies beside it)."""
+
+
+class UnusableFile(Record):
+    """A file of a preprocessing batch that could not be opened (with ``skip_bad_files``); not cached."""
+
+    path: str
+    treename: str
+    size: int | None
+    mtime_ns: int | None
+    replaced: str | None
+    key: str
+    entries: int = 0
+    error: str
+    """Why it cannot be used."""
+
+
+class Batch(Record):
+    """A preprocessing job's output: the records of its files, in order."""
+
+    records: tuple[PreprocessedFile | UnusableFile, ...]
+
+
+class BadFile(Record):
+    """A file that could not be used, as plans, results and failure manifests list it."""
+
+    path: str
+    treename: str
+    error: str
+
+
+class FileSummary(Record):
+    """An input file as a per-dataset result records it."""
+
+    path: str
+    treename: str
+    key: str
+    uuid: str
+    entries: int
+    size: int | None
+    mtime_ns: int | None
+
+
+class PlanFile(FileSummary):
+    """A file of a plan: its identity, and where preprocessing left its record."""
+
+    record_path: str | None = None
+    """The cache record (whose basket map a processing job reads), if any."""
+    batch_output: str | None = None
+    """The preprocessing output the record came from."""
+
+    def summary(self) -> FileSummary:
+        return FileSummary.model_validate(self.model_dump(include=set(FileSummary.model_fields)))
+
+
+class Chunk(NamedTuple):
+    """One call of ``process()``: entries ``[start, stop)`` of the plan's file number ``file``."""
+
+    file: int
+    start: int
+    stop: int
+
+
+class WorkUnit(Record):
+    """Consecutive chunks processed by one job; ``id`` is a content key of the chunks."""
+
+    id: str
+    events: int
+    chunks: tuple[Chunk, ...]
+
+
+class MergeTree(Record):
+    """A dataset's merge tree: nodes ``{id: children}`` and the ids the dataset result merges."""
+
+    nodes: dict[str, tuple[str, ...]]
+    top: tuple[str, ...]
+
+
+class BatchFailures(Record):
+    """A preprocessing job's failure manifest: the files a later attempt tries again."""
+
+    bad_files: tuple[BadFile, ...]
+
+
+class PlanRequest(Record):
+    """What a plan job is asked to make (its ``--spec``)."""
+
+    dataset: str
+    slug: str
+    key: str
+    """The plan's content key."""
+    metadata: dict[str, Any]
+    settings: PlanSettings
+
+
+class Plan(Record):
+    """The plan of one dataset: files, work units and the merge tree (``plan/<dataset>/<key>.json``)."""
+
+    version: int
+    """:data:`PLAN_VERSION` when it was made."""
+    dataset: str
+    slug: str
+    metadata: dict[str, Any]
+    """The dataset's metadata from the fileset (the user's, any JSON)."""
+    settings: PlanSettings
+    files: tuple[PlanFile, ...]
+    """The usable files, in fileset order (chunks refer to them by number)."""
+    units: tuple[WorkUnit, ...]
+    merge: MergeTree
+    expected_events: int
+    empty_files: tuple[str, ...]
+    bad_files: tuple[BadFile, ...]
+    key: str | None = None
+    """The plan's content key (its path's key)."""
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Plan:
+        """Parse a plan file.
+
+        Raises:
+            FileNotFoundError: There is none.
+            pydantic.ValidationError: It is damaged (not JSON, or not a plan).
+        """
+        with open(path, "rb") as handle:
+            return cls.model_validate_json(handle.read())
+
+    def unit(self, unit_id: str) -> WorkUnit:
+        """The work unit ``unit_id``.
+
+        Raises:
+            KeyError: It is not in this plan.
+        """
+        for unit in self.units:
+            if unit.id == unit_id:
+                return unit
+        raise KeyError(f"work unit {unit_id} is not in the plan of dataset {self.dataset!r}")
