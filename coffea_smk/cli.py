@@ -22,6 +22,7 @@ USAGE = """coffea-smk init --fileset FILESET --processor MODULE:CLASS [--dir DIR
        coffea-smk profile install NAME [--to DIR] [--force]   (NAME: local, uge, slurm, htcondor)
        coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
        coffea-smk resume ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (redo only failed and missing work)
+       coffea-smk report ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (run, then print the report's path)
        coffea-smk status ANALYSIS.yaml
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
@@ -171,6 +172,18 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
     return code
 
 
+def cmd_report(configfile: str, extra: list[str]) -> int:
+    """Bring the analysis up to date (the report is one of its outputs) and say where the report is."""
+    code = cmd_run(configfile, extra)
+    if code != 0 or any(a in extra for a in ("-n", "--dry-run")):
+        return code
+    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+
+    report = Path(Layout.from_file(configfile).outdir) / "report.html"
+    print(f"report: {report.absolute().as_uri()}")
+    return 0
+
+
 def cmd_status(configfile: str) -> int:
     from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.smk.status import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
@@ -289,12 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_init(rest)
     if command == "profile":
         return cmd_profile(rest)
-    if command in ("run", "resume", "status"):
+    if command in ("run", "resume", "status", "report"):
         if not rest or rest[0].startswith("-"):
             print("usage: " + USAGE, file=sys.stderr)
             return 2
         if command == "status":
             return cmd_status(rest[0])
+        if command == "report":
+            return cmd_report(rest[0], rest[1:])
         return cmd_run(rest[0], rest[1:])
     if command == "demo":
         parser = argparse.ArgumentParser(prog="coffea-smk demo")

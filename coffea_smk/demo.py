@@ -197,6 +197,10 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
         "outdir: results\n"
         "chunksize: 10000\n"
         "events_per_job: 40000\n"
+        "# plots of every histogram, per dataset and stacked (simulation normalised to the\n"
+        "# luminosity of the data sets' metadata), and the report: results/report.html\n"
+        "plots:\n"
+        "  yscale: both\n"
     )
     return directory
 
@@ -237,4 +241,9 @@ def summary(result_path: str | Path) -> str:
         hists = [k for k, v in result.items() if hasattr(v, "axes")]
         if hists:
             lines.append(f"histograms ({', '.join(hists)}): coffea_smk.load({str(result_path)!r})")
+    folder = Path(result_path).parent
+    if (folder / "plots" / "latest").is_dir():
+        lines.append(f"plots: {folder / 'plots' / 'latest'}/")
+    if (folder / "report.html").is_file():
+        lines.append(f"report: {(folder / 'report.html').absolute().as_uri()}")
     return "\n".join(lines)

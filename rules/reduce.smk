@@ -56,6 +56,8 @@ rule publish:
     input:
         analysis.get_dataset_results,
         analysis.result,
+        analysis.plots,
+        analysis.report,
     output:
         temp(analysis.publish_marker),
     log:

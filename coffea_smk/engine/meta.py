@@ -62,6 +62,10 @@ class ChunkMetrics(Record):
     fallbacks: int
     fallback_branches: tuple[str, ...]
     """Branches read by uproot instead of coffea_smk's basket reader."""
+    gen_sumw: float | None = None
+    """The chunk's sum of ``genWeight``, when the dataset's files have no ``Runs`` sum."""
+    gen_weighted_events: int = 0
+    """The events summed in :attr:`gen_sumw`."""
 
 
 class ChunkFailure(Record):
@@ -173,6 +177,11 @@ class DatasetMeta(Record):
     rates: dict[str, float]
     settings: PlanSettings
     input_files: tuple[FileSummary, ...]
+    sumw: float | None = None
+    """The sum of generator weights (simulation), to normalise by (:attr:`sumw_source` says how)."""
+    sumw_source: str | None = None
+    """``Runs.genEventSumw`` (all files' Runs trees: every generated event) or ``genWeight``
+    (summed over the processed events); None for data."""
 
 
 class DatasetSummary(Record):
@@ -192,6 +201,11 @@ class DatasetSummary(Record):
     columns: tuple[str, ...]
     path: str
     """The per-dataset result it was merged from."""
+    sumw: float | None = None
+    """The sum of generator weights (simulation), to normalise by (:attr:`sumw_source` says how)."""
+    sumw_source: str | None = None
+    """``Runs.genEventSumw`` (all files' Runs trees: every generated event) or ``genWeight``
+    (summed over the processed events); None for data."""
 
 
 class GlobalMeta(Record):

@@ -38,6 +38,8 @@ SUMMED = (
     "prefetch_errors",
     "retries",
     "fallbacks",
+    "gen_sumw",
+    "gen_weighted_events",
 )
 """Chunk fields that add up across chunks, units and datasets."""
 MAXED = ("peak_rss_mb",)

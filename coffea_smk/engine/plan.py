@@ -95,6 +95,7 @@ def make_plan(
             entries=r.entries,
             size=r.size,
             mtime_ns=r.mtime_ns,
+            gen_sumw=r.gen_sumw,
             record_path=r.record_path,
             batch_output=src,
         )

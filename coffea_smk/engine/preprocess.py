@@ -31,7 +31,7 @@ from coffea_smk.engine.records import (
     UnusableFile,
 )
 from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
-from coffea_smk.io.files import InputFileError, open_file
+from coffea_smk.io.files import InputFileError, open_file, runs_sumw
 from coffea_smk.util.atomic import write_json
 
 __all__ = [
@@ -129,6 +129,7 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
             nbranches=len(tmap.types),
             branches_hash=tmap.branches_hash(),
             seconds=round(time.perf_counter() - t0, 4),
+            gen_sumw=runs_sumw(rootfile),
         )
 
 

@@ -21,6 +21,8 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import awkward as ak
+import numpy as np
 from pydantic import ValidationError
 
 from coffea_smk import results as storage
@@ -243,8 +245,21 @@ def _run_chunk(
                 f"processor {processor.spec} failed on dataset {plan.dataset!r}, file {record.path}, "
                 f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
             ) from err
+        gen_sumw = None if plan.runs_sumw is not None else _gen_sumw(chunk.events)
     t_process = time.perf_counter() - t0
-    return output, chunk.metrics(t_process, time.perf_counter() - t0)
+    metrics = chunk.metrics(t_process, time.perf_counter() - t0)
+    if gen_sumw is not None:
+        metrics = metrics.model_copy(update={"gen_sumw": gen_sumw, "gen_weighted_events": stop - start})
+    return output, metrics
+
+
+def _gen_sumw(events: Any) -> float | None:
+    """The chunk's sum of generator weights (``genWeight``), or None without that branch (data)."""
+    try:
+        weights = events.genWeight
+    except (AttributeError, KeyError):
+        return None
+    return float(np.sum(ak.to_numpy(weights), dtype=np.float64))
 
 
 def load_previous(path: str, *, allow_pickle: bool = False) -> tuple[Any, UnitMeta]:

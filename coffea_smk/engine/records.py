@@ -21,9 +21,9 @@ from coffea_smk.spec.config import InputFile
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
 
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 """The shape of :class:`FileRecord` and :class:`Batch` (part of every file's key)."""
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 """The shape of :class:`Plan` (part of every plan's key)."""
 
 
@@ -98,6 +98,9 @@ class FileRecord(Record):
     branches_hash: str
     seconds: float
     """Time it took to open the file and read its metadata."""
+    gen_sumw: float | None = None
+    """The sum of generator weights of the file's ``Runs`` tree (``genEventSumw``, or
+    ``genEventSumw_`` in older NanoAOD), over all its entries; None without one."""
 
 
 class PreprocessedFile(FileRecord):
@@ -145,6 +148,8 @@ class FileSummary(Record):
     entries: int
     size: int | None
     mtime_ns: int | None
+    gen_sumw: float | None = None
+    """See :attr:`FileRecord.gen_sumw`."""
 
 
 class PlanFile(FileSummary):
@@ -218,6 +223,13 @@ class Plan(Record):
     bad_files: tuple[BadFile, ...]
     key: str | None = None
     """The plan's content key (its path's key)."""
+
+    @property
+    def runs_sumw(self) -> float | None:
+        """The dataset's sum of generator weights from its files' ``Runs`` trees, or None when a
+        file has none (then the processing jobs sum ``genWeight`` of every event instead)."""
+        sums = [f.gen_sumw for f in self.files]
+        return sum(s for s in sums if s is not None) if sums and None not in sums else None
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> Plan:

@@ -156,6 +156,7 @@ def finish_dataset(
         rates=metrics.rates(merged.totals),
         settings=plan.settings,
         input_files=tuple(f.summary() for f in plan.files),
+        **_sum_of_weights(plan, merged.events, merged.totals),
     )
     if unexpected:
         raise MergeError(
@@ -173,6 +174,16 @@ def finish_dataset(
         )
     storage.save(out, result, meta.model_dump(mode="json"), allow_pickle=allow_pickle)
     return meta
+
+
+def _sum_of_weights(plan: Plan, events: int, totals: dict[str, float]) -> dict[str, Any]:
+    """The dataset's sum of generator weights: its files' Runs trees, else ``genWeight``."""
+    runs = plan.runs_sumw
+    if runs is not None:
+        return {"sumw": runs, "sumw_source": "Runs.genEventSumw"}
+    if events and totals.get("gen_weighted_events", 0.0) == events:
+        return {"sumw": totals.get("gen_sumw", 0.0), "sumw_source": "genWeight"}
+    return {}
 
 
 def finish_global(
@@ -207,6 +218,8 @@ def finish_global(
             rates=metrics.rates(m.totals),
             columns=m.columns,
             path=path,
+            sumw=m.sumw,
+            sumw_source=m.sumw_source,
         )
     if postprocess is not None:
         post = postprocess(result)

@@ -157,3 +157,19 @@ def tree_of(rootfile: Any, path: str, treename: str) -> Any:
         rootfile.close()
         raise InputFileError(f"{path}: {treename!r} is not a TTree")
     return tree
+
+
+GEN_SUMW_BRANCHES = ("genEventSumw", "genEventSumw_")
+"""The sum of generator weights in NanoAOD's ``Runs`` tree (``genEventSumw_`` before NanoAOD v7)."""
+
+
+def runs_sumw(rootfile: Any) -> float | None:
+    """The file's sum of generator weights from its ``Runs`` tree (all entries), or None when
+    it has no such tree or branch (data, or a file written without one)."""
+    if "Runs" not in rootfile:
+        return None
+    runs = rootfile["Runs"]
+    name = next((b for b in GEN_SUMW_BRANCHES if b in runs), None)
+    if name is None:
+        return None
+    return float(runs[name].array(library="np").astype("f8").sum())

@@ -31,6 +31,8 @@ DATASET_AXIS = "dataset"
 Hist = Any
 """A ``hist.Hist`` (hist's stubs reject its own idioms such as ``h[{axis: sum}]``)."""
 MANIFEST = "plots.json"
+NOTES = "notes.json"
+"""What was not drawn, and why (the report shows it)."""
 
 
 class PlotError(ValueError):
@@ -134,7 +136,7 @@ class _Canvas:
         for fmt in self.settings.formats:
             rel = f"{stem}.{fmt}"
             (self.folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(self.folder / rel, dpi=110)
+            fig.savefig(self.folder / rel, dpi=110, bbox_inches="tight")
             files.append(rel)
         plt.close(fig)
         return tuple(files)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coffea_smk.post.plots import MANIFEST, Plot
+from coffea_smk.post.plots import MANIFEST, NOTES, Plot
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -135,12 +135,13 @@ def _metrics_html(meta: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
-def _plots_html(folder: Path) -> str:
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
+def _plots_html(folder: Path | None) -> str:
+    if folder is None or not (folder / MANIFEST).is_file():
         return "<p>No plots (add a <code>plots:</code> section to analysis.yaml).</p>"
+    manifest = folder / MANIFEST
+    notes = json.loads((folder / NOTES).read_text()) if (folder / NOTES).is_file() else []
+    parts = [f'<p class="bad">{_e(n)}</p>' for n in notes]
     plots = [Plot(**{**p, "files": tuple(p["files"])}) for p in json.loads(manifest.read_text())]
-    parts = []
     for name in dict.fromkeys(p.histogram for p in plots):
         figures = []
         for p in (q for q in plots if q.histogram == name):
@@ -165,7 +166,12 @@ def _failures_html(failures: list[Failure]) -> str:
 
 
 def render(
-    meta: dict[str, Any], result: Any, plots: Path, failures: list[Failure], config_text: str, title: str
+    meta: dict[str, Any],
+    result: Any,
+    plots: Path | None,
+    failures: list[Failure],
+    config_text: str,
+    title: str,
 ) -> str:
     """The report's HTML."""
     complete = meta.get("complete", False)

@@ -90,6 +90,23 @@ class Analysis:
     def result(self) -> str:
         return self.layout.result
 
+    @property
+    def plots(self) -> list[str]:
+        """The plot folder of the analysis as configured now (none without a ``plots:`` section)."""
+        return [] if self.layout.plots is None else [self.layout.plots]
+
+    @property
+    def report(self) -> str:
+        return self.layout.report
+
+    def get_plot_settings(self, wildcards: Any = None) -> ShellArg:
+        """The ``plots:`` section and the luminosity, as ``--settings JSON`` (their values are in the key)."""
+        settings = {
+            "plots": self.cfg.plots.model_dump(mode="json") if self.cfg.plots else None,
+            "lumi": self.cfg.lumi,
+        }
+        return ShellArg(shlex.quote(json.dumps(settings)))
+
     def job(self, step: Step | str) -> str:
         """The shell command prefix of a job step."""
         return f"{self.python} -m coffea_smk job {Step(step).value}"
@@ -127,7 +144,7 @@ class Analysis:
     @property
     def targets(self) -> list[str]:
         """What ``all`` asks for: the global result, and publishing it where a fixed name is out of date."""
-        return [self.result, *([self.publish_marker] if self._unpublished else [])]
+        return [self.result, *self.plots, self.report, *([self.publish_marker] if self._unpublished else [])]
 
     @property
     def publish_marker(self) -> str:

@@ -149,6 +149,28 @@ def step_result(a: argparse.Namespace) -> None:
     log.info("global result: %d of %d events, complete=%s", meta.events, meta.events_expected, meta.complete)
 
 
+def step_plots(a: argparse.Namespace) -> None:
+    from coffea_smk.post.make import make_plots  # noqa: PLC0415  matplotlib: only the plot jobs pay for it
+    from coffea_smk.spec.plots import PlotSettings  # noqa: PLC0415  with it
+
+    settings = json.loads(a.settings)
+    global_path, *dataset_paths = a.inputs
+    notes = make_plots(
+        global_path, dataset_paths, PlotSettings.model_validate(settings["plots"]), settings["lumi"], a.out
+    )
+    for note in notes:
+        log.warning("%s", note)
+
+
+def step_report(a: argparse.Namespace) -> None:
+    from coffea_smk.post.make import make_report  # noqa: PLC0415  matplotlib: only the report job pays for it
+
+    global_path, *rest = a.inputs
+    plots = next((p for p in rest if not p.endswith(".npz")), None)
+    make_report(global_path, [p for p in rest if p.endswith(".npz")], plots, a.out)
+    log.info("report written: %s", a.out)
+
+
 STEPS = {
     Step.PREPROCESS: step_preprocess,
     Step.PLAN: step_plan,
@@ -156,6 +178,8 @@ STEPS = {
     Step.MERGE: step_merge,
     Step.DATASET: step_dataset,
     Step.RESULT: step_result,
+    Step.PLOTS: step_plots,
+    Step.REPORT: step_report,
 }
 
 
@@ -185,6 +209,8 @@ def main(argv: list[str]) -> int:
     add(Step.MERGE, inputs=True, processor=True)
     add(Step.DATASET, "plan", "provenance", inputs=True, processor=True)
     add(Step.RESULT, "provenance", inputs=True, processor=True)
+    add(Step.PLOTS, "settings", inputs=True)
+    add(Step.REPORT, inputs=True)
     a = parser.parse_args(argv)
     _setup_logging(a.log)
     step = STEPS[Step(a.step)]

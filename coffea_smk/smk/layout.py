@@ -64,6 +64,8 @@ class Kind(str, Enum):
     MERGE = "merge"
     DATASET = "dataset"
     RESULT = "result"
+    PLOTS = "plots"
+    REPORT = "report"
     PUBLISH = "publish"
     """The job that points the fixed names at the current results (a log, no path of its own)."""
 
@@ -75,8 +77,15 @@ PATHS = {
     Kind.MERGE: "merges/{dataset}/{tag}/{node}.npz",
     Kind.DATASET: "datasets/{dataset}/{key}.npz",
     Kind.RESULT: "global/{key}.npz",
+    Kind.PLOTS: "plots/{key}",
+    Kind.REPORT: "report/{key}.html",
 }
-ALIASES = {Kind.DATASET: "datasets/{dataset}.npz", Kind.RESULT: "result.npz"}
+ALIASES = {
+    Kind.DATASET: "datasets/{dataset}.npz",
+    Kind.RESULT: "result.npz",
+    Kind.PLOTS: "plots/latest",
+    Kind.REPORT: "report.html",
+}
 LOGS = {
     Kind.PREPROCESS: "logs/preprocess/{dataset}/{batch}.log",
     Kind.PLAN: "logs/plan/{dataset}/{plan}.log",
@@ -84,6 +93,8 @@ LOGS = {
     Kind.MERGE: "logs/merge/{dataset}/{tag}/{node}.log",
     Kind.DATASET: "logs/dataset/{dataset}/{key}.log",
     Kind.RESULT: "logs/result/{key}.log",
+    Kind.PLOTS: "logs/plots/{key}.log",
+    Kind.REPORT: "logs/report/{key}.log",
     Kind.PUBLISH: "logs/publish.log",
 }
 FAILURES = {
@@ -261,9 +272,29 @@ class Layout:
     def result(self) -> str:
         return self.path(Kind.RESULT, key=self.analysis_key)
 
+    @property
+    def plots_key(self) -> str | None:
+        """The key of the plots: the result's and the plot settings (None: no plots configured)."""
+        if self.cfg.plots is None:
+            return None
+        return key_of("plots", self.analysis_key, self.cfg.plots.model_dump(mode="json"), self.cfg.lumi)
+
+    @property
+    def plots(self) -> str | None:
+        key = self.plots_key
+        return None if key is None else self.path(Kind.PLOTS, key=key)
+
+    @property
+    def report(self) -> str:
+        return self.path(Kind.REPORT, key=key_of("report", self.analysis_key, self.plots_key))
+
     def aliases(self) -> dict[str, str]:
-        """``{fixed name: the current analysis's result}`` for the global and every per-dataset result."""
+        """``{fixed name: the current analysis's output}`` for the global and every per-dataset
+        result, the plots (if configured) and the report."""
         out = {_fill(f"{self.outdir}/{ALIASES[Kind.RESULT]}", {}): self.result}
+        out[f"{self.outdir}/{ALIASES[Kind.REPORT]}"] = self.report
+        if self.plots is not None:
+            out[f"{self.outdir}/{ALIASES[Kind.PLOTS]}"] = self.plots
         for slug in self.datasets:
             out[_fill(f"{self.outdir}/{ALIASES[Kind.DATASET]}", {"dataset": slug})] = self.dataset_result(
                 slug
@@ -353,6 +384,11 @@ def _link(alias: str, target: str) -> None:
     Path(tmp).unlink(missing_ok=True)
     try:
         os.symlink(os.path.relpath(target, os.path.dirname(alias)), tmp)
-    except OSError:
-        shutil.copyfile(target, tmp)
+    except OSError:  # no symbolic links here: a copy
+        if os.path.isdir(target):
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(target, tmp)
+            shutil.rmtree(alias, ignore_errors=True)
+        else:
+            shutil.copyfile(target, tmp)
     os.replace(tmp, alias)

@@ -36,6 +36,8 @@ class Step(str, Enum):
     MERGE = "merge"
     DATASET = "dataset"
     RESULT = "result"
+    PLOTS = "plots"
+    REPORT = "report"
 
 
 def split_attempt(name: str) -> tuple[str, int]:

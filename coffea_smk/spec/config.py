@@ -19,6 +19,8 @@ from typing import Annotated, Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from coffea_smk.spec.plots import PlotSettings
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SCHEMA_CLASS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*([.:][A-Za-z_]\w*)$")
 T = TypeVar("T", bound=Sequence[str])
@@ -136,6 +138,16 @@ class AnalysisConfig(BaseModel):
         None,
         description="Directory that relative fileset/processor paths are taken from "
         "(default: the config file's directory).",
+    )
+    lumi: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="Integrated luminosity in pb^-1 that simulation is normalised to (xsec x lumi / sum of "
+        "generator weights); default: the sum of the 'lumi' metadata of the data datasets.",
+    )
+    plots: PlotSettings | None = Field(
+        None,
+        description="Plots of the result's histograms, made by the workflow under <outdir>/plots/ "
+        "(see the README's 'Plots and the report'); {} for the defaults, absent for none.",
     )
 
     _exception_names = field_validator("continue_on")(exception_names)
