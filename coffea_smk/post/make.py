@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from coffea_smk import results
+from coffea_smk.post.manifest import NOTES
 from coffea_smk.post.normalise import NormalisationError, luminosity, samples
-from coffea_smk.post.plots import NOTES, draw
 from coffea_smk.post.report import Failure, render
 from coffea_smk.spec.plots import PlotSettings
 from coffea_smk.util.atomic import atomic_open
@@ -35,6 +35,8 @@ def make_plots(
     Returns:
         Notes for the log and the report: what was not drawn, and why.
     """
+    from coffea_smk.post.plots import draw  # noqa: PLC0415  matplotlib (1-2 s): the report job needs none of it
+
     stored = results.load_stored(global_path)
     notes: list[str] = []
     lumi = luminosity(stored.meta, lumi)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +24,17 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import mplhep
 
+from coffea_smk.post.manifest import MANIFEST, Plot
 from coffea_smk.post.normalise import Sample
 from coffea_smk.spec.plots import Categories, PlotSettings, Scale, Style
 
 DATASET_AXIS = "dataset"
 Hist = Any
 """A ``hist.Hist`` (hist's stubs reject its own idioms such as ``h[{axis: sum}]``)."""
-MANIFEST = "plots.json"
-NOTES = "notes.json"
-"""What was not drawn, and why (the report shows it)."""
 
 
 class PlotError(ValueError):
     """A histogram cannot be drawn as configured; the message names it and what to fix."""
-
-
-@dataclass(frozen=True)
-class Plot:
-    """One written plot (all its formats), as the report lists it."""
-
-    histogram: str
-    kind: str
-    """``dataset`` or ``stack``."""
-    dataset: str | None
-    selection: str
-    """The category values it shows (``channel=ee``), or "" for the whole histogram."""
-    yscale: str
-    files: tuple[str, ...]
-    """Paths relative to the plot folder."""
 
 
 def histograms(result: Any, prefix: str = "") -> dict[str, Hist]:

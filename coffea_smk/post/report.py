@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coffea_smk.post.plots import MANIFEST, NOTES, Plot
+from coffea_smk.post.manifest import MANIFEST, NOTES, Plot
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
