@@ -176,3 +176,41 @@ def test_normalisation_errors_say_what_to_add() -> None:
     meta = {"datasets": {"X": {"metadata": {"xsec": 1.0}, "sumw": None}}}
     with pytest.raises(NormalisationError, match="no sum of generator weights"):
         samples(meta, 1.0)
+
+
+def test_categorical_axes_give_a_plot_per_value_or_a_sum(tmp_path: Path) -> None:
+    import hist
+
+    from coffea_smk.post.normalise import Sample
+    from coffea_smk.post.plots import draw
+    from coffea_smk.spec.plots import PlotSettings
+
+    h = (
+        hist.Hist.new.StrCat(["MC", "Data"], name="dataset")
+        .StrCat(["ee", "mumu"], name="channel")
+        .Reg(10, 0, 100, name="x")
+        .Weight()
+    )
+    h.fill(dataset="MC", channel="ee", x=[10, 20, 30], weight=2.0)
+    h.fill(dataset="MC", channel="mumu", x=[40, 50])
+    h.fill(dataset="Data", channel="ee", x=[15, 25, 35, 45])
+    h.fill(dataset="Data", channel="mumu", x=[45, 55])
+    samples_ = [Sample("MC", False, 1.0, 1.0, "genWeight", 3.0), Sample("Data", True, None, None, None, 1.0)]
+    each = draw({"h": h}, {}, samples_, PlotSettings(formats=["png"]), tmp_path / "each", 1.0)
+    kinds = [("dataset", "MC"), ("dataset", "Data"), ("stack", "")]
+    expected = [(k, d, f"channel={c}") for c in ("ee", "mumu") for k, d in kinds]
+    assert sorted((p.kind, p.dataset or "", p.selection) for p in each) == sorted(expected)
+    summed = draw(
+        {"h": h},
+        {},
+        samples_,
+        PlotSettings(formats=["png"], categories={"channel": "sum"}, rebin={"x": 5}),
+        tmp_path / "sum",
+        1.0,
+    )
+    assert sorted((p.kind, p.dataset or "", p.selection) for p in summed) == [
+        ("dataset", "Data", ""),
+        ("dataset", "MC", ""),
+        ("stack", "", ""),
+    ]
+    assert all(matplotlib.image.imread(tmp_path / "sum" / p.files[0]).std() > 0.01 for p in summed)
