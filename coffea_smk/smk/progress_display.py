@@ -30,10 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from coffea_smk.smk.progress import RunState, Tracker
+from coffea_smk.smk.progress import RunState
+from coffea_smk.smk.progress_tracker import Tracker
 from coffea_smk.smk.progress_view import duration, plain_dataset_line, plain_total_line, render
 
 Formatter = Callable[[logging.LogRecord], "str | None"]
+
+# Snakemake's words for a failed job, which the view shows as a failure line instead (they stay in the log)
+_SAID_BY_FAILURE_LINES = (
+    "RuleException:\nCalledProcessError in ",
+    "Exiting because a job execution failed",
+    "WorkflowError:\nAt least one job did not complete successfully",
+)
 
 
 def is_terminal(stream: IO[str]) -> bool:
@@ -105,7 +113,8 @@ class ProgressLog:
             if self.tracker is not None:
                 self.tracker.handle(record)
         if record.levelno >= logging.WARNING and event not in ("job_error", "group_error") and text:
-            self._message(text, error=True)
+            if not text.startswith(_SAID_BY_FAILURE_LINES):
+                self._message(text, error=True)
         elif event == "" and text and text.startswith("Nothing to be done"):
             self._message(text, error=False)
         self._report_changes()
@@ -121,7 +130,7 @@ class ProgressLog:
         if self._live is not None:
             from rich.text import Text
 
-            self._console.print(Text(text, style="yellow" if error else ""))
+            self._console.print(Text(text, style="yellow" if error else ""), soft_wrap=True)
         else:
             print(text, file=self.err if error else self.out, flush=True)
 
@@ -199,6 +208,9 @@ class ProgressLog:
         if self._stop.is_set():
             return  # closed by Snakemake's logger manager, then again by logging.shutdown
         self._stop.set()
+        with self._lock:
+            if self.state.finished is None:
+                self.state.finished = not self.failed
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         if self._live is not None:
@@ -254,7 +266,7 @@ class ProgressLog:
         if self._live is not None:
             from rich.text import Text
 
-            self._console.print(Text(text, style="red"))
+            self._console.print(Text(text, style="red"), soft_wrap=True)
         else:
             print(text, file=self.out, flush=True)
 

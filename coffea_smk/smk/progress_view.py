@@ -7,7 +7,6 @@ first and folds the rest into one row.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from coffea_smk.smk.progress import DatasetProgress, RunState
@@ -60,11 +59,10 @@ def _rows(state: RunState, max_rows: int) -> tuple[list[tuple[str, DatasetProgre
     return shown, len(items) - len(shown)
 
 
-def summary_numbers(state: RunState) -> tuple[str, str, str, str]:
+def summary_numbers(state: RunState, now: float) -> tuple[str, str, str, str]:
     """Files, units, events and rate of the whole run as text (``2/2``, ``4/4``, ``160/160``, ``1k ev/s``)."""
     total = state.totals()
     units, events, all_planned = state.expected()
-    now = time.monotonic()
     return (
         _of(total.files_preprocessed, total.files_total),
         _of(total.done, units if all_planned else None),
@@ -87,7 +85,7 @@ def plain_dataset_line(d: DatasetProgress, now: float) -> str:
 
 
 def plain_total_line(state: RunState, now: float) -> str:
-    files, units, events, speed = summary_numbers(state)
+    files, units, events, speed = summary_numbers(state, now)
     total = state.totals()
     eta = state.eta(now)
     failed = f", {total.failed} units failed" if total.failed else ""
@@ -135,7 +133,7 @@ def render(
         )
     if folded:
         table.add_row(f"... {folded} more datasets", "", "", "", "", "", "", "")
-    files, units, events, speed = summary_numbers(state)
+    files, units, events, speed = summary_numbers(state, now)
     total = state.totals()
     table.add_row(
         Text("total", style="bold"),
@@ -152,6 +150,8 @@ def render(
     line = f"elapsed {duration(now - state.started)}"
     if state.finished is None:
         line += f"   ETA {duration(eta)}"
+    elif not state.finished:
+        line += "   stopped with errors"
     if state.n_failures:
         line += f"   failures: {state.n_failures}"
     parts: list[RenderableType] = [table, Text(line, style="dim")]
