@@ -233,7 +233,9 @@ def run_in_pty(cmd: list[str], cwd: Path, env: dict[str, str], cols: int = 150) 
 
 
 def _screen_text(raw: str) -> str:
-    return ESCAPES.sub("", raw).replace("\r", "")
+    """The text a terminal showed, a line per line drawn (cursor moves start a new line; colours go)."""
+    moves = re.sub(r"\x1b\[[0-9;]*[ABCDHJK]|\r", "\n", raw)
+    return "\n".join(line for line in ESCAPES.sub("", moves).splitlines() if line.strip())
 
 
 def _last_frame(text: str) -> str:
