@@ -171,7 +171,12 @@ _RAW_LOG = {
 
 
 def with_progress_view(args: list[str]) -> list[str]:
-    """Select the progress view (Snakemake logger plugin ``coffea-smk``) unless ``args`` ask otherwise."""
+    """Select the progress view (Snakemake logger plugin ``coffea-smk``) unless ``args`` ask otherwise.
+
+    ``COFFEA_SMK_PROGRESS=off`` in the environment keeps Snakemake's own log as well.
+    """
+    if os.environ.get("COFFEA_SMK_PROGRESS", "").lower() in ("off", "0", "no", "false"):
+        return args
     for a in args:
         short = a[1:] if a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() else ""
         if a.split("=", 1)[0] in _RAW_LOG or any(f"-{c}" in _RAW_LOG for c in short):

@@ -74,7 +74,6 @@ class DatasetProgress:
     events_this_run: int = 0
     first_start: float | None = None
     last_done: float | None = None
-    merging: int = 0
     finished: bool = False
     error: bool = False
 
@@ -115,8 +114,6 @@ class RunState:
     n_failures: int = 0
     events_failed: int = 0
     """Events left out by the failures so far (chunks failed under ``continue_on``)."""
-    changes: int = 0
-    """Counts every change that a plain-text view reports (datasets planned or done, failures)."""
     finished: bool | None = None
     """True once the global result is made; False after a workflow error."""
 
@@ -140,7 +137,6 @@ class RunState:
                 d.units[unit] = Unit.DONE
                 d.done += 1
                 d.events_done += events
-        self.changes += 1
 
     def unit_started(self, slug: str, unit: str, now: float | None = None) -> None:
         d = self.datasets[slug]
@@ -165,16 +161,12 @@ class RunState:
         self._move(d, unit, Unit.FAILED)
 
     def dataset_finished(self, slug: str) -> None:
-        d = self.datasets[slug]
-        if not d.finished:
-            d.finished = True
-            self.changes += 1
+        self.datasets[slug].finished = True
 
     def failure(self, failure: Failure) -> None:
         self.failures.append(failure)
         self.n_failures += 1
         self.events_failed += failure.events
-        self.changes += 1
 
     def _events(self, d: DatasetProgress, unit: str) -> int:
         if d.plan is None or unit not in d.plan.units:

@@ -132,8 +132,6 @@ class Tracker:
             return
         if job.rule == "process" and job.name:
             self.state.unit_started(job.dataset or "", split_attempt(job.name)[0])
-        elif job.rule == "merge":
-            d.merging += 1
 
     def _job_finished(self, jobid: int) -> None:
         job = self.jobs.pop(jobid, None)
@@ -143,7 +141,6 @@ class Tracker:
         d = self.state.datasets.get(slug)
         if job.rule == "result":
             self.state.finished = True
-            self.state.changes += 1
         if d is None:
             return
         if job.rule == "preprocess" and job.name:
@@ -155,8 +152,6 @@ class Tracker:
             self._load_plan(slug, scan_units=False)
         elif job.rule == "process" and job.name:
             self._unit_finished(slug, job)
-        elif job.rule == "merge":
-            d.merging = max(0, d.merging - 1)
         elif job.rule == "dataset":
             self.state.dataset_finished(slug)
 
@@ -186,8 +181,6 @@ class Tracker:
             d.error = True
             if job.rule == "process" and job.name:
                 self.state.unit_failed(job.dataset or "", split_attempt(job.name)[0])
-            elif job.rule == "merge":
-                d.merging = max(0, d.merging - 1)
         self.state.failure(Failure(name, what, error, job.log))
 
     def _what_failed(self, job: _Job) -> tuple[str, str]:
