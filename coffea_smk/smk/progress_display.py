@@ -214,8 +214,8 @@ class ProgressLog:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         if self._live is not None:
-            with self._lock:
-                self._live.stop()
+            # not under self._lock: Live's refresh thread takes Live's lock, then ours (in _render)
+            self._live.stop()
             self._live = None
         if self._saved_fds is not None:
             for stream in (sys.stdout, sys.stderr):
