@@ -114,6 +114,8 @@ class RunState:
     n_failures: int = 0
     events_failed: int = 0
     """Events left out by the failures so far (chunks failed under ``continue_on``)."""
+    jobs: tuple[int, int] = (0, 0)
+    """Snakemake's count of jobs done and in the DAG."""
     finished: bool | None = None
     """True once the global result is made; False after a workflow error."""
 

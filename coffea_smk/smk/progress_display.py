@@ -94,7 +94,7 @@ class ProgressLog:
         self._live: Any = None
         self._console: Any = None
         self._saved_fds: tuple[int, int] | None = None
-        self._steps = (0, 0)
+        self._started = False
 
     # ---- records ------------------------------------------------------------------------------
     def handle(self, record: logging.LogRecord) -> None:
@@ -103,10 +103,17 @@ class ProgressLog:
         if text:
             self._log(text)
         event = str(getattr(record, "event", "") or "")
-        if event == "workflow_started" and self.tracker is None:
+        if event == "workflow_started" and not self._started:
+            self._started = True
             self._start([str(p) for p in getattr(record, "configfiles", None) or []])
+        elif event == "run_info":
+            stats = getattr(record, "stats", None)
+            with self._lock:
+                total = int(stats.get("total", 0)) if isinstance(stats, dict) else 0
+                self.state.jobs = (self.state.jobs[0], total or self.state.jobs[1])
         elif event == "progress":
-            self._steps = (int(getattr(record, "done", 0)), int(getattr(record, "total", 0)))
+            with self._lock:
+                self.state.jobs = (int(getattr(record, "done", 0)), int(getattr(record, "total", 0)))
         if record.levelno >= logging.ERROR:
             self.failed = True
         with self._lock:
@@ -159,6 +166,7 @@ class ProgressLog:
         with self._lock:
             self.tracker = tracker
             if tracker is not None:
+                tracker.state.jobs = self.state.jobs
                 self.state = tracker.state
                 self._phases = {s: d.phase() for s, d in self.state.datasets.items()}
         print(f"coffea-smk: full log: {self.logfile}", file=self.out, flush=True)
@@ -280,7 +288,7 @@ class ProgressLog:
             next_at = time.monotonic() + self.interval
             with self._lock:
                 t = self.state.totals()
-                now = (t.files_preprocessed, t.done, t.running, t.failed, t.events_done, *self._steps)
+                now = (t.files_preprocessed, t.done, t.running, t.failed, t.events_done, *self.state.jobs)
             if now != last:
                 last = now
                 self._print_plain(all_datasets=False)

@@ -92,7 +92,8 @@ def plain_total_line(state: RunState, now: float) -> str:
     tail = f", ETA {duration(eta)}" if eta is not None and state.finished is None else ""
     return (
         f"[{duration(now - state.started)}] all datasets: files {files}, units {units} "
-        f"({total.running} running{failed}), events {events}, {speed}{tail}"
+        f"({total.running} running{failed}), events {events}, {speed}, "
+        f"jobs {state.jobs[0]}/{state.jobs[1]}{tail}"
     )
 
 
@@ -147,7 +148,7 @@ def render(
         end_section=True,
     )
     eta = state.eta(now)
-    line = f"elapsed {duration(now - state.started)}"
+    line = f"elapsed {duration(now - state.started)}   jobs {state.jobs[0]}/{state.jobs[1]}"
     if state.finished is None:
         line += f"   ETA {duration(eta)}"
     elif not state.finished:
