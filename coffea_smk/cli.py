@@ -158,13 +158,40 @@ def _job_server(enabled: bool) -> Iterator[dict[str, str]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Snakemake options after which `coffea-smk run` prints Snakemake's own log (as before the view):
+# more detail asked for, or a command that runs no jobs and prints something else.
+_RAW_LOG = {
+    "--verbose", "--printshellcmds", "-p", "--debug", "--debug-dag", "--logger",
+    "-n", "--dry-run", "--dryrun", "--unlock", "--lint", "--touch", "-t", "--summary", "-S",
+    "--detailed-summary", "-D", "--dag", "--rulegraph", "--filegraph", "--d3dag", "--report",
+    "--archive", "--cleanup-metadata", "--cm", "--cleanup-shadow", "--containerize", "--export-cwl",
+    "--print-compilation", "--list-rules", "--list", "-l", "--list-target-rules", "--lt",
+    "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes", "--lp",
+    "--list-code-changes", "--list-untracked", "--lu", "--version", "-v", "--help", "-h",
+}  # fmt: skip
+
+
+def with_progress_view(args: list[str]) -> list[str]:
+    """Select the progress view (Snakemake logger plugin ``coffea-smk``) unless ``args`` ask otherwise.
+
+    ``COFFEA_SMK_PROGRESS=off`` in the environment keeps Snakemake's own log as well.
+    """
+    if os.environ.get("COFFEA_SMK_PROGRESS", "").lower() in ("off", "0", "no", "false"):
+        return args
+    for a in args:
+        short = a[1:] if a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() else ""
+        if a.split("=", 1)[0] in _RAW_LOG or any(f"-{c}" in _RAW_LOG for c in short):
+            return args
+    return ["--logger=coffea-smk", *args]
+
+
 def cmd_run(configfile: str, extra: list[str]) -> int:
     if not Path(configfile).is_file():
         print(f"coffea-smk: analysis config {configfile} does not exist", file=sys.stderr)
         return 2
     if "--unlock" not in extra:
         _unlock_if_stale(configfile)
-    cmd = snakemake_command(configfile, extra)
+    cmd = snakemake_command(configfile, with_progress_view(extra))
     dry = any(a in extra for a in ("-n", "--dry-run", "--unlock", "--lint"))
     with _job_server(not dry and _runs_locally(cmd)) as env:
         code = subprocess.call(cmd, env={**os.environ, **env})
