@@ -28,8 +28,8 @@ rule report:
         analysis.path("report"),
     log:
         analysis.log("report"),
+    localrule: True
     params:
         job=analysis.job("report"),
-    localrule: True
     shell:
         "{params.job} --out {output:q} --log {log:q} {input:q}"
