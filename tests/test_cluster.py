@@ -40,6 +40,12 @@ SLURM = (
 UGE = ("--profile", "uge", "--seconds-between-status-checks", "2")
 
 
+@pytest.fixture(autouse=True)
+def raw_snakemake_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read Snakemake's own submission and error lines: no progress view."""
+    monkeypatch.setenv("COFFEA_SMK_PROGRESS", "off")
+
+
 def two_datasets(nanoaod: Path) -> dict[str, Any]:
     return {
         "DY": {"files": [str(nanoaod / "nano_dy.root")]},
