@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -180,7 +181,8 @@ def _draw_stack(c: _Canvas, mc: dict[str, Hist], data: Hist | None, yscale: str)
                 fill=True, alpha=0.3, color="grey", hatch="///", label="MC stat. unc.",
             )  # fmt: skip
     if data is not None:
-        mplhep.histplot(data, ax=ax, histtype="errorbar", color="black", label="Data", yerr=True)
+        err = np.sqrt(data.values())  # Poisson, sqrt(N): the same with or without scipy installed
+        mplhep.histplot(data, ax=ax, histtype="errorbar", color="black", label="Data", yerr=err)
     ax.set_ylabel("Events")
     ax.set_yscale(yscale)
     ax.legend()
@@ -241,7 +243,9 @@ def draw(
     data_names = {s.name for s in samples or [] if s.is_data}
     c = _Canvas(settings, folder, lumi)
     written: list[Plot] = []
-    with _style(settings):
+    with _style(settings), warnings.catch_warnings():
+        # mplhep's note that it would use Garwood intervals with scipy: errors are given explicitly here
+        warnings.filterwarnings("ignore", message="Integer weights indicate poissonian data")
         for name in names:
             by_dataset = _per_dataset(name, found[name], datasets, own)
             if settings.per_dataset:
