@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from coffea_smk.spec.config import AnalysisConfig, ConfigError, load_fileset, parse_config, read_mapping
+from coffea_smk.spec.config import AnalysisConfig, ConfigError, load_fileset, parse_config, read_fileset_file
 
 SNAKEFILE = """\
 # The coffea_smk workflow of this analysis, written by `coffea-smk init`.
@@ -196,12 +196,7 @@ def init(fileset_path: str, processor: str, directory: str, *, force: bool = Fal
             processor does not import, or a file would be overwritten without ``force``.
     """
     source = Path(fileset_path).expanduser().resolve()
-    if not source.is_file():
-        raise ConfigError(f"fileset {fileset_path} does not exist")
-    try:
-        raw = read_mapping(source)
-    except Exception as err:
-        raise ConfigError(f"fileset {source} cannot be parsed: {err}") from None
+    raw = read_fileset_file(source, "--fileset")
     fileset, notes = convert_fileset(raw, str(source))
     fileset = _absolute(fileset, source.parent)
     missing = missing_files(fileset)

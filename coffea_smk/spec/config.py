@@ -226,6 +226,20 @@ def slugify(name: str) -> str:
     return f"{cleaned}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
+def read_fileset_file(path: Path, named_by: str) -> Any:
+    """The contents of a JSON or YAML fileset file.
+
+    Raises:
+        ConfigError: It does not exist or cannot be parsed (``named_by``: where its name came from).
+    """
+    if not path.is_file():
+        raise ConfigError(f"fileset file {path} does not exist ({named_by})")
+    try:
+        return read_mapping(path)
+    except Exception as err:
+        raise ConfigError(f"fileset file {path} cannot be parsed: {err}") from None
+
+
 def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -> list[Dataset]:
     """Read and validate a coffea-shaped fileset.
 
@@ -240,12 +254,7 @@ def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -
         path = Path(os.path.expanduser(spec))
         if not path.is_absolute():
             path = basedir / path
-        if not path.is_file():
-            raise ConfigError(f"fileset file {path} does not exist (config key 'fileset')")
-        try:
-            raw = read_mapping(path)
-        except Exception as err:
-            raise ConfigError(f"fileset file {path} cannot be parsed: {err}") from None
+        raw = read_fileset_file(path, "config key 'fileset'")
         where, filebase = str(path), path.parent
     else:
         raw, where, filebase = spec, "inline fileset", basedir
