@@ -60,7 +60,7 @@ def test_cluster_profiles_name_real_rules(name: str) -> None:
     assert set(profile["set-resources"]) <= rules
     assert set(profile["groups"]) <= rules
     # every remote rule has memory and runtime; the retry doubles the memory
-    assert _local_rules() == {"plan", "publish"}
+    assert _local_rules() == {"plan", "publish", "report"}
     assert set(profile["set-resources"]) == rules - _local_rules()
     for resources in profile["set-resources"].values():
         assert str(resources["mem_mb"]).endswith("* attempt") and int(resources["runtime"]) > 0
