@@ -86,7 +86,7 @@ def test_merge_tree_respects_fanin() -> None:
 
 
 def test_a_plan_file_keeps_its_shape() -> None:
-    """The JSON of a plan is what plan files held before the records were typed (no format change)."""
+    """The JSON of a plan has exactly this shape (a change to it bumps PLAN_VERSION)."""
     plan = make_plan(
         "ds", "ds", {"xs": 1.5}, [_record("a", 30)], PlanSettings(chunksize=20, events_per_job=100), key="k"
     )
@@ -121,6 +121,7 @@ def test_a_plan_file_keeps_its_shape() -> None:
             "entries": 30,
             "size": 1,
             "mtime_ns": 1,
+            "gen_sumw": None,  # PLAN_VERSION 2: the Runs tree's sum of generator weights
             "record_path": "/cache/a.json",
             "batch_output": None,
         }
