@@ -8,7 +8,7 @@ context manager; counts the requests it answered and logs them.
 Faults, switched on and off while it runs (an overloaded storage element)::
 
     with serve(directory) as remote:
-        remote.fail("a.root", at="read", times=2)   # reset the next 2 reads of its baskets
+        remote.fail("a.root", at="read", times=2)   # reset the next read of a basket, twice
         remote.fail("a.root", at="open")            # reset every open of it from now on
         remote.heal()                               # storage healthy again
 
@@ -16,7 +16,10 @@ A faulty request gets a TCP reset (``SO_LINGER`` 0, no response). ``at="open"``
 hits the requests that are not byte-range reads of the file's data region
 (HEAD, and the header, directory and metadata reads that opening a file and
 its tree makes); ``at="read"`` hits the byte-range reads that start in a
-basket (the data region). The baskets are found once per file, by uproot, from
+basket (the data region). With ``times``, a read fault stays on the first
+range it hits, so a request and its repeats fail: an HTTP client's own retry
+(aiohttp >= 3.10 repeats a failed idempotent request once) cannot hide it
+the way it hides single resets of concurrent requests. The baskets are found once per file, by uproot, from
 the basket positions of every tree in the file.
 """
 
@@ -57,6 +60,7 @@ class Request:
 class _Fault:
     at: str
     times: int | None  # None: forever
+    range: tuple[int, int] | None = None  # a read fault with ``times``: the range it stays on
 
 
 @dataclass
@@ -112,6 +116,9 @@ class Served:
         with self._lock:
             fault = self._faults.get((name, kind))
             reset = fault is not None and (fault.times is None or fault.times > 0)
+            if reset and fault is not None and kind == "read" and fault.times is not None:
+                fault.range = fault.range or (start, stop)
+                reset = fault.range == (start, stop)
             if reset and fault is not None and fault.times is not None:
                 fault.times -= 1
             self.log.append(Request(method, name, start, stop, kind, reset))
