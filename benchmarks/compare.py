@@ -167,25 +167,7 @@ def main() -> None:
     )
     a = parser.parse_args()
 
-    per_file = a.events // a.files
-    sources = ["DY", "DoubleMuon", "TT"]
-    files = []
-    for i in range(a.files + 1):
-        name = sources[i % 3]
-        path = replicate.write(name, a.data / f"{name}_{per_file}_{i}.root", per_file, seed=100 + i)
-        files.append((name, path, per_file))
-    extra = files[-1]  # the dataset added for the incremental run
-    files = files[:-1]
-    if a.links > 1:  # each built file also under more names (hard links): a larger analysis
-        linked = []
-        for name, path, n in files:
-            for k in range(a.links):
-                link = a.data / "links" / f"{path.stem}_{k}.root"
-                link.parent.mkdir(exist_ok=True)
-                if not link.exists():
-                    os.link(path, link)
-                linked.append((name, link, n))
-        files = linked
+    files, extra_file = replicate.scaled_set(a.data, a.events, a.files, a.links)
     fileset: dict[str, Any] = {}
     for name, path, _ in files:
         fileset.setdefault(name, {"files": {}})["files"][str(path)] = "Events"
@@ -257,7 +239,7 @@ def main() -> None:
 
     # incremental: one dataset added
     before = set((work / "results").rglob("partials/**/*.npz"))
-    fileset["Added"] = {"files": {str(extra[1]): "Events"}}
+    fileset["Added"] = {"files": {str(extra_file): "Events"}}
     (work / "fileset.json").write_text(json.dumps(fileset))
     t_inc, _ = run_smk(work)
     new = set((work / "results").rglob("partials/**/*.npz")) - before

@@ -111,3 +111,30 @@ def write(source: str, out: Path, events: int, seed: int, basket: int = 20_000, 
     if not out.exists():
         write_events(out, *_source(SAMPLES / SOURCES[source], extra), events, seed, basket)
     return out
+
+
+def scaled_set(
+    data: Path, events: int, files: int, links: int = 1
+) -> tuple[list[tuple[str, Path, int]], Path]:
+    """The benchmark set: ``files`` files of ``events / files`` events, DY, DoubleMuon and TT in
+    turn, each also under ``links`` names (hard links, a larger analysis without more data);
+    and one more file (a dataset to add in an incremental run). Built once under ``data``."""
+    import os
+
+    per_file = events // files
+    built = [
+        (name, write(name, data / f"{name}_{per_file}_{i}.root", per_file, seed=100 + i), per_file)
+        for i, name in ((i, ("DY", "DoubleMuon", "TT")[i % 3]) for i in range(files + 1))
+    ]
+    *out, extra = built
+    if links > 1:
+        linked = []
+        for name, path, n in out:
+            for k in range(links):
+                link = data / "links" / f"{path.stem}_{k}.root"
+                link.parent.mkdir(exist_ok=True)
+                if not link.exists():
+                    os.link(path, link)
+                linked.append((name, link, n))
+        out = linked
+    return out, extra[1]

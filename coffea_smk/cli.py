@@ -26,7 +26,7 @@ USAGE = """coffea-smk init --fileset FILESET --processor MODULE:CLASS [--dir DIR
        coffea-smk status ANALYSIS.yaml
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
-       coffea-smk metrics RESULT.npz
+       coffea-smk metrics RESULT.npz | CONFIG.yaml
        coffea-smk schema"""
 
 
@@ -252,9 +252,17 @@ def cmd_summary(path: str) -> int:
 
 
 def cmd_metrics(path: str) -> int:
+    """The metrics of a result file; given the analysis' config, of its global result."""
     from coffea_smk.engine.metrics import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.results import load_meta  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
 
+    if path.endswith((".yaml", ".yml", ".json")):
+        from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+
+        path = str(Path(Layout.from_file(path).outdir) / "result.npz")
+        if not Path(path).exists():
+            print(f"coffea-smk: no result yet at {path}: run `coffea-smk run` first", file=sys.stderr)
+            return 1
     print(report(load_meta(path)))
     return 0
 

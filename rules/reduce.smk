@@ -63,5 +63,8 @@ rule publish:
     log:
         analysis.log("publish"),
     localrule: True
-    run:
-        analysis.publish(output[0], log[0])
+    params:
+        spec=analysis.get_publication,
+        job=analysis.job("publish"),
+    shell:
+        "{params.job} --spec {params.spec} --out {output:q} --log {log:q}"

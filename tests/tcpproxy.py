@@ -48,8 +48,11 @@ class Stats:
 
 
 class _Proxy:
-    def __init__(self, target: tuple[str, int], rtt: float, stats_file: Path | None) -> None:
+    def __init__(
+        self, target: tuple[str, int], rtt: float, stats_file: Path | None, trace: Path | None = None
+    ) -> None:
         self.target, self.delay, self.stats_file = target, rtt / 2, stats_file
+        self.trace = trace.open("a", buffering=1) if trace is not None else None
         self.stats = Stats()
         self.open: set[asyncio.StreamWriter] = set()
 
@@ -63,7 +66,7 @@ class _Proxy:
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.stats.connections += 1
         self.open |= {cwriter, swriter}
-        turn = ["server"]  # who sent last on this connection
+        turn = ["server", str(self.stats.connections)]  # who sent last on this connection, and its number
         try:
             await asyncio.gather(
                 self.pipe(creader, swriter, "client", turn), self.pipe(sreader, cwriter, "server", turn)
@@ -98,6 +101,8 @@ class _Proxy:
                     self.stats.bytes_up += len(data)
                     if turn[0] == "server":
                         self.stats.round_trips += 1
+                        if self.trace is not None:
+                            self.trace.write(f"{time.time():.4f} {turn[1]} {len(data)}\n")
                 else:
                     self.stats.bytes_down += len(data)
                 turn[0] = side
@@ -164,14 +169,18 @@ class Running:
 
 
 @contextmanager
-def proxy(target: tuple[str, int], rtt: float = 0.0, workdir: Path | None = None) -> Iterator[Running]:
-    """A proxy in front of ``target``, on a free port, ``rtt`` seconds of round trip added."""
+def proxy(
+    target: tuple[str, int], rtt: float = 0.0, workdir: Path | None = None, trace: Path | None = None
+) -> Iterator[Running]:
+    """A proxy in front of ``target``, on a free port, ``rtt`` seconds of round trip added
+    (``trace``: a file to log each round trip to)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         ready, stats = Path(tmp) / "port", Path(tmp) / "stats.json"
         cmd = [sys.executable, __file__, "0", f"{target[0]}:{target[1]}", f"--rtt={rtt}"]
-        process = subprocess.Popen([*cmd, f"--ready={ready}", f"--stats={stats}"])
+        cmd += [f"--ready={ready}", f"--stats={stats}", *([f"--trace={trace}"] if trace else [])]
+        process = subprocess.Popen(cmd)
         try:
             for _ in range(500):
                 if ready.exists() and ready.read_text():
@@ -192,9 +201,12 @@ def main() -> None:
     parser.add_argument("--rtt", type=float, default=0.0, help="round-trip time to add, in seconds")
     parser.add_argument("--ready", type=Path, help="write the port listened on to this file")
     parser.add_argument("--stats", type=Path, help="write the counts here on SIGUSR2 and at exit")
+    parser.add_argument(
+        "--trace", type=Path, help="append a line per round trip: time, connection, bytes sent"
+    )
     args = parser.parse_args()
     host, port = args.target.rsplit(":", 1)
-    asyncio.run(_Proxy((host, int(port)), args.rtt, args.stats).serve(args.port, args.ready))
+    asyncio.run(_Proxy((host, int(port)), args.rtt, args.stats, args.trace).serve(args.port, args.ready))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -146,24 +148,43 @@ def preprocess_files(
     Raises:
         InputFileError: A file cannot be used and ``skip_bad_files`` is off.
     """
-    records: list[PreprocessedFile | UnusableFile] = []
-    bad: list[BadFile] = []
-    for identity in identities:
-        path = record_path(cache_dir, identity)
-        record = read_record(path, identity)
-        if record is None:
-            log.info("opening %s (tree %s)", identity.path, identity.treename)
-            try:
-                record = inspect_file(identity, map_path(path))
-            except InputFileError as err:
-                if not skip_bad_files:
-                    raise
-                log.error("skipping %s: %s", identity.path, err)
-                bad.append(BadFile(path=identity.path, treename=identity.treename, error=str(err)))
-                records.append(UnusableFile(**asdict(identity), key=identity.key, error=str(err)))
-                continue
-            write_json(path, record.model_dump(mode="json"))
-        else:
-            log.info("cached %s", identity.path)
-        records.append(PreprocessedFile(**record.model_dump(), record_path=str(path)))
-    return records, bad
+    # Remote files are opened several at a time: an open is a few round trips to the
+    # storage, which would otherwise add up file after file. Local ones one by one.
+    workers = min(REMOTE_OPENS, len(identities)) if any("://" in i.path for i in identities) else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="coffea_smk-preprocess") as pool:
+            done = list(pool.map(partial(_preprocess_one, cache_dir, skip_bad_files), identities))
+    else:
+        done = [_preprocess_one(cache_dir, skip_bad_files, identity) for identity in identities]
+    found = []
+    for outcome in done:  # in order: the first file that fails is the one reported
+        if isinstance(outcome, InputFileError):
+            raise outcome
+        found.append(outcome)
+    return [record for record, _ in found], [b for _, b in found if b is not None]
+
+
+REMOTE_OPENS = 8
+"""Remote files a preprocessing job opens at once."""
+
+
+def _preprocess_one(
+    cache_dir: str | os.PathLike[str], skip_bad_files: bool, identity: FileIdentity
+) -> tuple[PreprocessedFile | UnusableFile, BadFile | None] | InputFileError:
+    """One file's record (from the cache, or by opening it), or the error that makes it unusable."""
+    path = record_path(cache_dir, identity)
+    record = read_record(path, identity)
+    if record is None:
+        log.info("opening %s (tree %s)", identity.path, identity.treename)
+        try:
+            record = inspect_file(identity, map_path(path))
+        except InputFileError as err:
+            if not skip_bad_files:
+                return err
+            log.error("skipping %s: %s", identity.path, err)
+            bad = BadFile(path=identity.path, treename=identity.treename, error=str(err))
+            return UnusableFile(**asdict(identity), key=identity.key, error=str(err)), bad
+        write_json(path, record.model_dump(mode="json"))
+    else:
+        log.info("cached %s", identity.path)
+    return PreprocessedFile(**record.model_dump(), record_path=str(path)), None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import groupby
@@ -31,7 +32,7 @@ from coffea_smk.engine.damaged import describe, discard
 from coffea_smk.engine.meta import ChunkFailure, ChunkMetrics, UnitFailures, UnitMeta, ranges_of
 from coffea_smk.engine.policy import ChunkError, continues, retrying
 from coffea_smk.engine.preprocess import StaleRecordError
-from coffea_smk.engine.reading import FileReader, UnitReader
+from coffea_smk.engine.reading import ColumnHint, FileReader, UnitReader
 from coffea_smk.engine.records import Plan, PlanFile
 from coffea_smk.io.faults import causes
 from coffea_smk.io.files import open_file
@@ -66,6 +67,7 @@ def run_unit(
     events: EventsOptions | None = None,
     *,
     attempt: int = 0,
+    hint: ColumnHint | None = None,
 ) -> tuple[Any, UnitMeta]:
     """Process the chunks of a work unit that ``previous`` does not already cover.
 
@@ -78,6 +80,7 @@ def run_unit(
         tracebacks: Where the tracebacks of failed chunks go: ``<tracebacks>-<file key>-<start>-<stop>.txt``.
         events: How to build and read events.
         attempt: Which attempt this is (0 for the first run of the unit).
+        hint: The columns earlier units of the dataset read (prefetched from the first chunk on).
 
     Returns:
         The accumulated output and the unit's meta record (events, entry ranges
@@ -94,21 +97,29 @@ def run_unit(
         state.ranges = {k: [list(r) for r in v] for k, v in done.items()}
     todo = [c for c in unit.chunks if not covered(done.get(files[c.file].key, []), c.start, c.stop)]
     log.info("unit %s attempt %d: %d of %d chunks to process", unit_id, attempt, len(todo), len(unit.chunks))
-    with UnitReader(events, processor.wants_coffea_events) as reader:
-        for file_index, chunks_iter in groupby(todo, key=lambda c: c.file):
-            chunks = [(c.start, c.stop) for c in chunks_iter]
+    groups = [(i, [(c.start, c.stop) for c in cs]) for i, cs in groupby(todo, key=lambda c: c.file)]
+    with (
+        UnitReader(events, processor.wants_coffea_events, hint) as reader,
+        _OpenAhead(reader, files) as ahead,
+    ):
+        for n, (file_index, chunks) in enumerate(groups):
             record = files[file_index]
-            opened, err, tries = retrying(
-                state.policy, f"opening {record.path}", partial(_open, reader, record, chunks)
-            )
-            if err is not None:
-                if not continues(state.policy, err):
-                    raise err
-                # the file's chunks fail, the unit's other files go on
-                for start, stop in chunks:
-                    _record_failure(state, record, start, stop, err, tries + 1)
-                continue
+            opened = ahead.take(file_index)
+            tries = 0
+            if opened is None:
+                opened, err, tries = retrying(
+                    state.policy, f"opening {record.path}", partial(_open, reader, record, chunks)
+                )
+                if err is not None:
+                    if not continues(state.policy, err):
+                        raise err
+                    # the file's chunks fail, the unit's other files go on
+                    for start, stop in chunks:
+                        _record_failure(state, record, start, stop, err, tries + 1)
+                    continue
             assert opened is not None
+            if n + 1 < len(groups):
+                ahead.start(*groups[n + 1])
             rootfile, source = opened
             with rootfile, source:
                 for start, stop in chunks:
@@ -123,6 +134,55 @@ def run_unit(
         failed=tuple(state.failed),
     )
     return state.accumulator, meta
+
+
+class _OpenAhead:
+    """Opens a unit's next remote file in the background while the current one is processed:
+    opening costs a few round trips to the storage, hidden this way.
+
+    Only a head start: a background open that fails is forgotten, and the file is then
+    opened (and retried) by the unit under its error policy as usual.
+    """
+
+    def __init__(self, reader: UnitReader, files: tuple[PlanFile, ...]) -> None:
+        self.reader = reader
+        self.files = files
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[int, Future[tuple[Any, FileReader]]] | None = None
+
+    def __enter__(self) -> _OpenAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pending is not None:  # opened but not used (the unit stopped): close it
+            opened = self._result(self._pending[1])
+            if opened is not None:
+                opened[1].close()
+                opened[0].close()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def start(self, file_index: int, chunks: list[tuple[int, int]]) -> None:
+        record = self.files[file_index]
+        if "://" not in record.path:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="coffea_smk-open")
+        self._pending = (file_index, self._pool.submit(_open, self.reader, record, chunks))
+
+    def take(self, file_index: int) -> tuple[Any, FileReader] | None:
+        """The file opened ahead, or None (not opened ahead, or it failed)."""
+        if self._pending is None or self._pending[0] != file_index:
+            return None
+        future, self._pending = self._pending[1], None
+        return self._result(future)
+
+    def _result(self, future: Future[tuple[Any, FileReader]]) -> tuple[Any, FileReader] | None:
+        try:
+            return future.result()
+        except Exception as err:
+            log.debug("opening ahead failed (%s: %s): opening it in turn", type(err).__name__, err)
+            return None
 
 
 def _open(reader: UnitReader, record: PlanFile, chunks: list[tuple[int, int]]) -> tuple[Any, FileReader]:
@@ -301,7 +361,10 @@ def process_unit_to_file(
     if failures_path:
         manifest = Path(failures_path)
         tracebacks = manifest.parent / "tracebacks" / manifest.stem
-    result, meta = run_unit(plan, unit_id, processor, policy, previous, tracebacks, events, attempt=attempt)
+    hint = ColumnHint(Path(out_path).with_name("columns.json"))
+    result, meta = run_unit(
+        plan, unit_id, processor, policy, previous, tracebacks, events, attempt=attempt, hint=hint
+    )
     meta = meta.model_copy(update={"wall_s": round(time.perf_counter() - t0, 6)})
     if meta.failed and failures_path:
         failures = UnitFailures(dataset=plan.dataset, unit=unit_id, failed=meta.failed)

@@ -16,9 +16,12 @@ processor are bounded by ``prefetch_max_mb``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 from coffea_smk import buffers
@@ -31,8 +34,9 @@ from coffea_smk.io.basketmap import BasketMapError, TreeMap, map_path
 from coffea_smk.io.files import tree_of
 from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, source_fetch_many, uproot_fallback
 from coffea_smk.spec.settings import EventsOptions
+from coffea_smk.util.atomic import write_json
 
-__all__ = ["ChunkRun", "EventsError", "EventsOptions", "FileReader", "SourceFile", "UnitReader"]
+__all__ = ["ChunkRun", "ColumnHint", "EventsError", "EventsOptions", "FileReader", "SourceFile", "UnitReader"]
 
 log = logging.getLogger("coffea_smk.engine.reading")
 
@@ -57,14 +61,53 @@ class SourceFile(Protocol):
         """The preprocessing record, beside which its basket map lies."""
 
 
+class ColumnHint:
+    """The columns the processor read, kept beside a dataset's partial results (``columns.json``).
+
+    A unit learns them in its first chunk and writes them down once; a unit that
+    starts later prefetches them from its first chunk on (in one request per
+    chunk for a remote file) instead of reading them one by one as the processor
+    asks. Only a hint: it never changes what is computed, and a wrong or unreadable
+    one costs only bytes read in vain (the unit then goes by what it touches).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written = False
+
+    def load(self) -> list[str]:
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [c for c in found if isinstance(c, str)] if isinstance(found, list) else []
+
+    def save(self, columns: list[str]) -> None:
+        if self._written:
+            return
+        self._written = True
+        try:
+            if self.load() != columns:
+                write_json(self.path, columns)
+        except OSError as err:
+            log.debug("%s: cannot write the column hint (%s)", self.path, err)
+
+
 class UnitReader:
     """The reading side of one work unit (a context manager)."""
 
-    def __init__(self, options: EventsOptions | None = None, wants_coffea_events: bool = False) -> None:
+    def __init__(
+        self,
+        options: EventsOptions | None = None,
+        wants_coffea_events: bool = False,
+        hint: ColumnHint | None = None,
+    ) -> None:
         self.options = options or EventsOptions()
         self.schemaclass = schema_class(self.options.schema_, wants_coffea_events)
-        self.learned: list[str] = []
+        self.hint = hint
+        self.learned: list[str] = hint.load() if hint is not None else []
         self.prefetcher: Prefetcher | None = None
+        self._sender: ThreadPoolExecutor | None = None
         if self.options.prefetch:
             budget = Budget(self.options.prefetch_max_mb * 1024 * 1024)
             self.prefetcher = Prefetcher(self.options.prefetch_threads, budget, name="auto")
@@ -78,6 +121,14 @@ class UnitReader:
     def close(self) -> None:
         if self.prefetcher is not None:
             self.prefetcher.close()
+        if self._sender is not None:
+            self._sender.shutdown(wait=True, cancel_futures=True)
+
+    def send(self, request: Callable[[], None]) -> None:
+        """Send a batched read (of a remote file) in the background."""
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(2, thread_name_prefix="coffea_smk-warm")
+        self._sender.submit(request)
 
     def open(self, rootfile: Any, file: SourceFile, ranges: list[tuple[int, int]]) -> FileReader:
         """The reader of one open file (its record in the plan); ``ranges`` are the unit's
@@ -160,7 +211,11 @@ class FileReader:
         if (start, stop) in self.ranges:
             i = self.ranges.index((start, stop))
             todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
+        warm = getattr(self.source, "warm", None)  # remote files: one request per chunk
         for s, e in todo:
+            send = warm(learned, s, e) if warm is not None else None
+            if send is not None:
+                self.unit.send(send)
             # Last-touched first: the processor reads the first ones itself as soon
             # as it starts (taking them off the queue), the thread works from the
             # other end, and both read at once instead of one behind the other.
@@ -208,7 +263,13 @@ class ChunkRun:
         self.manager.close()
         self.stats = self.reader.store.end_chunk(self.start, self.stop)
         if self.stats.touched:
-            self.reader.unit.learned = [self.reader.source.suffix(k) for k in self.stats.touched]
+            unit = self.reader.unit
+            unit.learned = [self.reader.source.suffix(k) for k in self.stats.touched]
+            if unit.hint is not None:
+                unit.hint.save(unit.learned)
+        forget = getattr(self.reader.source, "forget", None)
+        if forget is not None:
+            forget(self.stop)
         self.manager.events = None
         self.events = None
 

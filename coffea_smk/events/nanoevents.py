@@ -15,7 +15,7 @@ them. A buffer key is ``"<start>-<stop>/<column>/<attribute>"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -270,6 +270,16 @@ class TreeLayout:
     def key_for(self, suffix: str, start: int, stop: int) -> str | None:
         column = suffix.rpartition("/")[0]
         return f"{start}-{stop}/{suffix}" if column in self.columns else None
+
+    def warm(self, suffixes: Iterable[str], start: int, stop: int) -> Callable[[], None] | None:
+        """One request for the compressed baskets of the columns ``suffixes`` (as from
+        :meth:`suffix`) in ``[start, stop)``: see :meth:`BasketReader.warm`."""
+        columns = (self.columns.get(s.rpartition("/")[0]) for s in suffixes)
+        return self.reader.warm([c.branch for c in columns if c is not None], start, stop)
+
+    def forget(self, stop: int) -> None:
+        """Drop baskets fetched ahead that end at or before ``stop`` (a chunk is done)."""
+        self.reader.forget(stop)
 
 
 def _content_shape(store: FileBuffers, offsets_key: str) -> Callable[[], tuple[int]]:

@@ -10,7 +10,8 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,8 @@ class BasketReader:
         """Branches found off the fast path while reading, and why (beside the map's own)."""
         self._fell_back: dict[tuple[int, int], set[str]] = {}
         self._lock = threading.Lock()
+        # compressed baskets fetched ahead by warm(), (branch, basket) -> the request bringing them
+        self._warm: dict[tuple[str, int], Future[dict[tuple[str, int], Any]]] = {}
 
     def baskets(self, name: str, start: int, stop: int) -> range:
         """Indices of the baskets of ``name`` that hold entries of ``[start, stop)``."""
@@ -202,15 +205,78 @@ class BasketReader:
                 raise Unproven(f"{len(out)} values read for {expected} entries")
         return out, comp, uncomp
 
+    def warm(self, names: Iterable[str], start: int, stop: int) -> Callable[[], None] | None:
+        """With a batching source (remote files): the compressed baskets of the branches
+        ``names`` for entries ``[start, stop)``, in *one* request for all of them.
+
+        The baskets are claimed at once (a read of one of them from now on waits for the
+        request rather than sending its own); the request is sent by calling what is
+        returned (e.g. in a background thread). None when there is nothing to fetch.
+        Exact whatever it fetches: a basket is read from these bytes exactly as from its
+        own request, and a failed request only makes each read send its own (whose error
+        the error policy then sees).
+        """
+        fetch_many = self.fetch_many
+        if fetch_many is None:
+            return None
+        todo: list[tuple[str, int]] = []
+        ranges: list[tuple[int, int]] = []
+        future: Future[dict[tuple[str, int], Any]] = Future()
+        with self._lock:
+            for name in dict.fromkeys(names):
+                b = self.map.branch(name)
+                if b.kind == OTHER or not b.readable or name in self.slow or name in self.map.slow:
+                    continue
+                cached = self._last.get(name)
+                for i in self.baskets(name, start, stop):
+                    if (name, i) in self._warm or (cached is not None and cached[0] == i):
+                        continue
+                    todo.append((name, i))
+                    ranges.append((int(b.seek[i]), int(b.seek[i]) + int(b.nbytes[i])))
+                    self._warm[name, i] = future
+        if not todo:
+            return None
+
+        def send() -> None:
+            try:
+                future.set_result(dict(zip(todo, fetch_many(ranges), strict=True)))
+            except BaseException as err:
+                log.debug("%s: a batched read of %d baskets failed (%s)", self.where, len(todo), err)
+                future.set_result({})
+
+        return send
+
+    def forget(self, stop: int) -> None:
+        """Drop baskets fetched ahead that end at or before entry ``stop`` and were not read."""
+        with self._lock:
+            for name, i in [k for k in self._warm if int(self.map.branch(k[0]).entries[k[1] + 1]) <= stop]:
+                del self._warm[name, i]
+
+    def _warmed(self, name: str, indices: Iterable[int]) -> dict[int, Any]:
+        """The baskets of ``indices`` fetched ahead (waiting for their request), taken out."""
+        with self._lock:
+            futures = {i: self._warm.pop((name, i)) for i in indices if (name, i) in self._warm}
+        out = {}
+        for i, future in futures.items():
+            data = future.result().get((name, i))
+            if data is not None:
+                out[i] = data
+        return out
+
     def _prefetch_raw(self, b: BranchMap, indices: range) -> dict[int, Any]:
-        """With a batching source (remote files), the compressed baskets in one request."""
+        """With a batching source (remote files), the compressed baskets in one request
+        (or from a request of :meth:`warm`)."""
         cached = self._last.get(b.name)
         todo = [i for i in indices if cached is None or cached[0] != i]
-        if self.fetch_many is None or len(todo) < 2:
+        if self.fetch_many is None:
             return {}
+        warmed = self._warmed(b.name, todo)
+        todo = [i for i in todo if i not in warmed]
+        if len(todo) < 2:
+            return warmed
         ranges = [(int(b.seek[i]), int(b.seek[i]) + int(b.nbytes[i])) for i in todo]
         try:
-            return dict(zip(todo, self.fetch_many(ranges), strict=True))
+            return warmed | dict(zip(todo, self.fetch_many(ranges), strict=True))
         except Exception as err:
             raise BasketReadError(
                 f"{self.where}: branch {b.name}, baskets {todo[0]}-{todo[-1]} cannot be read: "

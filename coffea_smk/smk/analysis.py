@@ -16,7 +16,6 @@ import shlex
 import sys
 import threading
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -158,16 +157,14 @@ class Analysis:
         found = [_lstat(p) for p in [folder, *self._unpublished]]  # each publication changes the folder
         return f"{folder}/{key_of('publish', self.layout.analysis_key, found)}.done"
 
-    def publish(self, marker: str, log: str) -> None:
-        """The publish job: point ``result.npz`` and ``datasets/<dataset>.npz`` at this analysis's results."""
-        switched = self.layout.publish()
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        Path(log).write_text("".join(f"{line}\n" for line in switched))
-        folder = Path(marker).parent
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.done"):
-            old.unlink(missing_ok=True)
-        Path(marker).write_text(self.layout.analysis_key + "\n")
+    def get_publication(self, wildcards: Any = None) -> ShellArg:
+        """What the publish job does: ``{"outdir", "key", "aliases": {fixed name: target}}``, as JSON."""
+        spec = {
+            "outdir": self.layout.outdir,
+            "key": self.layout.analysis_key,
+            "aliases": self.layout.aliases(),
+        }
+        return ShellArg(shlex.quote(json.dumps(spec)))
 
     def get_provenance(self, wildcards: Any = None) -> ShellArg:
         """What a per-dataset (or, without a dataset wildcard, the global) result records of its origin."""

@@ -33,6 +33,7 @@ from coffea_smk.engine.reduce import finish_dataset, finish_global, merge_to_fil
 from coffea_smk.io.basketmap import map_path
 from coffea_smk.io.faults import causes
 from coffea_smk.smk.names import Step, split_attempt
+from coffea_smk.smk.publish import publish
 from coffea_smk.spec.processor import load_processor
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
 from coffea_smk.util.atomic import write_json
@@ -171,6 +172,19 @@ def step_report(a: argparse.Namespace) -> None:
     log.info("report written: %s", a.out)
 
 
+def step_publish(a: argparse.Namespace) -> None:
+    """Switch the fixed names (result.npz, datasets/<d>.npz, report.html, ...) to this analysis's
+    outputs, then write the marker (a temporary output named after the state found at parse time)."""
+    spec = json.loads(a.spec)
+    for line in publish(spec["outdir"], spec["aliases"]):
+        log.info("%s", line)
+    folder = Path(a.out).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.done"):
+        old.unlink(missing_ok=True)
+    Path(a.out).write_text(spec["key"] + "\n")
+
+
 STEPS = {
     Step.PREPROCESS: step_preprocess,
     Step.PLAN: step_plan,
@@ -180,6 +194,7 @@ STEPS = {
     Step.RESULT: step_result,
     Step.PLOTS: step_plots,
     Step.REPORT: step_report,
+    Step.PUBLISH: step_publish,
 }
 
 
@@ -211,6 +226,7 @@ def main(argv: list[str]) -> int:
     add(Step.RESULT, "provenance", inputs=True, processor=True)
     add(Step.PLOTS, "settings", inputs=True)
     add(Step.REPORT, inputs=True)
+    add(Step.PUBLISH, "spec", inputs=True)
     a = parser.parse_args(argv)
     _setup_logging(a.log)
     step = STEPS[Step(a.step)]

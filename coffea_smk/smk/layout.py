@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -42,6 +41,7 @@ from coffea_smk.engine.preprocess import FileIdentity, replaced_files
 from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
 from coffea_smk.smk.names import attempt_name, split_attempt
+from coffea_smk.smk.publish import links_to
 from coffea_smk.spec.config import (
     AnalysisConfig,
     ConfigError,
@@ -303,30 +303,7 @@ class Layout:
 
     def unpublished(self) -> list[str]:
         """Fixed names that do not lead to the current analysis's results (read-only: stats and readlinks)."""
-        return [alias for alias, target in self.aliases().items() if not _links_to(alias, target)]
-
-    def publish(self) -> list[str]:
-        """Point every fixed name at the current analysis's result (each switch is atomic).
-
-        Links of datasets no longer in the analysis are removed (their results
-        stay under ``datasets/<dataset>/``). Where the file system has no
-        symbolic links, the result is copied.
-
-        Returns:
-            What was changed, a line each.
-        """
-        done = []
-        aliases = self.aliases()
-        for alias, target in aliases.items():
-            if not _links_to(alias, target):
-                _link(alias, target)
-                done.append(f"{alias} -> {target}")
-        folder = Path(self.outdir) / "datasets"
-        for entry in folder.glob("*.npz") if folder.is_dir() else []:
-            if str(entry) not in aliases and entry.is_symlink() and (folder / entry.stem).is_dir():
-                entry.unlink()
-                done.append(f"{entry} removed (no longer in the analysis)")
-        return done
+        return [alias for alias, target in self.aliases().items() if not links_to(alias, target)]
 
     def provenance(self, slug: str | None = None) -> Provenance:
         """What a per-dataset (``slug``) or the global result records about its origin."""
@@ -370,25 +347,3 @@ def _with_replacements(identity: FileIdentity, replaced: dict[str, str]) -> File
             break
         identity = dataclasses.replace(identity, replaced=replaced[identity.key])
     return identity
-
-
-def _links_to(alias: str, target: str) -> bool:
-    try:
-        return os.readlink(alias) == os.path.relpath(target, os.path.dirname(alias))
-    except OSError:
-        return False
-
-
-def _link(alias: str, target: str) -> None:
-    tmp = f"{alias}.tmp-{os.getpid()}"
-    Path(tmp).unlink(missing_ok=True)
-    try:
-        os.symlink(os.path.relpath(target, os.path.dirname(alias)), tmp)
-    except OSError:  # no symbolic links here: a copy
-        if os.path.isdir(target):
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(target, tmp)
-            shutil.rmtree(alias, ignore_errors=True)
-        else:
-            shutil.copyfile(target, tmp)
-    os.replace(tmp, alias)
