@@ -347,6 +347,7 @@ def process_unit_to_file(
     failures_path: str | None = None,
     allow_pickle: bool = False,
     events: EventsOptions | None = None,
+    hint: ColumnHint | None = None,
 ) -> UnitMeta:
     """Run a unit and write its partial result atomically; return the meta record.
 
@@ -361,7 +362,6 @@ def process_unit_to_file(
     if failures_path:
         manifest = Path(failures_path)
         tracebacks = manifest.parent / "tracebacks" / manifest.stem
-    hint = ColumnHint(Path(out_path).with_name("columns.json"))
     result, meta = run_unit(
         plan, unit_id, processor, policy, previous, tracebacks, events, attempt=attempt, hint=hint
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,26 +71,43 @@ class ColumnHint:
     one costs only bytes read in vain (the unit then goes by what it touches).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, others: Iterable[Path] = ()) -> None:
         self.path = path
+        self.others = others
+        """Hints of other datasets of the analysis: the newest is used while this one has none."""
         self._written = False
 
     def load(self) -> list[str]:
-        try:
-            found = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return []
-        return [c for c in found if isinstance(c, str)] if isinstance(found, list) else []
+        found = _read_hint(self.path)
+        if found is None:
+            newest = max((p for p in self.others if p.exists()), key=_mtime, default=None)
+            found = _read_hint(newest) if newest is not None else None
+        return found or []
 
     def save(self, columns: list[str]) -> None:
         if self._written:
             return
         self._written = True
         try:
-            if self.load() != columns:
+            if _read_hint(self.path) != columns:
                 write_json(self.path, columns)
         except OSError as err:
             log.debug("%s: cannot write the column hint (%s)", self.path, err)
+
+
+def _read_hint(path: Path) -> list[str] | None:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return [c for c in found if isinstance(c, str)] if isinstance(found, list) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 class UnitReader:

@@ -100,8 +100,11 @@ def step_plan(a: argparse.Namespace) -> None:
 
 def step_process(a: argparse.Namespace) -> None:
     from coffea_smk.engine.process import process_unit_to_file  # noqa: PLC0415  only this step loads awkward, uproot
+    from coffea_smk.engine.reading import ColumnHint  # noqa: PLC0415  with it
 
     plan = _plan(a.plan)
+    out = Path(a.out)  # <outdir>/partials/<dataset>/<key>/<unit>.npz: the hint beside it, and the others'
+    hint = ColumnHint(out.with_name("columns.json"), out.parents[2].glob("*/*/columns.json"))
     unit_id, attempt = split_attempt(a.unit)
     processor = load_processor(a.processor, a.basedir)
     try:
@@ -116,6 +119,7 @@ def step_process(a: argparse.Namespace) -> None:
             failures_path=a.failures,
             allow_pickle=a.allow_pickle,
             events=EventsOptions.from_json(a.events),
+            hint=hint,
         )
     except Exception as err:
         stale = next((e for e in causes(err) if isinstance(e, StaleRecordError)), None)
