@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import hist
 import numpy as np
 import uproot
 
 from coffea_smk.post.statmodel import Model
+from coffea_smk.spec.stat import SHAPES
 
-SHAPES = "shapes.root"
 DATA_OBS = "data_obs"
 
 
@@ -31,7 +32,7 @@ def _number(x: float) -> str:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def datacard(model: Model, shapes: str = SHAPES) -> str:
@@ -55,7 +56,10 @@ def datacard(model: Model, shapes: str = SHAPES) -> str:
         f"shapes * * {shapes} $CHANNEL/$PROCESS $CHANNEL/$PROCESS_$SYSTEMATIC",
         rule,
         *_table(
-            [["bin", *(c.name for c in model.channels)], ["observation", *(_number(c.observed.sum()) for c in model.channels)]]
+            [
+                ["bin", *(c.name for c in model.channels)],
+                ["observation", *(_number(c.observed.sum()) for c in model.channels)],
+            ]
         ),
         rule,
     ]
@@ -67,7 +71,9 @@ def datacard(model: Model, shapes: str = SHAPES) -> str:
     ]
     systematics = []
     for name in model.norm_names:
-        systematics.append([name, "lnN", *(_number(x.norms[name]) if name in x.norms else "-" for _, x in columns)])
+        systematics.append(
+            [name, "lnN", *(_number(x.norms[name]) if name in x.norms else "-" for _, x in columns)]
+        )
     for name in model.shape_names:
         has = [any(v.name == name for v in x.shapes) for _, x in columns]
         systematics.append([name, "shape", *("1" if h else "-" for h in has)])
@@ -78,7 +84,7 @@ def datacard(model: Model, shapes: str = SHAPES) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _th1(edges: np.ndarray, values: np.ndarray, variances: np.ndarray) -> hist.Hist:
+def _th1(edges: np.ndarray, values: np.ndarray, variances: np.ndarray) -> Any:
     h = hist.Hist(hist.axis.Variable(edges), storage=hist.storage.Weight())
     h.view()["value"] = values
     h.view()["variance"] = variances

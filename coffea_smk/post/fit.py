@@ -46,7 +46,7 @@ def validate(spec: dict[str, Any], where: str = "stat") -> Any:
 
 
 class _Limits:
-    """CLs at any ``mu`` for the data and for the expected bands, with the ``mu``-independent fits done once."""
+    """CLs at any ``mu``, of the data and of the expected bands; the ``mu``-independent fits done once."""
 
     def __init__(self, pyhf: Any, data: Any, model: Any, muhat: float, best: float) -> None:
         self.pyhf, self.data, self.model, self.muhat, self.best = pyhf, data, model, muhat, best
@@ -151,7 +151,9 @@ def fit(
         # asymptotically the median expected limit is ~1.96 sigma, sigma ~ mu / sqrt(qA(mu))
         probe = max(interval[1] - interval[0], 1e-3 * bounds[1])
         sigma = probe / math.sqrt(limits.qa(probe))
-        expected = [limits.limit(i, sigma * (1.96 + n), bounds[1]) for i, n in enumerate((-1.2, -0.8, 0, 1, 2))]
+        expected = [
+            limits.limit(i, sigma * (1.96 + n), bounds[1]) for i, n in enumerate((-1.2, -0.8, 0, 1, 2))
+        ]
         observed = limits.limit(None, max(mu, 0.0) + 1.96 * sigma, bounds[1])
     return {
         "poi": model.config.poi_name,
@@ -166,7 +168,7 @@ def fit(
             "cl": 1 - LEVEL,
             "observed": observed,
             "expected": expected[2],
-            "expected_band": dict(zip(BANDS, expected)),
+            "expected_band": dict(zip(BANDS, expected, strict=True)),
             "method": "CLs, asymptotic formulae, qtilde test statistic (null: above the bound of mu)",
         },
         "mu_bounds": list(bounds),

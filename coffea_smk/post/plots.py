@@ -30,6 +30,7 @@ from coffea_smk.post.manifest import MANIFEST, Plot
 from coffea_smk.post.normalise import Sample
 from coffea_smk.spec.plots import Categories, PlotSettings, Scale, Style
 
+
 class PlotError(ValueError):
     """A histogram cannot be drawn as configured; the message names it and what to fix."""
 

@@ -12,20 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk import results
-from coffea_smk.post.datacard import SHAPES, datacard, write_shapes
+from coffea_smk.post.datacard import datacard, write_shapes
 from coffea_smk.post.fit import fit, validate
 from coffea_smk.post.hists import DATASET_AXIS, histograms
 from coffea_smk.post.normalise import NormalisationError, luminosity, samples
 from coffea_smk.post.statmodel import Model, StatError, build
 from coffea_smk.post.workspace import workspace
-from coffea_smk.spec.stat import StatModel, is_data, require_pyhf
+from coffea_smk.spec.stat import DATACARD, FIT, SHAPES, WORKSPACE, StatModel, is_data, require_pyhf
 from coffea_smk.util.atomic import atomic_open
-
-WORKSPACE = "workspace.json"
-DATACARD = "datacard.txt"
-FIT = "fit.json"
-FILES = (WORKSPACE, DATACARD, SHAPES, FIT)
-"""What the stat job writes into its folder."""
 
 
 def _data(name: str, s: StatModel, datasets: dict[str, Any]) -> list[str]:
@@ -58,12 +52,16 @@ def load_model(
         )
     lumi = luminosity(meta, lumi)
     try:
-        normalised = {x.name: x for x in samples({"datasets": {d: datasets[d] for d in used}}, lumi, where=where)}
+        normalised = {
+            x.name: x for x in samples({"datasets": {d: datasets[d] for d in used}}, lumi, where=where)
+        }
     except NormalisationError as err:
         raise StatError(str(err)) from None
     for d in data:
         if not normalised[d].is_data:
-            raise StatError(f"{where}: data dataset {d!r} is simulation: mark it is_data: true in the fileset")
+            raise StatError(
+                f"{where}: data dataset {d!r} is simulation: mark it is_data: true in the fileset"
+            )
     found = histograms(stored.result)
     own: dict[str, Any] = {}
     if s.histogram not in found or DATASET_AXIS not in found[s.histogram].axes.name:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import hist
 import numpy as np
 
-from coffea_smk.post.hists import DATASET_AXIS, Hist, per_dataset
+from coffea_smk.post.hists import Hist, per_dataset
 from coffea_smk.post.normalise import Sample
 from coffea_smk.spec.stat import StatModel
 
@@ -132,7 +132,9 @@ class _Reader:
                     )
         for a in s.sum:
             if a not in names:
-                raise self.fail(f"sum: histogram {s.histogram!r} has no axis {a!r} (its axes: {', '.join(names)})")
+                raise self.fail(
+                    f"sum: histogram {s.histogram!r} has no axis {a!r} (its axes: {', '.join(names)})"
+                )
         for a, v in s.select.items():
             if v not in list(h.axes[a]):
                 raise self.fail(f"select: axis {a!r} has no value {v!r} (its values: {_values(h, a)})")
@@ -238,7 +240,11 @@ class _Reader:
         return arrays
 
     def merge(self, a: np.ndarray, window: slice) -> np.ndarray:
-        return a[window].reshape(-1, self.s.rebin).sum(axis=1)
+        out: np.ndarray = a[window].reshape(-1, self.s.rebin).sum(axis=1)
+        return out
+
+    def zeros(self, window: slice) -> np.ndarray:
+        return np.zeros((window.stop - window.start) // self.s.rebin)
 
 
 def _values(h: Hist, axis: str) -> str:
@@ -290,7 +296,9 @@ def build(
     for cname in cut[datasets[0]][2]:
         samples = []
         for sname, members in roles.items():
-            samples.append(_sample(r, sname, sname in s.signal_samples, members, cname, cut, normalised, shapes, window))
+            samples.append(
+                _sample(r, sname, sname in s.signal_samples, members, cname, cut, normalised, shapes, window)
+            )
         observed = _observed(r, cname, data, cut, window, samples)
         channels.append(Channel(cname, model_edges, label, tuple(samples), observed))
     for c in channels:
@@ -316,9 +324,9 @@ def _sample(
     window: slice,
 ) -> ModelSample:
     s = r.s
-    yields = variances = 0.0
-    ups: dict[str, np.ndarray | float] = dict.fromkeys(shapes, 0.0)
-    downs: dict[str, np.ndarray | float] = dict.fromkeys(shapes, 0.0)
+    yields, variances = r.zeros(window), r.zeros(window)
+    ups = {n: r.zeros(window) for n in shapes}
+    downs = {n: r.zeros(window) for n in shapes}
     for d in members:
         scale = normalised[d].scale
         arrays = r.arrays(cut, d, cname)
@@ -333,11 +341,10 @@ def _sample(
         for n in shapes:
             ups[n] = ups[n] + r.merge(arrays.get(f"{n}Up", arrays[r.nominal])[0], window) * scale
             downs[n] = downs[n] + r.merge(arrays.get(f"{n}Down", arrays[r.nominal])[0], window) * scale
-    y = np.asarray(yields, dtype=float)
     variations = tuple(
-        ShapeVariation(n, np.asarray(ups[n], dtype=float), np.asarray(downs[n], dtype=float))
+        ShapeVariation(n, ups[n], downs[n])
         for n in shapes
-        if not (np.array_equal(ups[n], y) and np.array_equal(downs[n], y))
+        if not (np.array_equal(ups[n], yields) and np.array_equal(downs[n], yields))
     )
     norms = {}
     for n, kappa in s.normalisation.items():
@@ -346,7 +353,7 @@ def _sample(
                 norms[n] = float(kappa[sname])
         else:
             norms[n] = float(kappa)
-    return ModelSample(sname, signal, tuple(members), y, np.asarray(variances, dtype=float), norms, variations)
+    return ModelSample(sname, signal, tuple(members), yields, variances, norms, variations)
 
 
 def _observed(
@@ -357,9 +364,11 @@ def _observed(
     window: slice,
     samples: list[ModelSample],
 ) -> np.ndarray:
+    total = r.zeros(window)
     if not data:
-        return np.asarray(sum((x.yields for x in samples), np.zeros(0)), dtype=float)
-    total: np.ndarray | float = 0.0
+        for x in samples:
+            total = total + x.yields
+        return total
     for d in data:
         values, var = r.arrays(cut, d, cname)[r.nominal]
         weighted = not np.array_equal(values, np.round(values)) or (
@@ -372,7 +381,7 @@ def _observed(
                 f"stat.{r.name}.data (no data: an Asimov data set)"
             )
         total = total + r.merge(values, window)
-    return np.asarray(total, dtype=float)
+    return total
 
 
 def _edges_text(c: Channel, bins: np.ndarray) -> str:
@@ -401,4 +410,4 @@ def _mu_high(channels: list[Channel]) -> float:
     if signal <= 0:
         return 10.0
     rough = 5 * (2 * math.sqrt(background) + 3) / signal
-    return max(10.0, 10 ** math.ceil(math.log10(rough)))
+    return max(10.0, float(10 ** math.ceil(math.log10(rough))))

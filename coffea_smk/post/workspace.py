@@ -34,9 +34,17 @@ def _modifiers(model: Model, c: Channel, x: ModelSample) -> list[dict[str, Any]]
     for name, kappa in x.norms.items():
         out.append({"name": name, "type": "normsys", "data": {"hi": kappa, "lo": 1.0 / kappa}})
     for v in x.shapes:
-        out.append({"name": v.name, "type": "histosys", "data": {"hi_data": _floats(v.up), "lo_data": _floats(v.down)}})
+        out.append(
+            {
+                "name": v.name,
+                "type": "histosys",
+                "data": {"hi_data": _floats(v.up), "lo_data": _floats(v.down)},
+            }
+        )
     if model.mc_stat:
-        out.append({"name": f"staterror_{c.name}", "type": "staterror", "data": _floats(np.sqrt(x.variances))})
+        out.append(
+            {"name": f"staterror_{c.name}", "type": "staterror", "data": _floats(np.sqrt(x.variances))}
+        )
     return out
 
 

@@ -38,6 +38,7 @@ class Step(str, Enum):
     RESULT = "result"
     PLOTS = "plots"
     REPORT = "report"
+    STAT = "stat"
 
 
 def split_attempt(name: str) -> tuple[str, int]:

@@ -19,6 +19,10 @@ DATA_KEYS = ("is_data", "isData", "isRealData")
 MODEL_NAME = r"^[A-Za-z][A-Za-z0-9_.+-]*$"
 """A model's name: it names a folder, so no separator; never a 16-hex content key."""
 INSTALL = "pip install 'coffea_smk[stat]'"
+WORKSPACE, DATACARD, SHAPES, FIT = "workspace.json", "datacard.txt", "shapes.root", "fit.json"
+FILES = (WORKSPACE, DATACARD, SHAPES, FIT)
+"""What the stat job writes into a model's folder: the pyhf workspace, the Combine datacard and
+its shapes, the fit's record."""
 
 Kappa = Annotated[float, Field(gt=0)]
 Groups = dict[str, list[str]] | list[str]
@@ -67,9 +71,7 @@ class StatModel(BaseModel):
         default_factory=dict,
         description="Categorical axes fixed to one value, e.g. {region: signal}.",
     )
-    sum: list[str] = Field(
-        default_factory=list, description="Categorical axes summed over, e.g. [charge]."
-    )
+    sum: list[str] = Field(default_factory=list, description="Categorical axes summed over, e.g. [charge].")
     rebin: Annotated[int, Field(ge=1)] = Field(1, description="Merge this many bins of the observable.")
     range: tuple[float, float] | None = Field(
         None,
@@ -189,7 +191,5 @@ def dataset_problems(settings: StatSettings, metadata: dict[str, dict[str, Any]]
                     "fileset, or list it under signal or backgrounds"
                 )
             elif role != "data" and is_data(metadata[d]):
-                out.append(
-                    f"stat.{name}.{role}: dataset {d!r} is data (is_data: true): list it under data"
-                )
+                out.append(f"stat.{name}.{role}: dataset {d!r} is data (is_data: true): list it under data")
     return out
