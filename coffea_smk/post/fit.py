@@ -134,8 +134,9 @@ def fit(
     use_minuit = importlib.util.find_spec("iminuit") is not None if minuit is None else minuit
     pyhf.set_backend("numpy", "minuit" if use_minuit else "scipy")
     start = time.perf_counter()
-    model = pyhf.Workspace(spec).model()
-    data = pyhf.Workspace(spec).data(model)
+    ws = pyhf.Workspace(spec)
+    model = ws.model()
+    data = ws.data(model)
     poi = model.config.poi_index
     bounds = tuple(float(b) for b in model.config.suggested_bounds()[poi])
     with warnings.catch_warnings():

@@ -217,7 +217,8 @@ class _Reader:
         s = self.s
         lo, hi = 0, len(edges) - 1
         if s.range is not None:
-            inside = np.nonzero((edges[1:] > s.range[0]) & (edges[:-1] < s.range[1]))[0]
+            tol = 1e-9 * (edges[-1] - edges[0])  # an edge computed as 69.99999 is the edge 70
+            inside = np.nonzero((edges[1:] > s.range[0] + tol) & (edges[:-1] < s.range[1] - tol))[0]
             if not inside.size:
                 raise self.fail(f"range {list(s.range)} holds no bin of [{edges[0]:g}, {edges[-1]:g}]")
             lo, hi = int(inside[0]), int(inside[-1]) + 1
