@@ -215,7 +215,7 @@ def test_asimov_data_is_the_expected_sum_at_mu_1() -> None:
     for c in model.channels:
         assert list(c.observed) == list(sum((x.yields for x in c.samples), np.zeros(6)))
     record = fit(workspace(model), asimov=model.asimov)
-    assert record["data"] == "asimov" and record["bestfit"]["mu"] == pytest.approx(1.0, abs=2e-3)
+    assert record["observations"] == "asimov" and record["bestfit"]["mu"] == pytest.approx(1.0, abs=2e-3)
 
 
 def test_range_rebin_select_and_sum() -> None:
@@ -400,6 +400,9 @@ def test_the_workflow_writes_workspace_datacard_shapes_and_fit(fitted: Workflow)
     assert f"{sb['bestfit']['mu']:.4g}" in page
 
 
+KEYED_FITS = "stat/" + "?" * 16 + "/fit.json"  # the keyed folders, not the links named after the models
+
+
 def _mtimes(root: Path, pattern: str) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in root.glob(pattern)}
 
@@ -410,17 +413,17 @@ def test_changing_a_model_redoes_only_that_model(fitted: Workflow, nanoaod: Path
     again = fitted.run()
     assert "Nothing to be done" in again.stdout + again.stderr
     processed = _mtimes(results, "partials/**/*.npz") | _mtimes(results, "global/*.npz")
-    others = _mtimes(results, "stat/*/fit.json")
+    others = _mtimes(results, KEYED_FITS)
     old = os.readlink(results / "stat" / "sb")
     fitted.reset_openlog()
     fitted.write(_config(normalisation={"lumi": 1.025, "xsec_tt": {"TT": 1.1}}), _fileset(nanoaod))
     fitted.run()
-    assert fitted.opened() == []  # no ROOT file opened, no chunk processed
+    assert [p for p in fitted.opened() if "nano_" in p] == []  # no input file opened, no chunk processed
     assert _mtimes(results, "partials/**/*.npz") | _mtimes(results, "global/*.npz") == processed
     assert os.readlink(results / "stat" / "sb") != old
-    assert {k: v for k, v in _mtimes(results, "stat/*/fit.json").items() if k in others} == others
+    assert {k: v for k, v in _mtimes(results, KEYED_FITS).items() if k in others} == others
     card = (results / "stat" / "sb" / "datacard.txt").read_text()
-    assert re.search(r"^xsec_tt\s+lnN\s+-\s+1\.1$", card, flags=re.M)
+    assert re.search(r"^xsec_tt\s+lnN\s+-\s+1\.1\s+-\s+1\.1$", card, flags=re.M)
     again = fitted.run()
     assert "Nothing to be done" in again.stdout + again.stderr
 

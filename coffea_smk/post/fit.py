@@ -173,7 +173,7 @@ def fit(
             "method": "CLs, asymptotic formulae, qtilde test statistic (null: above the bound of mu)",
         },
         "mu_bounds": list(bounds),
-        "data": "asimov" if asimov else "observed",
+        "observations": "asimov" if asimov else "observed",
         "optimizer": "minuit" if use_minuit else "scipy",
         "pyhf_version": pyhf.__version__,
         "seconds": round(time.perf_counter() - start, 3),
