@@ -233,7 +233,7 @@ def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
     )
     where = prepare(directory, scale)
     if "stat:" not in (where / "analysis.yaml").read_text():
-        print("coffea-smk demo: pyhf is not installed, so no statistical model: pip install 'coffea_smk[stat]'")
+        print("coffea-smk demo: no statistical model without pyhf: pip install 'coffea_smk[stat]'")
     cwd = os.getcwd()
     os.chdir(where)
     try:

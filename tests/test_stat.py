@@ -85,7 +85,7 @@ def _bins(h: Any, dataset: str, channel: str, syst: str = "nominal") -> tuple[np
 def _parse_datacard(text: str) -> dict[str, Any]:
     lines = [ln.split() for ln in text.splitlines() if ln and not ln.startswith(("#", "-"))]
     rows = {ln[0]: ln[1:] for ln in lines if ln[0] in ("bin", "observation", "rate")}
-    process = [ln[1:] for ln in lines if ln[0] == "process"][0]
+    process = next(ln[1:] for ln in lines if ln[0] == "process")
     bins = [ln[1:] for ln in lines if ln[0] == "bin"]
     shapes = [ln[0] for ln in lines if len(ln) > 1 and ln[1] == "shape"]
     norms = {ln[0]: ln[2:] for ln in lines if len(ln) > 1 and ln[1] == "lnN"}
@@ -114,7 +114,7 @@ def test_workspace_and_datacard_hold_the_normalised_histogram(tmp_path: Path) ->
         ch = channel["name"]
         by_name = {s["name"]: s for s in channel["samples"]}
         assert list(by_name) == ["sig", "bkg"]
-        sig, sig_var = _bins(h, "sig", ch)
+        sig = _bins(h, "sig", ch)[0]
         assert by_name["sig"]["data"] == list(0.0 + sig * 0.5)  # exactly: xsec x lumi / sumw = 0.5
         b1, v1 = _bins(h, "bkg", ch)
         b2, v2 = _bins(h, "bkg2", ch)
