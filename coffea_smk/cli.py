@@ -232,6 +232,8 @@ def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
         f"coffea-smk demo: writing NanoAOD-layout demo data under {Path(directory).resolve()} ...", flush=True
     )
     where = prepare(directory, scale)
+    if "stat:" not in (where / "analysis.yaml").read_text():
+        print("coffea-smk demo: no statistical model without pyhf: pip install 'coffea_smk[stat]'")
     cwd = os.getcwd()
     os.chdir(where)
     try:

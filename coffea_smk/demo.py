@@ -9,6 +9,7 @@ called ``Events``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -172,8 +173,32 @@ DEMO_DATASETS: dict[str, tuple[int, int, dict[str, Any]]] = {
 }
 
 
-def prepare(directory: str | Path, scale: float = 1.0) -> Path:
-    """Write the demo's data, fileset, processor and ``analysis.yaml`` into ``directory``."""
+STAT = """\
+# a statistical model of the dimuon mass around the Z peak (needs coffea_smk[stat]):
+# results/stat/zmumu/ holds a pyhf workspace, a CMS Combine datacard with its
+# shapes, and fit.json (best-fit signal strength, 95% CL upper limits)
+stat:
+  zmumu:
+    histogram: mass
+    range: [70, 110]
+    rebin: 4
+    signal: [ZToMuMu_extra]
+    backgrounds: [DYJetsToLL]
+    normalisation:
+      lumi: 1.025
+      xsec_dy: {DYJetsToLL: 1.05}
+"""
+"""The demo's ``stat:`` section (data: SingleMuon, the data dataset)."""
+
+
+def prepare(directory: str | Path, scale: float = 1.0, *, stat: bool | None = None) -> Path:
+    """Write the demo's data, fileset, processor and ``analysis.yaml`` into ``directory``.
+
+    Args:
+        directory: Where.
+        scale: Events per file relative to the default.
+        stat: Add the ``stat:`` section; default: when pyhf is installed (``coffea_smk[stat]``).
+    """
     directory = Path(directory).resolve()
     data = directory / "data"
     fileset: dict[str, Any] = {}
@@ -201,6 +226,7 @@ def prepare(directory: str | Path, scale: float = 1.0) -> Path:
         "# luminosity of the data sets' metadata), and the report: results/report.html\n"
         "plots:\n"
         "  yscale: both\n"
+        + (STAT if (importlib.util.find_spec("pyhf") is not None if stat is None else stat) else "")
     )
     return directory
 
@@ -244,6 +270,19 @@ def summary(result_path: str | Path) -> str:
     folder = Path(result_path).parent
     if (folder / "plots" / "latest").is_dir():
         lines.append(f"plots: {folder / 'plots' / 'latest'}/")
+    for link in sorted(p for p in folder.glob("stat/*") if p.is_symlink()):  # the published models
+        fit = link / "fit.json"
+        if not fit.is_file():
+            continue
+        record = json.loads(fit.read_text())
+        best, limit = record["bestfit"], record["upper_limit"]
+        observed, expected = (
+            "above the bound" if x is None else f"{x:.3g}" for x in (limit["observed"], limit["expected"])
+        )
+        lines.append(
+            f"stat {record['model']}: mu = {best['mu']:.3g} +- {best['uncertainty']:.2g}, 95% CL upper "
+            f"limit {observed} (expected {expected}); workspace, datacard, fit: {fit.parent}/"
+        )
     if (folder / "report.html").is_file():
         lines.append(f"report: {(folder / 'report.html').absolute().as_uri()}")
     return "\n".join(lines)

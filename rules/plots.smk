@@ -24,6 +24,7 @@ rule report:
         analysis.result,
         analysis.get_dataset_results,
         analysis.plots,
+        analysis.stat_fits,
     output:
         analysis.path("report"),
     log:

@@ -57,6 +57,7 @@ rule publish:
         analysis.get_dataset_results,
         analysis.result,
         analysis.plots,
+        analysis.stat,
         analysis.report,
     output:
         temp(analysis.publish_marker),

@@ -234,6 +234,12 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(complete)" in proc.stdout and "cutflow:" in proc.stdout
+    # the demo's statistical model (pyhf is in the test extra): workspace, datacard, fit
+    assert "stat zmumu: mu = " in proc.stdout
+    model = tmp_path / "demo" / "results" / "stat" / "zmumu"
+    assert all(
+        (model / name).is_file() for name in ("workspace.json", "datacard.txt", "shapes.root", "fit.json")
+    )
     result = coffea_smk.load(tmp_path / "demo" / "results" / "result.npz")
     events = sum(flow["events"] for flow in result["cutflow"].values())
     meta = coffea_smk.load_meta(tmp_path / "demo" / "results" / "result.npz")

@@ -79,9 +79,12 @@ def failures(dataset_paths: list[str]) -> list[Failure]:
     return out
 
 
-def make_report(global_path: str, dataset_paths: list[str], plots: str | None, out: str) -> None:
-    """Write the HTML report to ``out``."""
+def make_report(
+    global_path: str, dataset_paths: list[str], plots: str | None, out: str, fits: list[str] | None = None
+) -> None:
+    """Write the HTML report to ``out`` (``fits``: the ``fit.json`` of each statistical model)."""
     stored = results.load_stored(global_path)
+    models = [json.loads(Path(f).read_text()) for f in fits or []]
     config = yaml.safe_dump(stored.meta.get("config") or {}, sort_keys=False)
     page = render(
         stored.meta,
@@ -90,6 +93,7 @@ def make_report(global_path: str, dataset_paths: list[str], plots: str | None, o
         failures(dataset_paths),
         config,
         f"coffea_smk report: {stored.meta.get('configfile') or global_path}",
+        models,
     )
     with atomic_open(out, "w") as handle:
         handle.write(page)

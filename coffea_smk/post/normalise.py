@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-DATA_KEYS = ("is_data", "isData", "isRealData")
+from coffea_smk.spec.stat import DATA_KEYS, is_data
+
+__all__ = ["DATA_KEYS", "NormalisationError", "Sample", "is_data", "luminosity", "samples"]
 
 
 class NormalisationError(ValueError):
@@ -31,10 +33,6 @@ class Sample:
     sumw_source: str | None
     scale: float
     """Factor applied to the dataset's histograms: 1 for data, xsec x lumi / sumw for simulation."""
-
-
-def is_data(metadata: dict[str, Any]) -> bool:
-    return any(bool(metadata.get(k)) for k in DATA_KEYS)
 
 
 def luminosity(meta: dict[str, Any], configured: float | None) -> float | None:

@@ -25,28 +25,14 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import mplhep
 
+from coffea_smk.post.hists import DATASET_AXIS, Hist, histograms, per_dataset
 from coffea_smk.post.manifest import MANIFEST, Plot
 from coffea_smk.post.normalise import Sample
 from coffea_smk.spec.plots import Categories, PlotSettings, Scale, Style
 
-DATASET_AXIS = "dataset"
-Hist = Any
-"""A ``hist.Hist`` (hist's stubs reject its own idioms such as ``h[{axis: sum}]``)."""
-
 
 class PlotError(ValueError):
     """A histogram cannot be drawn as configured; the message names it and what to fix."""
-
-
-def histograms(result: Any, prefix: str = "") -> dict[str, Hist]:
-    """Every ``hist.Hist`` in a result (nested dicts), by its path (``a/b``)."""
-    out: dict[str, Hist] = {}
-    if isinstance(result, hist.Hist):
-        out[prefix or "histogram"] = result
-    elif isinstance(result, dict):
-        for key, value in result.items():
-            out.update(histograms(value, f"{prefix}/{key}" if prefix else str(key)))
-    return out
 
 
 def _slug(text: str) -> str:
@@ -82,19 +68,6 @@ def _selections_of(h: Hist, axes: list[str]) -> Iterator[tuple[str, Hist]]:
     for value in h.axes[first]:
         for label, inner in _selections_of(h[{first: hist.loc(value)}], rest):
             yield ",".join(x for x in (f"{first}={value}", label) if x), inner
-
-
-def _per_dataset(name: str, h: Hist, datasets: list[str], own: dict[str, Any]) -> dict[str, Hist]:
-    """The histogram of each dataset: a slice of its dataset axis, or from the dataset's own result."""
-    if DATASET_AXIS in h.axes.name:
-        present = set(h.axes[DATASET_AXIS])
-        return {d: h[{DATASET_AXIS: hist.loc(d)}] for d in datasets if d in present}
-    out = {}
-    for d in datasets:
-        found = histograms(own.get(d)).get(name)
-        if found is not None:
-            out[d] = found
-    return out
 
 
 class _Canvas:
@@ -247,7 +220,7 @@ def draw(
         # mplhep's note that it would use Garwood intervals with scipy: errors are given explicitly here
         warnings.filterwarnings("ignore", message="Integer weights indicate poissonian data")
         for name in names:
-            by_dataset = _per_dataset(name, found[name], datasets, own)
+            by_dataset = per_dataset(name, found[name], datasets, own)
             if settings.per_dataset:
                 for d, h in by_dataset.items():
                     for sel, sub in _selections(h, settings):

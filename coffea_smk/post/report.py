@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk.post.manifest import MANIFEST, NOTES, Plot
+from coffea_smk.spec.stat import FILES as STAT_FILES
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -158,6 +159,62 @@ def _plots_html(folder: Path | None) -> str:
     return "".join(parts)
 
 
+def _limit(x: float | None) -> str:
+    return "above the bound of mu" if x is None else f"{x:.4g}"
+
+
+def _fit_row(m: dict[str, Any]) -> list[str]:
+    fit, limit = m["bestfit"], m["upper_limit"]
+    band = limit["expected_band"]
+    lo, hi = fit["interval_68"]
+    return [
+        _e(m["model"]),
+        _e(m["histogram"]),
+        "Asimov (mu = 1)" if m["data"] == "asimov" else _e(", ".join(m["data"])),
+        f"{fit['mu']:.4g} &plusmn; {fit['uncertainty']:.3g} [{lo:.4g}, {hi:.4g}]",
+        _limit(limit["observed"]),
+        f"{_limit(limit['expected'])} [{_limit(band['-1sigma'])}, {_limit(band['+1sigma'])}]",
+    ]
+
+
+def _stat_html(models: list[dict[str, Any]]) -> str:
+    """The fit of each statistical model, its yields, and where its files are."""
+    if not models:
+        return "<p>No statistical models (add a <code>stat:</code> section to analysis.yaml).</p>"
+    header = [
+        "model",
+        "histogram",
+        "data",
+        "best-fit mu ± unc. [68% interval]",
+        "95% CL limit",
+        "expected [±1 sigma]",
+    ]
+    parts = [_table(header, [_fit_row(m) for m in models], raw=True)]
+    for m in models:
+        links = " ".join(f'<a href="stat/{_e(m["model"])}/{f}">{f}</a>' for f in STAT_FILES)
+        unc = [*m["normalisation"], *m["shapes"], *(["MC statistics"] if m["mc_stat"] else [])]
+        rows = []
+        for c in m["channels"]:
+            samples = [f"{_e(n)}{'*' if n in c['signal'] else ''}: {v:.4g}" for n, v in c["samples"].items()]
+            rows.append(
+                [
+                    c["name"],
+                    c["bins"],
+                    f"[{c['range'][0]:g}, {c['range'][1]:g}]",
+                    f"{c['observed']:.6g}",
+                    ", ".join(samples),
+                ]
+            )
+        parts.append(
+            f"<h3>{_e(m['model'])}</h3><p>Files (beside this report): {links}. Uncertainties: "
+            f"{_e(', '.join(unc) or 'none')}. pyhf {_e(m['pyhf_version'])}, {_e(m['optimizer'])}; "
+            f"uncertainty of mu: {_e(m['bestfit']['uncertainty_method'])}; limits: "
+            f"{_e(m['upper_limit']['method'])}.</p>"
+            + _table(["channel", "bins", "range", "observed", "expected (* signal, mu = 1)"], rows)
+        )
+    return "".join(parts)
+
+
 def _failures_html(failures: list[Failure]) -> str:
     if not failures:
         return '<p class="ok">No failed chunks or files.</p>'
@@ -172,8 +229,9 @@ def render(
     failures: list[Failure],
     config_text: str,
     title: str,
+    models: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The report's HTML."""
+    """The report's HTML (``models``: the fit record of each statistical model, ``fit.json``)."""
     complete = meta.get("complete", False)
     summary = (
         f"<p>{meta.get('events', 0):,} of {meta.get('events_expected', 0):,} expected events processed: "
@@ -185,6 +243,7 @@ def render(
         ("Datasets", _datasets_html(meta)),
         ("Cutflows", _cutflow_html(cutflows(result, list(meta.get("datasets", {}))))),
         ("Plots", _plots_html(plots)),
+        ("Statistical models", _stat_html(models or [])),
         ("Failed chunks and files", _failures_html(failures)),
         ("Metrics", _metrics_html(meta)),
         ("Configuration", f"<pre>{_e(config_text)}</pre>"),

@@ -28,6 +28,7 @@ from coffea_smk.smk.layout import Kind, Layout
 from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
 from coffea_smk.spec.config import ConfigError
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions, PlanSettings
+from coffea_smk.spec.stat import FILES, FIT, StatUnavailableError, require_pyhf
 from coffea_smk.util.hashing import key_of
 
 __all__ = ["WILDCARDS", "Analysis"]
@@ -64,7 +65,9 @@ class Analysis:
         self.configfile = str(configfiles[-1]) if configfiles else "analysis.yaml"
         try:
             self.layout = Layout.from_config(config, str(configfiles[-1]) if configfiles else None)
-        except ConfigError as err:
+            if self.layout.cfg.stat:
+                require_pyhf()
+        except (ConfigError, StatUnavailableError) as err:
             raise WorkflowError(str(err)) from None
         self.cfg = self.layout.cfg
         self._unpublished = self.layout.unpublished()
@@ -106,6 +109,30 @@ class Analysis:
         }
         return ShellArg(shlex.quote(json.dumps(settings)))
 
+    def stat_path(self, name: str) -> str:
+        """The pattern of one file of a model's folder (``{key}``: the model's key)."""
+        return f"{self.layout.path(Kind.STAT)}/{name}"
+
+    @property
+    def stat(self) -> list[str]:
+        """Every file of every model of the ``stat:`` section, as configured now."""
+        return [f"{self.layout.stat_folder(m)}/{name}" for m in self.layout.stat_keys for name in FILES]
+
+    @property
+    def stat_fits(self) -> list[str]:
+        """The fit records the report shows."""
+        return [f"{self.layout.stat_folder(m)}/{FIT}" for m in self.layout.stat_keys]
+
+    def get_stat_settings(self, wildcards: Any) -> ShellArg:
+        """The model of the job's key, its name and the luminosity, as ``--settings JSON``."""
+        name = next(m for m, key in self.layout.stat_keys.items() if key == wildcards.key)
+        assert self.cfg.stat is not None  # a stat job exists only with a stat: section
+        settings = {"name": name, "model": self.cfg.stat[name].model_dump(mode="json"), "lumi": self.cfg.lumi}
+        return ShellArg(shlex.quote(json.dumps(settings)))
+
+    def get_stat_folder(self, wildcards: Any) -> str:
+        return self.layout.path(Kind.STAT, key=wildcards.key)
+
     def job(self, step: Step | str) -> str:
         """The shell command prefix of a job step."""
         return f"{self.python} -m coffea_smk job {Step(step).value}"
@@ -143,7 +170,13 @@ class Analysis:
     @property
     def targets(self) -> list[str]:
         """What ``all`` asks for: the global result, and publishing it where a fixed name is out of date."""
-        return [self.result, *self.plots, self.report, *([self.publish_marker] if self._unpublished else [])]
+        return [
+            self.result,
+            *self.plots,
+            *self.stat,
+            self.report,
+            *([self.publish_marker] if self._unpublished else []),
+        ]
 
     @property
     def publish_marker(self) -> str:

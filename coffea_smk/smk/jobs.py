@@ -36,6 +36,7 @@ from coffea_smk.smk.names import Step, split_attempt
 from coffea_smk.smk.publish import publish
 from coffea_smk.spec.processor import load_processor
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
+from coffea_smk.spec.stat import FIT, StatModel
 from coffea_smk.util.atomic import write_json
 
 log = logging.getLogger("coffea_smk")
@@ -171,8 +172,9 @@ def step_report(a: argparse.Namespace) -> None:
     from coffea_smk.post.make import make_report  # noqa: PLC0415  matplotlib: only the report job pays for it
 
     global_path, *rest = a.inputs
-    plots = next((p for p in rest if not p.endswith(".npz")), None)
-    make_report(global_path, [p for p in rest if p.endswith(".npz")], plots, a.out)
+    fits = [p for p in rest if p.endswith(f"/{FIT}")]
+    plots = next((p for p in rest if not p.endswith(".npz") and p not in fits), None)
+    make_report(global_path, [p for p in rest if p.endswith(".npz")], plots, a.out, fits)
     log.info("report written: %s", a.out)
 
 
@@ -189,6 +191,25 @@ def step_publish(a: argparse.Namespace) -> None:
     Path(a.out).write_text(spec["key"] + "\n")
 
 
+def step_stat(a: argparse.Namespace) -> None:
+    from coffea_smk.post.stat import make_stat  # noqa: PLC0415  uproot, hist, pyhf: only the stat jobs pay for them
+
+    settings = json.loads(a.settings)
+    global_path, *dataset_paths = a.inputs
+    model = StatModel.model_validate(settings["model"])
+    record = make_stat(global_path, dataset_paths, settings["name"], model, settings["lumi"], a.out)
+    fit, limit = record["bestfit"], record["upper_limit"]
+    log.info(
+        "stat.%s: mu = %.4g +- %.4g, 95%% CL upper limit %s observed, %s expected (%s data)",
+        settings["name"],
+        fit["mu"],
+        fit["uncertainty"],
+        limit["observed"],
+        limit["expected"],
+        record["data"],
+    )
+
+
 STEPS = {
     Step.PREPROCESS: step_preprocess,
     Step.PLAN: step_plan,
@@ -199,6 +220,7 @@ STEPS = {
     Step.PLOTS: step_plots,
     Step.REPORT: step_report,
     Step.PUBLISH: step_publish,
+    Step.STAT: step_stat,
 }
 
 
@@ -231,6 +253,7 @@ def main(argv: list[str]) -> int:
     add(Step.PLOTS, "settings", inputs=True)
     add(Step.REPORT, inputs=True)
     add(Step.PUBLISH, "spec", inputs=True)
+    add(Step.STAT, "settings", inputs=True)
     a = parser.parse_args(argv)
     _setup_logging(a.log)
     step = STEPS[Step(a.step)]

@@ -52,6 +52,7 @@ from coffea_smk.spec.config import (
 )
 from coffea_smk.spec.processor import ProcessorError, processor_tag
 from coffea_smk.spec.settings import PlanSettings
+from coffea_smk.spec.stat import dataset_problems
 from coffea_smk.util.hashing import key_of
 
 
@@ -66,6 +67,7 @@ class Kind(str, Enum):
     RESULT = "result"
     PLOTS = "plots"
     REPORT = "report"
+    STAT = "stat"
     PUBLISH = "publish"
     """The job that points the fixed names at the current results (a log, no path of its own)."""
 
@@ -79,12 +81,14 @@ PATHS = {
     Kind.RESULT: "global/{key}.npz",
     Kind.PLOTS: "plots/{key}",
     Kind.REPORT: "report/{key}.html",
+    Kind.STAT: "stat/{key}",
 }
 ALIASES = {
     Kind.DATASET: "datasets/{dataset}.npz",
     Kind.RESULT: "result.npz",
     Kind.PLOTS: "plots/latest",
     Kind.REPORT: "report.html",
+    Kind.STAT: "stat/{model}",
 }
 LOGS = {
     Kind.PREPROCESS: "logs/preprocess/{dataset}/{batch}.log",
@@ -95,6 +99,7 @@ LOGS = {
     Kind.RESULT: "logs/result/{key}.log",
     Kind.PLOTS: "logs/plots/{key}.log",
     Kind.REPORT: "logs/report/{key}.log",
+    Kind.STAT: "logs/stat/{key}.log",
     Kind.PUBLISH: "logs/publish.log",
 }
 FAILURES = {
@@ -148,6 +153,9 @@ class Layout:
         base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())
         basedir = str(Path(base).resolve())
         datasets = {d.slug: d for d in load_fileset(cfg.fileset, Path(basedir), cfg.treename)}
+        problems = dataset_problems(cfg.stat or {}, {d.name: d.metadata for d in datasets.values()})
+        if problems:
+            raise ConfigError("\n".join(problems))
         check_backends(f.path for d in datasets.values() for f in d.files)
         identities: dict[str, list[FileIdentity]] = {}
         replaced = replaced_files(f"{cfg.outdir.rstrip('/') or '.'}/cache")
@@ -285,8 +293,20 @@ class Layout:
         return None if key is None else self.path(Kind.PLOTS, key=key)
 
     @property
+    def stat_keys(self) -> dict[str, str]:
+        """``{model: key}``: each model's key holds the result's, its settings and the luminosity."""
+        return {
+            name: key_of("stat", self.analysis_key, name, m.model_dump(mode="json"), self.cfg.lumi)
+            for name, m in (self.cfg.stat or {}).items()
+        }
+
+    def stat_folder(self, model: str) -> str:
+        return self.path(Kind.STAT, key=self.stat_keys[model])
+
+    @property
     def report(self) -> str:
-        return self.path(Kind.REPORT, key=key_of("report", self.analysis_key, self.plots_key))
+        key = key_of("report", self.analysis_key, self.plots_key, *self.stat_keys.values())
+        return self.path(Kind.REPORT, key=key)
 
     def aliases(self) -> dict[str, str]:
         """``{fixed name: the current analysis's output}`` for the global and every per-dataset
@@ -295,6 +315,8 @@ class Layout:
         out[f"{self.outdir}/{ALIASES[Kind.REPORT]}"] = self.report
         if self.plots is not None:
             out[f"{self.outdir}/{ALIASES[Kind.PLOTS]}"] = self.plots
+        for model in self.stat_keys:
+            out[_fill(f"{self.outdir}/{ALIASES[Kind.STAT]}", {"model": model})] = self.stat_folder(model)
         for slug in self.datasets:
             out[_fill(f"{self.outdir}/{ALIASES[Kind.DATASET]}", {"dataset": slug})] = self.dataset_result(
                 slug

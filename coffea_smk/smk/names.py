@@ -39,6 +39,7 @@ class Step(str, Enum):
     PLOTS = "plots"
     REPORT = "report"
     PUBLISH = "publish"
+    STAT = "stat"
 
 
 def split_attempt(name: str) -> tuple[str, int]:

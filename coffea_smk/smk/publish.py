@@ -29,6 +29,10 @@ def publish(outdir: str, aliases: dict[str, str]) -> list[str]:
         if str(entry) not in aliases and entry.is_symlink() and (folder / entry.stem).is_dir():
             entry.unlink()
             done.append(f"{entry} removed (no longer in the analysis)")
+    for entry in (Path(outdir) / "stat").glob("*"):  # links of statistical models no longer configured
+        if str(entry) not in aliases and entry.is_symlink():
+            entry.unlink()
+            done.append(f"{entry} removed (no longer in the analysis)")
     return done
 
 

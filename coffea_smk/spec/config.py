@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coffea_smk.spec.plots import PlotSettings
+from coffea_smk.spec.stat import StatSettings, model_names
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _SCHEMA_CLASS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*([.:][A-Za-z_]\w*)$")
@@ -149,9 +150,16 @@ class AnalysisConfig(BaseModel):
         description="Plots of the result's histograms, made by the workflow under <outdir>/plots/ "
         "(see the README's 'Plots and the report'); {} for the defaults, absent for none.",
     )
+    stat: StatSettings | None = Field(
+        None,
+        description="Statistical models by name: a pyhf workspace, a CMS Combine datacard with its "
+        "shapes and a fit of each, under <outdir>/stat/<name>/ (see the README's 'Statistical "
+        "models'); needs coffea_smk[stat].",
+    )
 
     _exception_names = field_validator("continue_on")(exception_names)
     _known_schema = field_validator("schema_")(known_schema)
+    _model_names = field_validator("stat")(model_names)
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,27 @@ class ChangesType:
 
     def process(self, events: Any) -> Any:
         return {"n": len(events)} if events.metadata["entrystart"] == 0 else len(events)
+
+
+class StatHistograms:
+    """Muon pT per channel (barrel, endcap) and variation (nominal, scaleUp, scaleDown), unweighted
+    fills into a Weight storage: the histogram of the statistical-model tests."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        import hist
+        import numpy as np
+
+        muons = events.Muon
+        pt, eta = ak.to_numpy(ak.flatten(muons.pt)), ak.to_numpy(ak.flatten(muons.eta))
+        h = (
+            hist.Hist.new.StrCat([], growth=True, name="dataset")
+            .StrCat(["barrel", "endcap"], name="channel")
+            .StrCat(["nominal", "scaleUp", "scaleDown"], name="syst")
+            .Var([0.0, 10.0, 20.0, 40.0, 200.0], name="pt", label="muon pT")
+            .Weight()
+        )
+        dataset = events.metadata["dataset"]
+        for channel, selected in (("barrel", np.abs(eta) < 1.2), ("endcap", np.abs(eta) >= 1.2)):
+            for syst, factor in (("nominal", 1.0), ("scaleUp", 1.03), ("scaleDown", 0.97)):
+                h.fill(dataset=dataset, channel=channel, syst=syst, pt=pt[selected] * factor)
+        return {"muon_pt": h}
