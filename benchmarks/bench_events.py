@@ -16,6 +16,11 @@ process pinned with ``taskset``, and coffea's own Runner on the same files.
     python benchmarks/bench_events.py build DATA
     python benchmarks/bench_events.py run DATA [--cpus 0] [--chunks 100000,500000,1000000]
     python benchmarks/bench_events.py memory DATA [--cpus 0]
+    python benchmarks/bench_events.py run DATA --rtt 20   # over root:// (XRootD), 20 ms round trips
+
+With ``--rtt MS`` the files are read over ``root://`` from a local XRootD server
+(``.ci/xrootd/start-xrootd.sh``) through a proxy that adds MS ms of round-trip
+time (``tests/tcpproxy.py``): where prefetch matters most.
 
 Figures, not tests: nothing here asserts a speed.
 """
@@ -23,6 +28,7 @@ Figures, not tests: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +215,7 @@ def _warm(paths: list[Path]) -> None:
                 pass
 
 
-def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: int) -> list[Any]:
+def _plans(files: list[tuple[str, str, int]], chunksize: int, events_per_job: int) -> list[Any]:
     """One dataset of all the files, cut into work units of ``events_per_job`` events."""
     from coffea_smk.engine.plan import PlanSettings, make_plan
     from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
@@ -216,7 +223,7 @@ def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: i
 
     cache = Path(tempfile.gettempdir()) / "coffea_smk_bench_cache"
     records, _ = preprocess_files(
-        [FileIdentity.of(InputFile(str(p), "Events"), "Bench") for _, p, _ in files], cache
+        [FileIdentity.of(InputFile(p, "Events"), "Bench") for _, p, _ in files], cache
     )
     settings = PlanSettings(
         chunksize=chunksize, events_per_job=events_per_job, merge_fanin=16, align_chunks=True
@@ -226,10 +233,9 @@ def _plans(files: list[tuple[str, Path, int]], chunksize: int, events_per_job: i
 
 def run_one(cfg: dict[str, Any]) -> dict[str, Any]:
     """One configuration: coffea_smk's processing step, or coffea's Runner."""
-    files = [(n, Path(p), e) for n, p, e in cfg["files"]]
-    paths = [p for _, p, _ in files]
+    files = [(n, p, e) for n, p, e in cfg["files"]]  # local paths or root:// URLs
     if cfg.get("cold"):
-        _evict(paths)
+        _evict([Path(p) for _, p, _ in files if "://" not in p])
     mode = cfg["mode"]
     cpu0 = 0.0
     if mode == "coffea-runner":
@@ -312,7 +318,7 @@ def _digest(result: Any) -> str:
     return h.hexdigest()[:12]
 
 
-def _coffea_runner(files: list[tuple[str, Path, int]], chunksize: int) -> Any:
+def _coffea_runner(files: list[tuple[str, str, int]], chunksize: int) -> Any:
     import warnings
 
     from coffea import processor
@@ -327,7 +333,7 @@ def _coffea_runner(files: list[tuple[str, Path, int]], chunksize: int) -> Any:
         def postprocess(self, accumulator: Any) -> Any:
             return accumulator
 
-    fileset = {"Bench": {"files": {str(path): "Events" for _, path, _ in files}}}
+    fileset = {"Bench": {"files": {path: "Events" for _, path, _ in files}}}
     runner = processor.Runner(
         executor=processor.IterativeExecutor(), schema=NanoAODSchema, chunksize=chunksize, savemetrics=False
     )
@@ -337,6 +343,25 @@ def _coffea_runner(files: list[tuple[str, Path, int]], chunksize: int) -> Any:
 
 
 # ---- the matrix ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _xrootd(data: Path) -> Iterator[int]:
+    """A local XRootD server serving ``data`` (.ci/xrootd/start-xrootd.sh), on a free port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {**os.environ, "XRD_PORT": str(port), "XRD_DATA": str(data), "XRD_BASE": str(data / "xrootd")}
+    scripts = HERE.parent / ".ci" / "xrootd"
+    subprocess.run(["bash", str(scripts / "start-xrootd.sh")], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield port
+    finally:
+        subprocess.run(
+            ["bash", str(scripts / "stop-xrootd.sh")], env=env, check=False, stdout=subprocess.DEVNULL
+        )
 
 
 def _spawn(cfg: dict[str, Any], cpus: str, nice: int = 0) -> dict[str, Any]:
@@ -414,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             "--cold", action="store_true", help="evict the files from the page cache before each run"
         )
         p.add_argument("--repeat", type=int, default=1, help="runs per configuration (the fastest is kept)")
+        p.add_argument("--rtt", type=float, default=None, help="read over root:// with this round trip (ms)")
         p.add_argument(
             "--nice",
             type=int,
@@ -432,8 +458,26 @@ def main(argv: list[str] | None = None) -> int:
     spec = [(n, str(p), e) for n, p, e in files]
     if not a.cold:
         _warm([p for _, p, _ in files])
+    with contextlib.ExitStack() as stack:
+        if a.rtt is not None:
+            port = stack.enter_context(_xrootd(a.data.resolve()))
+            sys.path.insert(0, str(HERE.parent / "tests"))
+            from tcpproxy import proxy
+
+            served = stack.enter_context(proxy(("127.0.0.1", port), a.rtt / 1e3))
+            spec = [
+                (n, f"root://127.0.0.1:{served.port}//{Path(p).resolve().relative_to(a.data.resolve())}", e)
+                for n, p, e in spec
+            ]
+            print(f"over root:// through a proxy adding {a.rtt:g} ms of round trip")
+        return _matrix(a, spec, files)
+
+
+def _matrix(
+    a: argparse.Namespace, spec: list[tuple[str, str, int]], files: list[tuple[str, Path, int]]
+) -> int:
     print(
-        f"files: {', '.join(f'{n} {e} events ({Path(p).stat().st_size / 1e6:.0f} MB)' for n, p, e in spec)}"
+        f"files: {', '.join(f'{n} {e} events ({Path(p).stat().st_size / 1e6:.0f} MB)' for n, p, e in files)}"
     )
     print(
         f"cpus: {a.cpus or 'all'} | cache: {'cold' if a.cold else 'warm'} | python {sys.version.split()[0]} "

@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--chunksize", type=int, default=0, help="coffea_smk chunk size (0: its default)")
     parser.add_argument("--skip-coffea", action="store_true")
     a = parser.parse_args()
+    os.environ["PYTHONWARNINGS"] = "ignore"  # coffea's schema warnings, from every worker
 
     data = a.data.resolve()
     files, _ = replicate.scaled_set(data, a.events, a.files, a.links)

@@ -71,6 +71,8 @@ class _Proxy:
             await asyncio.gather(
                 self.pipe(creader, swriter, "client", turn), self.pipe(sreader, cwriter, "server", turn)
             )
+        except asyncio.CancelledError:  # the proxy stops
+            pass
         finally:
             self.open -= {cwriter, swriter}
             for w in (cwriter, swriter):

@@ -191,6 +191,11 @@ class FileBuffers:
             entry = self._entries.get(key) if isinstance(key, str) else None
             return entry is not None and entry.state is DONE
 
+    def known(self, key: str) -> bool:
+        """Whether the store holds ``key``, reads it, or has it queued."""
+        with self._lock:
+            return key in self._entries
+
     def _acquire(self, key: str) -> Any:
         """The array if ready; else ``_MISSING`` and the calling thread now owns the read."""
         me = threading.get_ident()

@@ -230,7 +230,9 @@ class FileReader:
             todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
         warm = getattr(self.source, "warm", None)  # remote files: one request per chunk
         for s, e in todo:
-            send = warm(learned, s, e) if warm is not None else None
+            # what the store holds or reads already (e.g. prefetched as the next chunk) is not fetched again
+            wanted = [x for x in learned if not self.store.known(self.source.key_for(x, s, e) or "")]
+            send = warm(wanted, s, e) if warm is not None else None
             if send is not None:
                 self.unit.send(send)
             # Last-touched first: the processor reads the first ones itself as soon

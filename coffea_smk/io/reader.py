@@ -180,7 +180,7 @@ class BasketReader:
         stored = np.dtype(b.dtype)
         pieces, comp, uncomp = [], 0, 0
         indices = self.baskets(b.name, start, stop)
-        fetched = self._prefetch_raw(b, indices)
+        fetched = self._prefetch_raw(b, indices, stop)
         for i in indices:
             e0, e1 = int(b.entries[i]), int(b.entries[i + 1])
             data, offsets, c, u = self._basket(b, i, stored, fetched.get(i))
@@ -252,25 +252,29 @@ class BasketReader:
             for name, i in [k for k in self._warm if int(self.map.branch(k[0]).entries[k[1] + 1]) <= stop]:
                 del self._warm[name, i]
 
-    def _warmed(self, name: str, indices: Iterable[int]) -> dict[int, Any]:
-        """The baskets of ``indices`` fetched ahead (waiting for their request), taken out."""
+    def _warmed(self, b: BranchMap, indices: Iterable[int], stop: int) -> dict[int, Any]:
+        """The baskets of ``indices`` fetched ahead (waiting for their request). Those that end
+        within ``stop`` are taken out; one that goes on is left for the next chunk's read (which
+        may come first, from a prefetch thread, and would else fetch it again)."""
         with self._lock:
-            futures = {i: self._warm.pop((name, i)) for i in indices if (name, i) in self._warm}
+            futures = {i: self._warm.get((b.name, i)) for i in indices}
+            for i in [i for i, f in futures.items() if f is not None and int(b.entries[i + 1]) <= stop]:
+                del self._warm[b.name, i]
         out = {}
         for i, future in futures.items():
-            data = future.result().get((name, i))
+            data = future.result().get((b.name, i)) if future is not None else None
             if data is not None:
                 out[i] = data
         return out
 
-    def _prefetch_raw(self, b: BranchMap, indices: range) -> dict[int, Any]:
+    def _prefetch_raw(self, b: BranchMap, indices: range, stop: int) -> dict[int, Any]:
         """With a batching source (remote files), the compressed baskets in one request
         (or from a request of :meth:`warm`)."""
         cached = self._last.get(b.name)
         todo = [i for i in indices if cached is None or cached[0] != i]
         if self.fetch_many is None:
             return {}
-        warmed = self._warmed(b.name, todo)
+        warmed = self._warmed(b, todo, stop)
         todo = [i for i in todo if i not in warmed]
         if len(todo) < 2:
             return warmed
