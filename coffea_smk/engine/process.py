@@ -168,7 +168,7 @@ class _OpenAhead:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="coffea_smk-open")
-        self._pending = (file_index, self._pool.submit(_open, self.reader, record, chunks))
+        self._pending = (file_index, self._pool.submit(_open_ahead, self.reader, record, chunks))
 
     def take(self, file_index: int) -> tuple[Any, FileReader] | None:
         """The file opened ahead, or None (not opened ahead, or it failed)."""
@@ -183,6 +183,15 @@ class _OpenAhead:
         except Exception as err:
             log.debug("opening ahead failed (%s: %s): opening it in turn", type(err).__name__, err)
             return None
+
+
+def _open_ahead(
+    reader: UnitReader, record: PlanFile, chunks: list[tuple[int, int]]
+) -> tuple[Any, FileReader]:
+    """Open a file and start reading its first chunk's columns in the background (if prefetching)."""
+    rootfile, source = _open(reader, record, chunks)
+    source.read_ahead()
+    return rootfile, source
 
 
 def _open(reader: UnitReader, record: PlanFile, chunks: list[tuple[int, int]]) -> tuple[Any, FileReader]:

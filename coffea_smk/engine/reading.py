@@ -220,12 +220,17 @@ class FileReader:
     def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
         return ChunkRun(self, start, stop, metadata)
 
-    def _prefetch(self, start: int, stop: int) -> None:
+    def read_ahead(self) -> None:
+        """Start prefetching the file's first chunk (e.g. while the unit's previous file is processed)."""
+        if self.ranges:
+            self._prefetch(*self.ranges[0], ahead=False)
+
+    def _prefetch(self, start: int, stop: int, ahead: bool = True) -> None:
         prefetcher, learned = self.unit.prefetcher, self.unit.learned
         if prefetcher is None or not learned:
             return
         todo = [(start, stop)]
-        if (start, stop) in self.ranges:
+        if ahead and (start, stop) in self.ranges:
             i = self.ranges.index((start, stop))
             todo += self.ranges[i + 1 : i + 2]  # read ahead into the next chunk of this file
         warm = getattr(self.source, "warm", None)  # remote files: one request per chunk
