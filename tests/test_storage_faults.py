@@ -271,14 +271,22 @@ def test_transient_storage_faults_are_retried_in_the_job(
     assert f"opening {remote('nano_dy.root')} failed" in logs and "retry 1 of 2" in logs
     (partial,) = results.rglob("partials/**/*.npz")
     chunks = coffea_smk.load_meta(partial)["chunks"]
-    # the read fault stays on one basket range, so aiohttp's own single retry cannot hide it: a
-    # chunk of nano_dimuon retries in the job (once, or twice with a client that does not retry)
+    # The read fault stays on one basket range, so aiohttp's own single retry cannot hide it. Where
+    # it lands depends on how nano_dimuon's baskets are asked for (it is read ahead while nano_dy is
+    # processed): a chunk's own read (retried in the job: counted and logged), a background read
+    # (counted as a prefetch error, logged) or a vector read, which falls back to reading its ranges
+    # one by one (logged). Whichever: said in the log, and the result is exact and complete.
     assert len(chunks) == 8
-    retried = [c for c in chunks if c["retries"]]
     (plan_path,) = results.rglob("plan/*/*.json")
     keys = {f["key"]: Path(f["path"]).name for f in json.loads(plan_path.read_text())["files"]}
-    assert retried and {keys[c["file"]] for c in retried} == {"nano_dimuon.root"}
-    assert f"retry 1 of {SETTINGS['retries']}" in logs
+    hit = [c for c in chunks if c["retries"] or c["prefetch_errors"]]
+    assert {keys[c["file"]] for c in hit} <= {"nano_dimuon.root"}
+    said = [
+        f"retry 1 of {SETTINGS['retries']}" in logs.split("nano_dy.root failed", 1)[-1],
+        "a batched read for entries" in logs,
+        f"{remote('nano_dimuon.root')}: a vector read of" in logs,
+    ]
+    assert any(said), logs
     assert not list(results.rglob("failures/**/*.json"))
 
 

@@ -191,6 +191,11 @@ class FileBuffers:
             entry = self._entries.get(key) if isinstance(key, str) else None
             return entry is not None and entry.state is DONE
 
+    def note_prefetch_error(self, start: int, stop: int) -> None:
+        """A background read for ``[start, stop)`` outside the store failed: counted in its stats."""
+        with self._lock:
+            self._stats_for((start, stop)).prefetch_errors += 1
+
     def known(self, key: str) -> bool:
         """Whether the store holds ``key``, reads it, or has it queued."""
         with self._lock:

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -220,6 +221,21 @@ class FileReader:
     def chunk(self, start: int, stop: int, metadata: dict[str, Any]) -> ChunkRun:
         return ChunkRun(self, start, stop, metadata)
 
+    def _send(self, send: Callable[[], None], start: int, stop: int) -> None:
+        """A batched read in the background; its failure is counted (the reads send their own)."""
+        try:
+            send()
+        except Exception as err:
+            log.warning(
+                "%s: a batched read for entries %d-%d failed (%s: %s); its columns are read one by one",
+                self.source.where,
+                start,
+                stop,
+                type(err).__name__,
+                err,
+            )
+            self.store.note_prefetch_error(start, stop)
+
     def read_ahead(self) -> None:
         """Start prefetching the file's first chunk (e.g. while the unit's previous file is processed)."""
         if self.ranges:
@@ -239,7 +255,7 @@ class FileReader:
             wanted = [x for x in learned if not self.store.known(self.source.key_for(x, s, e) or "")]
             send = warm(wanted, s, e) if warm is not None else None
             if send is not None:
-                self.unit.send(send)
+                self.unit.send(partial(self._send, send, s, e))
             # Last-touched first: the processor reads the first ones itself as soon
             # as it starts (taking them off the queue), the thread works from the
             # other end, and both read at once instead of one behind the other.

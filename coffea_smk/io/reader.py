@@ -57,6 +57,11 @@ def source_fetch_many(rootfile: Any) -> FetchMany:
             # on_error="return", uproot5#1450) and slicing it raises TypeError: the storage's own
             # error (a reset, a timeout), which the error policy needs, is lost. One by
             # one, the ranges raise it (or are read, when the storage is back).
+            log.warning(
+                "%s: a vector read of %d ranges failed; reading them one by one",
+                getattr(source, "file_path", "?"),
+                len(ranges),
+            )
             return [source.chunk(start, stop).raw_data for start, stop in ranges]
 
     return fetch_many
@@ -213,8 +218,8 @@ class BasketReader:
         request rather than sending its own); the request is sent by calling what is
         returned (e.g. in a background thread). None when there is nothing to fetch.
         Exact whatever it fetches: a basket is read from these bytes exactly as from its
-        own request, and a failed request only makes each read send its own (whose error
-        the error policy then sees).
+        own request, and a failed request (raised by the call) only makes each read send
+        its own (whose error the error policy then sees).
         """
         fetch_many = self.fetch_many
         if fetch_many is None:
@@ -240,9 +245,9 @@ class BasketReader:
         def send() -> None:
             try:
                 future.set_result(dict(zip(todo, fetch_many(ranges), strict=True)))
-            except BaseException as err:
-                log.debug("%s: a batched read of %d baskets failed (%s)", self.where, len(todo), err)
-                future.set_result({})
+            except BaseException:
+                future.set_result({})  # the reads waiting for it send their own
+                raise
 
         return send
 
