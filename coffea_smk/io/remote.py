@@ -110,7 +110,7 @@ def stat_remote(urls: Iterable[str], timeout: int = STAT_TIMEOUT) -> dict[str, R
     http = by_protocol.pop("http", []) + by_protocol.pop("https", [])
     if http:
         with ThreadPoolExecutor(min(_HTTP_THREADS, len(http))) as pool:
-            out.update(zip(http, pool.map(lambda u: _head(u, timeout), http)))
+            out.update(zip(http, pool.map(lambda u: _head(u, timeout), http), strict=True))
     for protocol, rest in by_protocol.items():
         for url in rest:
             out[url] = OSError(errno.EPROTONOSUPPORT, f"{url}: cannot stat {protocol}:// files")
@@ -138,7 +138,7 @@ def _stat_xrootd(urls: list[str], timeout: int) -> dict[str, RemoteStat | OSErro
         return callback
 
     servers = [client.FileSystem(server) for server in by_server]
-    for fs, files in zip(servers, by_server.values()):
+    for fs, files in zip(servers, by_server.values(), strict=True):
         for url, path in files:
             submitted = fs.stat(path, timeout=timeout, callback=answer(url))
             if not submitted.ok:
