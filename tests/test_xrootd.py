@@ -397,3 +397,29 @@ def test_start_time_with_many_remote_files(xrootd: XRootD, nanoaod: Path, tmp_pa
         f"{t_dry:.1f} s (remote_identity: stat), {t_url:.1f} s (url)"
     )
     assert t_stat < 10 and t_dry < 120
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_slurm_jobs_do_not_ask_the_storage_again(
+    slurm: None,
+    workflow: Workflow,
+    xrootd: XRootD,
+    served: tuple[str, Path],
+    clean: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each Slurm job parses the workflow again; it reads what the run's start asked the storage."""
+    monkeypatch.setenv("COFFEA_SMK_PROGRESS", "off")
+    name, _ = served
+    with proxy(("127.0.0.1", xrootd.port)) as p:
+        workflow.write(SETTINGS, _fileset(xrootd, name, p.port))
+        args = ("--profile", "slurm", "--slurm-status-command", "squeue")
+        workflow.run(*args, "--slurm-init-seconds-before-status-checks", "1", cores=1)
+        connections = p.stats().connections
+    assert_same_result(_result(workflow)[0], clean)
+    # the start's stats (1), the preprocessing group job and the two process jobs open files (3);
+    # the dataset, result and report jobs would add one each if their parse asked the storage
+    assert connections == 4, connections
+    (table,) = (workflow.root / "results" / "cache" / "remote").glob("*.json")
+    assert len(json.loads(table.read_text())) == 2
