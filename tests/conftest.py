@@ -257,3 +257,107 @@ def slurm() -> Any:
 def sge() -> Any:
     """A running single-host Grid Engine (qsub, qstat, qacct, qdel)."""
     yield from _scheduler("sge")
+
+
+# ---- a real XRootD server on this machine (tests/test_xrootd.py) -------------------------
+
+XROOTD_SCRIPTS = REPO / ".ci" / "xrootd"
+
+
+class XRootD:
+    """A local XRootD server (``.ci/xrootd/start-xrootd.sh``) serving ``data`` as ``/``."""
+
+    def __init__(self, port: int, data: Path, base: Path) -> None:
+        self.port, self.data, self.base = port, data, base
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "XRD_PORT": str(self.port),
+            "XRD_DATA": str(self.data),
+            "XRD_BASE": str(self.base),
+        }
+
+    def url(self, name: str, port: int | None = None) -> str:
+        """The ``root://`` URL of ``name`` (a path under ``data``), through ``port`` if given (a proxy)."""
+        return f"root://127.0.0.1:{port or self.port}//{name}"
+
+    def start(self) -> None:
+        proc = subprocess.run(
+            ["bash", str(XROOTD_SCRIPTS / "start-xrootd.sh")],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=900,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"start-xrootd.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(XROOTD_SCRIPTS / "stop-xrootd.sh")], env=self.env, capture_output=True, timeout=300
+        )
+
+    def alive(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def xrootd() -> Any:
+    """A running XRootD server whose data directory the tests may change.
+
+    ``.ci/run`` starts one and names it in ``XRD_PORT``, ``XRD_DATA``, ``XRD_BASE``; run
+    alone, the tests start a private one on a free port with their own data directory and
+    stop it at the end. Skips only where it cannot work (not root, no client bindings);
+    under CI=true it fails instead.
+    """
+    import importlib.util
+    import shutil
+    import tempfile
+
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    reason = None
+    if importlib.util.find_spec("XRootD") is None or importlib.util.find_spec("fsspec_xrootd") is None:
+        reason = "the XRootD client is not installed: pip install -e '.[test]' (the xrootd extra)"
+    elif os.geteuid() != 0:
+        reason = "the XRootD tests start a real xrootd server (it drops to the daemon user): run as root"
+    elif shutil.which("xrootd") is None and shutil.which("apt-get") is None:
+        reason = "the XRootD tests need xrootd-server (Debian package) or apt-get to install it"
+    if reason is not None:
+        if in_ci:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    given = os.environ.get("XRD_PORT") and os.environ.get("XRD_DATA")
+    if given:
+        base = Path(os.environ.get("XRD_BASE", "/tmp/xrootd"))
+        server = XRootD(int(os.environ["XRD_PORT"]), Path(os.environ["XRD_DATA"]), base)
+    else:
+        # not under pytest's temporary directory (mode 700): the server runs as daemon
+        root = Path(tempfile.mkdtemp(prefix="coffea-smk-xrootd-"))
+        root.chmod(0o755)
+        server = XRootD(_free_port(), root / "data", root / "base")
+    server.data.mkdir(parents=True, exist_ok=True)
+    was_running = server.alive()
+    try:
+        server.start()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    yield server
+    if not was_running and not given:
+        server.stop()
+        shutil.rmtree(server.data.parent, ignore_errors=True)

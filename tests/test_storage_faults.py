@@ -29,7 +29,17 @@ from coffea_smk.spec.settings import ErrorPolicy
 
 DIMUON = "coffea_smk.examples.dimuon:DimuonProcessor"
 FILES = ("nano_dy.root", "nano_dimuon.root")  # one dataset of two files, 40 events each
-SETTINGS = {"processor": DIMUON, "chunksize": 10, "events_per_job": 80, "retries": 2, "retry_backoff": 0.01}
+# remote_identity: url: the faults are met by the jobs alone (with `stat`, the default, the
+# workflow's start sends a HEAD per file, which the range server counts as an open; see
+# test_http_identity_is_asked_with_head)
+SETTINGS = {
+    "processor": DIMUON,
+    "chunksize": 10,
+    "events_per_job": 80,
+    "retries": 2,
+    "retry_backoff": 0.01,
+    "remote_identity": "url",
+}
 
 
 def _raise(err: BaseException, cause: BaseException | None = None) -> BaseException:
@@ -150,6 +160,31 @@ def test_storage_errors_at_open_and_read_keep_their_cause(nanoaod: Path) -> None
             assert [len(b) for b in source_fetch_many(rootfile)(ranges)] == [b - a for a, b in ranges]
         assert remote.resets("nano_dy.root", "open") > 0 and remote.resets("nano_dy.root", "read") > 0
         assert remote.resets("nano_dimuon.root") == 0
+
+
+def test_http_identity_is_asked_with_head(nanoaod: Path, tmp_path: Path) -> None:
+    from coffea_smk.io.remote import RemoteStat, stat_remote
+    from coffea_smk.smk.layout import Layout
+
+    with serve(nanoaod) as remote:
+        urls = [remote(name) for name in (*FILES, "missing.root")]
+        remote.fail("nano_dimuon.root", at="open", times=1)
+        remote.baskets("nano_dimuon.root")  # classify its requests
+        answers = stat_remote(urls)
+        assert answers[urls[0]] == RemoteStat((nanoaod / FILES[0]).stat().st_size, None, None)
+        assert transient(answers[urls[1]])  # type: ignore[arg-type]  # the reset HEAD
+        missing = answers[urls[2]]
+        assert isinstance(missing, FileNotFoundError) and not transient(missing)
+        # at the workflow's start: the reset HEAD is asked again (retries), the missing file named
+        config = {"fileset": {"D": {"files": urls[:2]}}, "processor": DIMUON, "basedir": str(tmp_path)}
+        remote.fail("nano_dimuon.root", at="open", times=1)
+        layout = Layout.from_config({**config, "retry_backoff": 0.01}, None)
+        assert [i.size for i in layout.identities["D"]] == [(nanoaod / f).stat().st_size for f in FILES]
+        with pytest.raises(ConfigError, match=r"input file .*missing\.root of dataset 'D' does not exist"):
+            Layout.from_config({**config, "fileset": {"D": {"files": urls}}}, None)
+        # one HEAD per file and start (the missing file's 404 is not logged), the reset one twice
+        heads = [(r.name, r.reset) for r in remote.log if r.method == "HEAD"]
+        assert len(heads) == 2 + 3 + 2 and heads.count(("nano_dimuon.root", True)) == 2
 
 
 def test_a_missing_http_backend_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

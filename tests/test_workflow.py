@@ -264,7 +264,7 @@ def test_remote_files_over_http_equal_local(workflow: Workflow, nanoaod: Path) -
         ours = coffea_smk.load(workflow.root / "results" / "result.npz")
         assert workflow.opened() == []  # no local ROOT file was opened: all came over HTTP
         requests = remote.requests
-        workflow.run()  # nothing changed: no job, no request
+        workflow.run()  # nothing changed: no job, no read (the start sends a HEAD per file)
         assert remote.requests == requests
     assert ours["cutflow"]["DY"]["muons"] == 18 and ours["cutflow"]["DoubleMuon"]["muons"] == 84
     assert_same_result(ours, run_coffea(two_datasets(nanoaod), DimuonProcessor, 13))

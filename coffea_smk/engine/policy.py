@@ -16,6 +16,7 @@ from typing import TypeVar
 from coffea_smk.engine.accumulate import AccumulateError
 from coffea_smk.engine.preprocess import StaleRecordError
 from coffea_smk.io.faults import causes, matches, transient
+from coffea_smk.io.remote import drop_broken_handles
 from coffea_smk.spec.settings import ErrorPolicy
 
 log = logging.getLogger("coffea_smk.process")
@@ -61,6 +62,7 @@ def retrying(policy: ErrorPolicy, what: str, call: Callable[[], T]) -> tuple[T |
             if tries >= policy.retries or not retryable(err):
                 return None, err, tries
             _sleep(policy, tries, what, err)
+            drop_broken_handles()  # XRootD: the next try opens the file again, on a new connection
             tries += 1
 
 

@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from coffea_smk.io.basketmap import READER_VERSION
+from coffea_smk.io.faults import not_found, transient
 from coffea_smk.io.files import InputFileError
+from coffea_smk.io.remote import RemoteStat
 from coffea_smk.spec.config import InputFile
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
@@ -44,29 +46,53 @@ class FileIdentity:
     replaced: str | None = None
     """Set when a job found the file replaced behind the cache's back (same size and
     mtime, another UUID): the UUID it found, so that the key changes."""
+    etag: str | None = None
+    """An HTTP file's entity tag, when its server gives one."""
 
     @property
     def key(self) -> str:
         """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
         parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
-        return key_of("file", *parts, *([self.replaced] if self.replaced else []))
+        extra = [*([self.replaced] if self.replaced else []), *([f"etag:{self.etag}"] if self.etag else [])]
+        return key_of("file", *parts, *extra)
 
     @classmethod
-    def of(cls, f: InputFile, dataset: str = "", *, missing_ok: bool = False) -> FileIdentity:
-        """Stat a local file (no open); remote files are identified by URL and tree.
+    def of(
+        cls,
+        f: InputFile,
+        dataset: str = "",
+        *,
+        missing_ok: bool = False,
+        remote: RemoteStat | OSError | None = None,
+    ) -> FileIdentity:
+        """Stat a local file (no open); a remote file is identified by what its storage said
+        (``remote``: :func:`coffea_smk.io.remote.stat_remote`'s answer), else by URL and tree.
 
         Raises:
-            InputFileError: A local file does not exist (unless ``missing_ok``:
-                then it is identified like a remote file and fails at preprocessing).
+            InputFileError: A file does not exist or its storage cannot say (unless
+                ``missing_ok``: then it is identified by path and tree and fails at preprocessing).
         """
+        where = f" of dataset {dataset!r}" if dataset else ""
         if f.is_remote:
-            return cls(f.path, f.treename, None, None)
+            if isinstance(remote, RemoteStat):
+                return cls(f.path, f.treename, remote.size, remote.mtime_ns, etag=remote.etag)
+            if remote is None or missing_ok:
+                return cls(f.path, f.treename, None, None)
+            if not_found(remote):
+                raise InputFileError(
+                    f"input file {f.path}{where} does not exist on its storage ({remote}): fix its URL "
+                    "in the fileset or remove it from the dataset"
+                )
+            again = "it may be down or overloaded: run again later" if transient(remote) else "check it"
+            raise InputFileError(
+                f"input file {f.path}{where}: its storage cannot say its size and modification time "
+                f"({type(remote).__name__}: {remote}); {again}, or set remote_identity: url"
+            )
         try:
             st = os.stat(f.path)
         except FileNotFoundError:
             if missing_ok:
                 return cls(f.path, f.treename, None, None)
-            where = f" of dataset {dataset!r}" if dataset else ""
             raise InputFileError(
                 f"input file {f.path}{where} does not exist: fix its path in the fileset "
                 "or remove it from the dataset"
@@ -87,6 +113,8 @@ class FileRecord(Record):
     mtime_ns: int | None
     replaced: str | None
     """See :attr:`FileIdentity.replaced`."""
+    etag: str | None = None
+    """See :attr:`FileIdentity.etag` (a default: records written before it stay valid)."""
     key: str
     """:attr:`FileIdentity.key`."""
     uuid: str
@@ -118,6 +146,7 @@ class UnusableFile(Record):
     size: int | None
     mtime_ns: int | None
     replaced: str | None
+    etag: str | None = None
     key: str
     entries: int = 0
     error: str

@@ -301,12 +301,19 @@ def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, 
 
 
 def basket_bytes(branch: Any, start: int, stop: int) -> tuple[int, int]:
-    """Compressed and uncompressed bytes of the baskets that cover ``[start, stop)``."""
+    """Compressed and uncompressed bytes of the baskets that cover ``[start, stop)``.
+
+    The uncompressed size is in each basket's key, which uproot reads from the file: for a
+    remote file that is a request per basket (and the XRootD bindings reject the numpy
+    offsets uproot passes), so there the compressed size counts, as for a basket not read yet.
+    """
     offsets = branch.entry_offsets
+    remote = "://" in str(getattr(branch.file, "file_path", ""))
     compressed = uncompressed = 0
     for i in range(branch.num_baskets):
         if offsets[i + 1] <= start or offsets[i] >= stop:
             continue
-        compressed += int(branch.basket_compressed_bytes(i))
-        uncompressed += int(branch.basket_uncompressed_bytes(i))
+        nbytes = int(branch.basket_compressed_bytes(i))
+        compressed += nbytes
+        uncompressed += nbytes if remote else int(branch.basket_uncompressed_bytes(i))
     return compressed, uncompressed

@@ -53,8 +53,8 @@ def type_names(err: BaseException) -> set[str]:
     Every class of its MRO, by bare name and by ``module.qualname``.
     """
     names: set[str] = set()
-    # uproot's stand-in for a storage error (see lost_by_uproot) answers as an OSError too
-    classes = type(err).__mro__ + (OSError.__mro__ if lost_by_uproot(err) else ())
+    # stand-ins for a storage error (lost_by_uproot, closed_by_xrootd) answer as an OSError too
+    classes = type(err).__mro__ + (OSError.__mro__ if lost_by_uproot(err) or closed_by_xrootd(err) else ())
     for cls in classes:
         names.update((cls.__name__, f"{cls.__module__}.{cls.__qualname__}"))
     return names
@@ -131,7 +131,11 @@ _TRANSIENT_NAMES = {
 }
 _PERMANENT_NAMES = {"aiohttp.client_exceptions.ClientConnectorCertificateError"}
 # HTTP error responses, judged by their status
-_HTTP_ERRORS = {"aiohttp.client_exceptions.ClientResponseError", "requests.exceptions.HTTPError"}
+_HTTP_ERRORS = {
+    "aiohttp.client_exceptions.ClientResponseError",
+    "requests.exceptions.HTTPError",
+    "urllib.error.HTTPError",
+}
 # HTTP statuses worth another try: timeout, too early, too many requests, server-side trouble
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -139,8 +143,9 @@ _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 def io_fault(err: BaseException) -> IOFault | None:
     """Whether ``err`` on its own is an I/O error, and which kind (None: no I/O error).
 
-    An ``OSError`` is transient unless its type or errno says otherwise
-    (``FileNotFoundError``, ``PermissionError``, ``EACCES``, ...). Transport
+    An ``OSError`` is transient unless its type, errno or XRootD error code says
+    otherwise (``FileNotFoundError``, ``PermissionError``, ``EACCES``, XRootD's
+    ``[3011]`` no such file, ``[3010]`` not authorized, ...). Transport
     errors of aiohttp and http.client that are no ``OSError`` count as
     transient; an HTTP error status counts by its value (503 transient, 403 not).
     """
@@ -148,16 +153,75 @@ def io_fault(err: BaseException) -> IOFault | None:
     if names & _PERMANENT_NAMES or isinstance(err, _PERMANENT_TYPES):
         return IOFault.PERMANENT
     if names & _HTTP_ERRORS:
-        status = getattr(err, "status", None)  # aiohttp
+        status = getattr(err, "status", None)  # aiohttp, urllib
         if status is None:
             status = getattr(getattr(err, "response", None), "status_code", None)  # requests
         if isinstance(status, int):
             return IOFault.TRANSIENT if status in _TRANSIENT_STATUS else IOFault.PERMANENT
-    if names & _TRANSIENT_NAMES or lost_by_uproot(err):
+    if names & _TRANSIENT_NAMES or lost_by_uproot(err) or closed_by_xrootd(err):
         return IOFault.TRANSIENT
     if not isinstance(err, OSError):
         return None
+    if err.errno is None:
+        code = xrootd_error_code(str(err))
+        if code is not None:
+            return IOFault.TRANSIENT if code in _XROOTD_TRANSIENT else IOFault.PERMANENT
     return IOFault.PERMANENT if err.errno in _PERMANENT_ERRNOS else IOFault.TRANSIENT
+
+
+# XRootD's answers, as fsspec-xrootd and the bindings word them: an OSError without errno
+# whose message holds the status ("[ERROR] Server responded with an error: [3011] Unable to
+# open /x.root; no such file or directory"). The server's error codes (XProtocol.hh, kXR_*)
+# say whether another try may help; the client's own errors ("[FATAL] Connection error",
+# "[ERROR] Operation expired") carry no code and count as transient, like any OSError.
+XROOTD_NOT_FOUND = 3011
+"""``kXR_NotFound``: no such file."""
+_XROOTD_SERVER_ERROR = re.compile(r"Server responded with an error: \[(30\d\d)\]")
+_XROOTD_TRANSIENT = {
+    3003,  # kXR_FileLocked
+    3005,  # kXR_FSError
+    3007,  # kXR_IOError
+    3008,  # kXR_NoMemory
+    3012,  # kXR_ServerError
+    3014,  # kXR_noserver
+    3017,  # kXR_Cancelled
+    3020,  # kXR_inProgress
+    3024,  # kXR_Overloaded
+    3029,  # kXR_noReplicas (its disk servers may be down)
+    3033,  # kXR_TooManyErrs
+    3034,  # kXR_ReqTimedOut
+    3035,  # kXR_TimerExpired
+}
+
+
+def not_found(err: BaseException) -> bool:
+    """Whether an exception of the chain says the file does not exist (also XRootD's ``[3011]``)."""
+    return any(
+        isinstance(e, FileNotFoundError)
+        or (isinstance(e, OSError) and e.errno is None and xrootd_error_code(str(e)) == XROOTD_NOT_FOUND)
+        for e in causes(err)
+    )
+
+
+def xrootd_error_code(message: str) -> int | None:
+    """The XRootD server's error code (``kXR_*``, 3000-3099) in an error message, if any."""
+    match = _XROOTD_SERVER_ERROR.search(message)
+    return int(match.group(1)) if match else None
+
+
+def closed_by_xrootd(err: BaseException) -> bool:
+    """Whether ``err`` is a read through an XRootD file handle that lost its connection.
+
+    After the XRootD client gives up on a server, fsspec-xrootd's handles of its
+    files are closed, and a read raises ``ValueError("I/O operation on closed
+    file")`` from the bindings, with the connection's error gone. It counts as a
+    transient I/O error (and as an ``OSError`` for ``continue_on``): the file
+    opens again once the server answers (see :func:`coffea_smk.io.remote.drop_broken_handles`).
+    """
+    if not isinstance(err, ValueError) or "I/O operation on closed file" not in str(err):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return any("XRootD" in f.filename or "fsspec_xrootd" in f.filename for f in frames[-3:])
 
 
 _NOT_SUBSCRIPTABLE = re.compile(r"'\w+' object is not subscriptable")

@@ -11,7 +11,8 @@ import importlib.util
 from collections.abc import Iterable
 from typing import Any
 
-from coffea_smk.io.faults import IOFault, causes, io_fault, transient
+from coffea_smk.io.faults import IOFault, causes, io_fault, not_found, transient
+from coffea_smk.io.remote import prepare_xrootd
 from coffea_smk.spec.config import ConfigError
 
 
@@ -46,6 +47,8 @@ def open_file(path: str) -> Any:
     # cheaper than uproot's default fsspec source, which hands every read to an
     # I/O thread and opens the file again for it.
     options = {} if "://" in path else {"handler": uproot.source.file.MemmapSource}
+    if path.lower().startswith("root://"):
+        prepare_xrootd()
     try:
         return uproot.open(path, **options)
     except Exception as err:
@@ -65,7 +68,7 @@ def _open_error(path: str, err: Exception) -> InputFileError:
         if any(isinstance(e, OSError) and e.errno is not None for e in chain):
             return InputFileError(f"{path}: cannot be read ({what})")
         # else uproot's short read of a local file (an OSError without errno): it is truncated
-    elif any(isinstance(e, FileNotFoundError) for e in chain):
+    elif not_found(err):
         return InputFileError(f"{path}: file not found; fix its path in the fileset")
     elif any(io_fault(e) is IOFault.PERMANENT for e in chain):
         return InputFileError(f"{path}: cannot be read ({what})")

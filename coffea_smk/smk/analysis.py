@@ -31,7 +31,11 @@ from coffea_smk.spec.settings import ErrorPolicy, EventsOptions, PlanSettings
 from coffea_smk.spec.stat import FILES, FIT, StatUnavailableError, require_pyhf
 from coffea_smk.util.hashing import key_of
 
-__all__ = ["WILDCARDS", "Analysis"]
+__all__ = ["STATS_ENV", "WILDCARDS", "Analysis"]
+
+STATS_ENV = "COFFEA_SMK_REMOTE_STATS"
+"""The key of what the storage said of the remote inputs when the workflow started, passed
+to the jobs (the Snakefile's ``envvars:``) so that their own parse does not ask again."""
 
 _SCHEDULER = os.path.join("snakemake", "scheduling", "job_scheduler.py")
 
@@ -57,18 +61,31 @@ class ShellArg:
 class Analysis:
     """The analysis described by a config, as Snakemake sees it."""
 
-    def __init__(self, config: dict[str, Any], configfiles: list[Any], checkpoints: Any) -> None:
+    def __init__(
+        self, config: dict[str, Any], configfiles: list[Any], checkpoints: Any, workflow: Any = None
+    ) -> None:
+        """``workflow``: Snakemake's, to tell the process that starts the run from a job's
+        (None: the former)."""
         if not config:
             raise WorkflowError(
                 "no analysis config: pass --configfile analysis.yaml (or run `coffea-smk run analysis.yaml`)"
             )
         self.configfile = str(configfiles[-1]) if configfiles else "analysis.yaml"
+        self.workflow = workflow
+        self.in_job = workflow is not None and not workflow.is_main_process
+        configfile = str(configfiles[-1]) if configfiles else None
+        # a cluster job parses the workflow again: the remote files' identities come from the
+        # table the starting process kept (its key in the environment), not from 10^4 stats
+        known = os.environ.get(STATS_ENV) or None if self.in_job else None
         try:
-            self.layout = Layout.from_config(config, str(configfiles[-1]) if configfiles else None)
+            self.layout = Layout.from_config(config, configfile, stats_key=known)
             if self.layout.cfg.stat:
                 require_pyhf()
         except (ConfigError, StatUnavailableError) as err:
             raise WorkflowError(str(err)) from None
+        if not self.in_job:
+            os.environ[STATS_ENV] = self.layout.stat_key
+        os.environ.setdefault(STATS_ENV, "")  # the Snakefile's `envvars:` needs it defined
         self.cfg = self.layout.cfg
         self._unpublished = self.layout.unpublished()
         self.checkpoints = checkpoints
@@ -141,7 +158,8 @@ class Analysis:
     def get_preprocess_files(self, wildcards: Any) -> str:
         batch, _ = split_attempt(wildcards.batch)
         group = self.layout.batches(wildcards.dataset)[batch]
-        return json.dumps([asdict(i) for i in group])
+        # without an etag as before: Snakemake records this param and redoes the batch if it changes
+        return json.dumps([{k: v for k, v in asdict(i).items() if k != "etag" or v} for i in group])
 
     def get_plan_inputs(self, wildcards: Any) -> list[str]:
         slug = wildcards.dataset
@@ -177,6 +195,14 @@ class Analysis:
             self.report,
             *([self.publish_marker] if self._unpublished else []),
         ]
+
+    def get_remote_stats(self, wildcards: Any = None) -> list[str]:
+        """No input: keeps what the storage said of the remote inputs for the jobs (an input
+        function of ``all``, so it runs when the run starts, never in a dry run or a job)."""
+        dry = self.workflow is None or self.workflow.dryrun
+        if not self.in_job and not dry:
+            self.layout.save_stats()
+        return []
 
     @property
     def publish_marker(self) -> str:

@@ -40,8 +40,10 @@ from coffea_smk.engine.meta import Provenance
 from coffea_smk.engine.preprocess import FileIdentity, replaced_files
 from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
+from coffea_smk.io.remote import RemoteStat
 from coffea_smk.smk.names import attempt_name, split_attempt
 from coffea_smk.smk.publish import links_to
+from coffea_smk.smk.remote import read_stats, stat_remote_files
 from coffea_smk.spec.config import (
     AnalysisConfig,
     ConfigError,
@@ -53,6 +55,7 @@ from coffea_smk.spec.config import (
 from coffea_smk.spec.processor import ProcessorError, processor_tag
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.spec.stat import dataset_problems
+from coffea_smk.util.atomic import write_json
 from coffea_smk.util.hashing import key_of
 
 
@@ -140,14 +143,22 @@ class Layout:
     keys: dict[str, DatasetKeys]
     analysis_key: str
     """The global result's key: every dataset's key and the processor (whose postprocess runs there)."""
+    remote: dict[str, RemoteStat] = dataclasses.field(default_factory=dict)
+    """What the storage said of each remote input file (``remote_identity: stat``)."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], configfile: str | None) -> Layout:
-        """Validate ``config`` and stat the inputs.
+    def from_config(
+        cls, config: dict[str, Any], configfile: str | None, stats_key: str | None = None
+    ) -> Layout:
+        """Validate ``config`` and stat the inputs (remote ones all at once, see :func:`stat_remote`).
+
+        Args:
+            stats_key: The key of a table :meth:`save_stats` wrote (the process that started
+                the workflow): its remote files are not asked again (a cluster job's parse).
 
         Raises:
             ConfigError: Invalid config or fileset, or (without ``skip_bad_files``)
-                a local input file that does not exist.
+                an input file that does not exist or whose storage cannot say.
         """
         cfg = parse_config(dict(config), configfile or "analysis config")
         base = cfg.basedir or (str(Path(configfile).resolve().parent) if configfile else os.getcwd())
@@ -159,10 +170,16 @@ class Layout:
         check_backends(f.path for d in datasets.values() for f in d.files)
         identities: dict[str, list[FileIdentity]] = {}
         replaced = replaced_files(f"{cfg.outdir.rstrip('/') or '.'}/cache")
+        cache = Path(f"{cfg.outdir.rstrip('/') or '.'}/cache")
+        known = read_stats(cache / "remote" / f"{stats_key}.json") if stats_key else {}
+        remote = stat_remote_files(cfg, datasets.values(), known)
         try:
             for slug, d in datasets.items():
                 identities[slug] = [
-                    _with_replacements(FileIdentity.of(f, d.name, missing_ok=cfg.skip_bad_files), replaced)
+                    _with_replacements(
+                        FileIdentity.of(f, d.name, missing_ok=cfg.skip_bad_files, remote=remote.get(f.path)),
+                        replaced,
+                    )
                     for f in d.files
                 ]
         except InputFileError as err:
@@ -174,7 +191,23 @@ class Layout:
         settings = PlanSettings.from_config(cfg)
         keys = {slug: DatasetKeys.of(d, identities[slug], settings, tag) for slug, d in datasets.items()}
         analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
-        return cls(cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key)
+        stats = {url: answer for url, answer in remote.items() if isinstance(answer, RemoteStat)}
+        return cls(cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key, stats)
+
+    @property
+    def stat_key(self) -> str:
+        """The key of :attr:`remote` (empty without remote files stat-ed)."""
+        return key_of("remote", sorted(self.remote.items())) if self.remote else ""
+
+    def stat_table(self, key: str | None = None) -> Path:
+        """Where :meth:`save_stats` keeps what the storage said, by its key."""
+        return Path(self.cache_dir) / "remote" / f"{key if key is not None else self.stat_key}.json"
+
+    def save_stats(self) -> None:
+        """Keep :attr:`remote` in the cache (once per content) for the jobs' own parse of the workflow."""
+        path = self.stat_table()
+        if self.remote and not path.exists():
+            write_json(path, {url: dataclasses.asdict(st) for url, st in sorted(self.remote.items())})
 
     @classmethod
     def from_file(cls, configfile: str) -> Layout:

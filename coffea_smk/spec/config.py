@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -134,6 +134,14 @@ class AnalysisConfig(BaseModel):
         False,
         description="A file that cannot be opened (missing, truncated, not ROOT, no such tree) is "
         "skipped and listed in the results, which are then flagged incomplete, instead of stopping the run.",
+    )
+    remote_identity: Literal["stat", "url"] = Field(
+        "stat",
+        description="What identifies a remote (root://, http(s)://) input file in the cache keys: 'stat' "
+        "asks the storage for its size and modification time (XRootD stat, HTTP HEAD: all files at once, "
+        "every time the workflow starts), so a file replaced at the same URL is preprocessed again before "
+        "anything runs; 'url' trusts the cache (URL and tree only: no request at start), for storage where "
+        "stat is expensive; a replaced file is then noticed by its UUID when a job opens it.",
     )
     basedir: str | None = Field(
         None,
