@@ -46,7 +46,15 @@ def open_file(path: str) -> Any:
     # Local files are memory-mapped (uproot falls back by itself where mmap fails):
     # cheaper than uproot's default fsspec source, which hands every read to an
     # I/O thread and opens the file again for it.
-    options = {} if "://" in path else {"handler": uproot.source.file.MemmapSource}
+    options: dict[str, Any] = {"handler": uproot.source.file.MemmapSource}
+    if path.startswith("root://"):
+        # XRootD reads many ranges in one vector request: uproot's default coalescing (ranges
+        # less than 32 kB apart read as one) would bring the other branches' baskets between
+        # those a chunk needs (measured: 2.5x the bytes with small baskets, 1.5x on NanoAOD-like
+        # files), for no round trip saved
+        options = {"coalesce_config": uproot.source.coalesce.CoalesceConfig(max_range_gap=0)}
+    elif "://" in path:
+        options = {}
     if path.lower().startswith("root://"):
         prepare_xrootd()
     try:
