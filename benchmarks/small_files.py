@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from compare import coffea_runner  # noqa: E402
+from remote import run_smk  # noqa: E402
 
 SOURCE = HERE.parent.parent / "shared" / "data" / "nanoaod" / "nano_dy.root"
 
@@ -46,26 +45,6 @@ def links(data: Path, n: int) -> list[Path]:
             os.link(SOURCE, path)
         out.append(path)
     return out
-
-
-def run_smk(work: Path, files: list[Path]) -> float:
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    fileset = {"DY": {"files": {str(p): "Events" for p in files}, "metadata": {"xsec": 1.0}}}
-    (work / "fileset.json").write_text(json.dumps(fileset))
-    config = {"fileset": str(work / "fileset.json"), "processor": "dimuon_ht:DimuonHT", "basedir": str(HERE)}
-    (work / "analysis.yaml").write_text(json.dumps(config))
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "coffea_smk", "run", "analysis.yaml", "--cores", "2"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COFFEA_SMK_PROGRESS": "off"},
-    )
-    if proc.returncode != 0:
-        sys.exit(f"coffea-smk run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def core_seconds(work: Path) -> tuple[float, float]:
@@ -129,7 +108,8 @@ def main() -> None:
     files = links(a.data.resolve(), a.files)
     work = a.data.resolve() / "work-small"
     if not a.steps_only:
-        wall = run_smk(work, files)
+        fileset = {"DY": {"files": {str(p): "Events" for p in files}, "metadata": {"xsec": 1.0}}}
+        wall, _ = run_smk(work, fileset, per_job=2_000_000, chunksize=None)  # the default unit size
         pre, proc = core_seconds(work)
         print(f"coffea_smk, {len(files)} files of 40 events, cold, 2 cores: {wall:.1f} s")
         print(
