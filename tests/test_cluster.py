@@ -131,12 +131,16 @@ class HeldDimuon(DimuonProcessor):
 
 
 def _outputs(root: Path) -> dict[str, int]:
-    """Every output file but the logs, with its mtime."""
+    """Every output file but the logs and the column hints (cache/columns/: rewritten by any unit
+    that learns other columns, they change no result), with its mtime."""
     results = root / "results"
     return {
         str(p.relative_to(results)): p.stat().st_mtime_ns
         for p in results.rglob("*")
-        if p.is_file() and p.suffix in (".npz", ".json") and "logs" not in p.parts
+        if p.is_file()
+        and p.suffix in (".npz", ".json")
+        and "logs" not in p.parts
+        and p.parent.parent.name != "columns"
     }
 
 

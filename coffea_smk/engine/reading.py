@@ -63,7 +63,7 @@ class SourceFile(Protocol):
 
 
 class ColumnHint:
-    """The columns the processor read, kept beside a dataset's partial results (``columns.json``).
+    """The columns the processor read in a dataset's units (``<outdir>/cache/columns/``).
 
     A unit learns them in its first chunk and writes them down once; a unit that
     starts later prefetches them from its first chunk on (in one request per

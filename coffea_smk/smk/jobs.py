@@ -104,8 +104,11 @@ def step_process(a: argparse.Namespace) -> None:
     from coffea_smk.engine.reading import ColumnHint  # noqa: PLC0415  with it
 
     plan = _plan(a.plan)
-    out = Path(a.out)  # <outdir>/partials/<dataset>/<key>/<unit>.npz: the hint beside it, and the others'
-    hint = ColumnHint(out.with_name("columns.json"), out.parents[2].glob("*/*/columns.json"))
+    # the column hint of the dataset's partials (<outdir>/partials/<dataset>/<tag>/<unit>.npz) is
+    # <outdir>/cache/columns/<dataset>/<tag>.json; the analysis's other datasets' beside it
+    out = Path(a.out)
+    hints = out.parents[3] / "cache" / "columns"
+    hint = ColumnHint(hints / out.parent.parent.name / f"{out.parent.name}.json", hints.glob("*/*.json"))
     unit_id, attempt = split_attempt(a.unit)
     processor = load_processor(a.processor, a.basedir)
     try:
