@@ -106,9 +106,11 @@ def step_process(a: argparse.Namespace) -> None:
     plan = _plan(a.plan)
     # the column hint of the dataset's partials (<outdir>/partials/<dataset>/<tag>/<unit>.npz) is
     # <outdir>/cache/columns/<dataset>/<tag>.json; the analysis's other datasets' beside it
-    out = Path(a.out)
-    hints = out.parents[3] / "cache" / "columns"
-    hint = ColumnHint(hints / out.parent.parent.name / f"{out.parent.name}.json", hints.glob("*/*.json"))
+    out = Path(a.out).absolute()
+    hint = None
+    if len(out.parents) > 3 and out.parents[2].name == "partials":
+        hints = out.parents[3] / "cache" / "columns"
+        hint = ColumnHint(hints / out.parent.parent.name / f"{out.parent.name}.json", hints.glob("*/*.json"))
     unit_id, attempt = split_attempt(a.unit)
     processor = load_processor(a.processor, a.basedir)
     try:
