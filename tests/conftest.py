@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -211,6 +211,13 @@ def _daemon_alive(name: str) -> bool:
         return False
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A real component a test needs cannot run here: skip, but fail under CI=true (CI has them all)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
 def _scheduler(name: str) -> Any:
     """Start a real single-node scheduler with .ci/schedulers/start-NAME.sh; stop it after if we started it.
 
@@ -219,16 +226,10 @@ def _scheduler(name: str) -> Any:
     import importlib.util
     import shutil
 
-    in_ci = os.environ.get("CI", "").lower() == "true"
-    reason = None
     if os.geteuid() != 0:
-        reason = "the cluster tests install and start a real scheduler: they must run as root"
-    elif shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
-        reason = "the cluster tests install the scheduler from Debian packages: apt-get is missing"
-    if reason is not None:
-        if in_ci:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+        unavailable("the cluster tests install and start a real scheduler: they must run as root")
+    if shutil.which("apt-get") is None or shutil.which("dpkg-query") is None:
+        unavailable("the cluster tests install the scheduler from Debian packages: apt-get is missing")
     plugin = _SCHEDULER_PLUGIN[name]
     if importlib.util.find_spec(plugin) is None:
         pytest.fail(f"{plugin} is not installed: pip install -e '.[test]'")
@@ -330,18 +331,12 @@ def xrootd() -> Any:
     import shutil
     import tempfile
 
-    in_ci = os.environ.get("CI", "").lower() == "true"
-    reason = None
     if importlib.util.find_spec("XRootD") is None or importlib.util.find_spec("fsspec_xrootd") is None:
-        reason = "the XRootD client is not installed: pip install -e '.[test]' (the xrootd extra)"
-    elif os.geteuid() != 0:
-        reason = "the XRootD tests start a real xrootd server (it drops to the daemon user): run as root"
-    elif shutil.which("xrootd") is None and shutil.which("apt-get") is None:
-        reason = "the XRootD tests need xrootd-server (Debian package) or apt-get to install it"
-    if reason is not None:
-        if in_ci:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+        unavailable("the XRootD client is not installed: pip install -e '.[test]' (the xrootd extra)")
+    if os.geteuid() != 0:
+        unavailable("the XRootD tests start a real xrootd server (it drops to the daemon user): run as root")
+    if shutil.which("xrootd") is None and shutil.which("apt-get") is None:
+        unavailable("the XRootD tests need xrootd-server (Debian package) or apt-get to install it")
     given = os.environ.get("XRD_PORT") and os.environ.get("XRD_DATA")
     if given:
         base = Path(os.environ.get("XRD_BASE", "/tmp/xrootd"))
