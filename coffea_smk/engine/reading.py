@@ -153,23 +153,29 @@ class UnitReader:
         chunks in it, in order."""
         path, treename = file.path, file.treename
         closing: Callable[[], None] | None = None
+        tmap = _basket_map(file)
+        if tmap is None:  # no usable map: read the tree's metadata here
+            tmap = TreeMap.read(rootfile, path, treename, file.uuid)
+        trees: list[Any] = []
+
+        def tree() -> Any:  # the uproot tree, decoded once, when first needed (fallbacks, coffea)
+            if not trees:
+                trees.append(tree_of(rootfile, path, treename))
+            return trees[0]
+
+        fetch_many = None
+        if "://" in path:
+            # remote: the baskets of a column range in one (vector) request
+            fetch, fetch_many = source_fetch(rootfile), source_fetch_many(rootfile)
+        else:
+            # positioned reads into private buffers, freed once decompressed (reading
+            # through the memory map would keep every page read in the job's RSS)
+            fetch, closing = local_fetch(path)
+        reader = BasketReader(tmap, fetch, path, uproot_fallback(tree), fetch_many)
         if self.schemaclass is None:
-            tmap = _basket_map(file)
-            if tmap is None:  # no usable map: read the tree's metadata here
-                tmap = TreeMap.read(rootfile, path, treename, file.uuid)
-            fallback = uproot_fallback(lambda: tree_of(rootfile, path, treename))
-            fetch_many = None
-            if "://" in path:
-                # remote: the baskets of a column range in one (vector) request
-                fetch, fetch_many = source_fetch(rootfile), source_fetch_many(rootfile)
-            else:
-                # positioned reads into private buffers, freed once decompressed (reading
-                # through the memory map would keep every page read in the job's RSS)
-                fetch, closing = local_fetch(path)
-            reader = BasketReader(tmap, fetch, path, fallback, fetch_many)
             source: Any = TreeLayout(tmap, reader)
         else:
-            source = CoffeaSource(rootfile, tree_of(rootfile, path, treename), treename, self.schemaclass)
+            source = CoffeaSource(rootfile, tree, treename, self.schemaclass, reader)
         return FileReader(self, source, file.key, ranges, closing)
 
 
