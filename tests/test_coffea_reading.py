@@ -132,6 +132,7 @@ def test_fast_path_reads_nanoaod_branches_from_their_baskets(nanoaod: Path) -> N
         _ = ak.to_list(muons.pt), ak.to_list(muons.matched_jet.pt)
         source = chunk.reader.source
         assert source.fallbacks(0, 40) == []  # numbers and jagged numbers: all from their baskets
+        assert source._tree is None  # and the base form from the basket map: no tree metadata decoded
         assert {"nMuon", "Muon_pt", "Muon_jetIdx", "nJet", "Jet_pt"} <= set(
             chunk.reader.store.stats(0, 40).columns
         )
@@ -201,3 +202,42 @@ def test_units_that_start_with_a_column_hint(nanoaod: Path, tmp_path: Path, pref
     fileset = {"d": {"files": {str(p): "Events" for p in paths}}}
     theirs = run_coffea(fileset, lambda: _Counting(clear=False), 7)
     assert_same_result(result, theirs)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *(
+            f"nanoaod/{n}"
+            for n in ("nano_dy.root", "nano_dimuon.root", "nano_tt_v15.root", "nano_dy_empty.root")
+        ),
+        "rootfiles/uproot-small-dy-nooffsets.root",
+        "rootfiles/uproot-issue513.root",
+    ],
+)
+def test_base_form_from_the_basket_map_equals_coffeas(path: str, nanoaod: Path, tmp_path: Path) -> None:
+    """The base form coffea builds from a basket map (saved and loaded, as jobs get it) is the one
+    it builds from uproot's tree; a map it cannot describe every branch of gives no view."""
+    from coffea.nanoevents.mapping.uproot import UprootSourceMapping
+
+    from coffea_smk.events.coffea import _MapTree, _object_path
+    from coffea_smk.io.basketmap import TreeMap
+
+    where, _, name = path.partition("/")
+    file = (nanoaod if where == "nanoaod" else ROOTFILES) / name
+    rootfile = open_file(str(file))
+    treename = {"uproot-small-dy-nooffsets.root": "tree", "uproot-issue513.root": "Delphes"}.get(
+        name, "Events"
+    )
+    tree = rootfile[treename]
+    assert _object_path(rootfile, treename) == tree.object_path
+    TreeMap.read(rootfile, str(file), treename, "u").save(tmp_path / "map.npz", "k")
+    view = _MapTree.of(TreeMap.load(tmp_path / "map.npz", "k", "u"))
+    if name == "uproot-issue513.root":  # Delphes: objects, not numbers
+        assert view is None
+        return
+    assert view is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert UprootSourceMapping._extract_base_form(view) == UprootSourceMapping._extract_base_form(tree)
+    assert view.typenames() == tree.typenames()

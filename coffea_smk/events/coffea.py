@@ -150,6 +150,8 @@ class CoffeaSource:
         self._tree_getter = tree_getter
         self._tree: Any = None
         self._tree_lock = threading.Lock()
+        self.object_path = _object_path(rootfile, treename)
+        """The tree's path as uproot names it (``/Events;1``), in coffea's partition keys."""
         self._mapping = _mapping(self)
         self._base_form: dict[str, Any] | None = None
         self._schema: Any = None
@@ -167,9 +169,13 @@ class CoffeaSource:
             return self._tree
 
     def base_form(self) -> dict[str, Any]:
-        """coffea's base form of the tree (a fresh copy: coffea's schemas change what they get)."""
+        """coffea's base form of the tree (a fresh copy: coffea's schemas change what they get).
+
+        Built by coffea's own ``_extract_base_form``, from the basket map when it describes every
+        branch (types, titles: no tree metadata decoded), else from uproot's tree.
+        """
         if self._base_form is None:
-            tree = self.tree
+            tree = _MapTree.of(self.reader.map) or self.tree
             form = self._mapping._extract_base_form(tree)
             form["typenames"] = tree.typenames()
             self._base_form = form
@@ -193,7 +199,7 @@ class CoffeaSource:
         from coffea.nanoevents import NanoEventsFactory  # noqa: PLC0415 (coffea is optional)
 
         self._mapping._buffer_cache = store
-        partition = self._tuple_to_key((self._uuid, self.tree.object_path, f"{start}-{stop}"))
+        partition = self._tuple_to_key((self._uuid, self.object_path, f"{start}-{stop}"))
         factory = NanoEventsFactory(self._schema_for(metadata), self._mapping, partition, mode="virtual")
         events = factory.events()
         for key, value in attrs.items():
@@ -240,7 +246,7 @@ class CoffeaSource:
         return key.split("/", 3)[3]
 
     def key_for(self, suffix: str, start: int, stop: int) -> str | None:
-        key = f"{self._tuple_to_key((self._uuid, self.tree.object_path, f'{start}-{stop}'))}/{suffix}"
+        key = f"{self._tuple_to_key((self._uuid, self.object_path, f'{start}-{stop}'))}/{suffix}"
         if not all(b in self.reader.map.types for b in self.key_branches(key)):
             return None
         return key
@@ -258,6 +264,58 @@ class CoffeaSource:
     def forget(self, stop: int) -> None:
         """Drop baskets fetched ahead that end at or before ``stop`` (a chunk is done)."""
         self.reader.forget(stop)
+
+
+def _object_path(rootfile: Any, treename: str) -> str:
+    """uproot's ``object_path`` of a tree, from its key (without decoding the tree)."""
+    name, _, cycle = treename.lstrip("/").partition(";")
+    return f"/{name};{cycle or rootfile.key(name).fCycle}"
+
+
+class _MapBranch:
+    """What coffea's ``_extract_base_form`` asks of a branch, from a basket map: its uproot
+    interpretation (made from the type in the map), title and typename."""
+
+    def __init__(self, name: str, interpretation: Any, title: str) -> None:
+        self.name = name
+        self.interpretation = interpretation
+        self.title = title
+        self.typename = interpretation.typename
+
+
+class _MapTree:
+    """What coffea's ``_extract_base_form`` asks of a tree, from a basket map."""
+
+    def __init__(self, branches: list[_MapBranch], title: str) -> None:
+        self._branches = branches
+        self.title = title
+
+    @classmethod
+    def of(cls, tmap: Any) -> _MapTree | None:
+        """The view of a map in which every branch is a flat or jagged number on the fast path
+        (else None: then uproot's tree is decoded); tests hold its base form equal to uproot's."""
+        import uproot  # noqa: PLC0415
+
+        if tmap.titles is None or tmap.title is None or tmap.slow:
+            return None
+        branches = []
+        for name, t in tmap.types.items():
+            if t.kind == FLAT:
+                interpretation = uproot.AsDtype(t.dtype)
+            elif t.kind == JAGGED:
+                interpretation = uproot.AsJagged(uproot.AsDtype(t.dtype))
+            else:
+                return None
+            branches.append(_MapBranch(name, interpretation, tmap.titles.get(name, "")))
+        return cls(branches, tmap.title)
+
+    def iteritems(self, **options: Any) -> Iterable[tuple[str, _MapBranch]]:
+        if options:
+            raise TypeError(f"unexpected options {options}")
+        return ((b.name, b) for b in self._branches)
+
+    def typenames(self) -> dict[str, str]:
+        return {b.name: b.typename for b in self._branches}
 
 
 def _mapping(source: CoffeaSource) -> Any:

@@ -101,6 +101,7 @@ class Row:
     """The leaf object (its identity tells a counter branch)."""
     count: Any = None
     """The leaf object its ``fLeafCount`` points at."""
+    title: str = ""
 
 
 def leaf_of(leaf: Any) -> Leaf:

@@ -97,6 +97,8 @@ class TreeMap:
         uuid: str = "",
         baskets: Callable[[str], BranchMap] | None = None,
         slow: dict[str, str] | None = None,
+        titles: dict[str, str] | None = None,
+        title: str | None = None,
     ) -> None:
         self.entries = entries
         self.types = types
@@ -104,6 +106,10 @@ class TreeMap:
         self.uuid = uuid
         self.slow: dict[str, str] = dict(slow or {})
         """Branch name -> why it is not on the fast path (the branches uproot reads)."""
+        self.titles = titles
+        """Branch name -> its title (None in maps written before titles were kept)."""
+        self.title = title
+        """The tree's title (None in maps written before titles were kept)."""
         self._built: dict[str, BranchMap] = {}
         self._baskets = baskets
 
@@ -153,9 +159,10 @@ class TreeMap:
                     int(branch.num_entries),
                     leaf=models[0] if len(models) == 1 else None,
                     count=models[0].member("fLeafCount") if len(models) == 1 else None,
+                    title=branch.title,
                 )
             )
-        return cls._assemble(int(tree.num_entries), rows, uuid)
+        return cls._assemble(int(tree.num_entries), rows, uuid, tree.title)
 
     @classmethod
     def read(cls, rootfile: Any, path: str, treename: str, uuid: str = "") -> TreeMap:
@@ -190,12 +197,13 @@ class TreeMap:
                     b.filename,
                     b.leaves[0],
                     b.leaves[0].count,
+                    b.title,
                 )
             )
-        return cls._assemble(tree.entries, rows, uuid)
+        return cls._assemble(tree.entries, rows, uuid, tree.title)
 
     @classmethod
-    def _assemble(cls, entries: int, rows: list[Row], uuid: str) -> TreeMap:
+    def _assemble(cls, entries: int, rows: list[Row], uuid: str, title: str) -> TreeMap:
         """The map of a tree's branches; the tree-wide rules of the allow-list applied here."""
         count: dict[str, int] = {}
         for row in rows:
@@ -224,7 +232,8 @@ class TreeMap:
             elif first[b.counter].leaf is not first[name].count:
                 slow[name] = f"its counter leaf is not the leaf of branch {b.counter!r}"
                 built[name] = unreadable(b)
-        out = cls(entries, {n: b.type for n, b in built.items()}, uuid)
+        titles = {n: first[n].title for n in built}
+        out = cls(entries, {n: b.type for n, b in built.items()}, uuid, titles=titles, title=title)
         out._built = built
         out.slow = slow
         return out
@@ -260,6 +269,9 @@ class TreeMap:
             "branches": [[b.name, b.kind.value, b.dtype, b.counter, b.readable] for b in bs],
             "slow": self.slow,
         }
+        if self.titles is not None:
+            header["titles"] = [self.titles.get(b.name, "") for b in bs]
+            header["title"] = self.title or ""
         empty = np.zeros(0, dtype=np.int64)
         arrays: dict[str, np.ndarray] = {
             "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
@@ -312,7 +324,16 @@ class TreeMap:
             starts = np.append(first[a:b], ends[i]) if b > a else first[:0]
             return BranchMap(name, types[name], seek[a:b], nbytes[a:b].astype(np.int64), starts)
 
-        return cls(entries, types, header["uuid"], baskets, header.get("slow"))
+        titles = header.get("titles")  # not in maps written before titles were kept
+        return cls(
+            entries,
+            types,
+            header["uuid"],
+            baskets,
+            header.get("slow"),
+            dict(zip(names, titles, strict=True)) if isinstance(titles, list) else None,
+            header.get("title"),
+        )
 
 
 def _write_npz(handle: Any, arrays: dict[str, np.ndarray]) -> None:

@@ -69,12 +69,14 @@ class Branch:
     basket_seek: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     filename: str = ""
     """``fFileName``: the file holding the baskets when not this one."""
+    title: str = ""
 
 
 @dataclass
 class Tree:
     entries: int
     branches: list[Branch]
+    title: str = ""
 
 
 class _Reader:
@@ -208,12 +210,12 @@ class _Reader:
             name, _ = self.tnamed()
             self.pos = end
             return Branch(classname if classname != "TBranch" else f"TBranch v{version}", name)
-        name, _ = self.tnamed()
+        name, title = self.tnamed()
         self.skip()  # TAttFill
         _, _, _, write_basket, _ = self.unpack(_TBRANCH1)
         self.skip()  # ROOT::TIOFeatures
         _, max_baskets, _, entries, _, _, _ = self.unpack(_TBRANCH2)
-        out = Branch(classname, name, int(entries), int(write_basket))
+        out = Branch(classname, name, int(entries), int(write_basket), title=title)
         out.branches = self.objarray(self.branch)
         out.leaves = self.objarray(self.leaf)
         out.embedded = sum(x is not None for x in self.objarray(lambda _: True))
@@ -228,7 +230,7 @@ class _Reader:
         _, version = self.header()
         if version not in (19, 20):
             raise Unsupported(f"TTree version {version}")
-        self.tnamed()
+        _, title = self.tnamed()
         for _ in range(3):  # TAttLine, TAttFill, TAttMarker
             self.skip()
         fields = self.unpack(_TTREE)
@@ -237,7 +239,7 @@ class _Reader:
         self.array(nclusters, ">i8")  # fClusterSize
         if version >= 20:
             self.skip()  # ROOT::TIOFeatures
-        return Tree(entries, self.objarray(self.branch))
+        return Tree(entries, self.objarray(self.branch), title)
 
 
 def read_tree(rootfile: Any, treename: str) -> Tree:
