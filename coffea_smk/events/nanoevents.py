@@ -26,6 +26,7 @@ import numpy as np
 from coffea_smk.buffers import FileBuffers, reader_for
 from coffea_smk.buffers._awkward import UNKNOWN_LENGTH, primitive, virtual_buffer
 from coffea_smk.events import behaviors
+from coffea_smk.events.nanoaod_ids import NanoEventsAttributes
 from coffea_smk.io.basketmap import FLAT, JAGGED, TreeMap
 from coffea_smk.io.reader import BasketReader, source_fetch, uproot_fallback
 
@@ -34,8 +35,12 @@ __all__ = ["NanoEventsArray", "TreeLayout", "basket_bytes"]
 EVENTS_RECORD = "NanoEvents"
 
 
-class NanoEventsArray(ak.Array):  # type: ignore[misc]
-    """The events of one chunk; ``events.metadata`` holds where they come from."""
+class NanoEventsArray(NanoEventsAttributes, ak.Array):  # type: ignore[misc]
+    """The events of one chunk; ``events.metadata`` holds where they come from.
+
+    A missing attribute is an ``AttributeError`` that says whether coffea's NanoEvents
+    have it (``schema: coffea``), or lists the closest collection names.
+    """
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -135,14 +140,16 @@ class TreeLayout:
                 continue
             top[prefix] = _record(
                 {f: self._numpy(b, ColumnKind.FLAT, flat[b]) for f, b in members.items()},
-                behaviors.record_name(set(members)),
+                behaviors.record_name(prefix, set(members)),
+                prefix,
             )
         for counter, members in collections.items():
             coll = counter[1:]
             self.columns[f"{counter}.offsets"] = _Column(counter, ColumnKind.OFFSETS, np.dtype(np.int64))
             content = _record(
                 {f: self._numpy(b, ColumnKind.JAGGED, jagged[b][1], counter) for f, b in members.items()},
-                behaviors.record_name(set(members)),
+                behaviors.record_name(coll, set(members)),
+                coll,
             )
             top[coll] = {
                 "class": "ListOffsetArray",
@@ -161,7 +168,7 @@ class TreeLayout:
                 "content": self._numpy(name, ColumnKind.JAGGED, dtype, counter),
                 "form_key": f"{counter}.offsets",
             }
-        return _record(top, EVENTS_RECORD)
+        return _record(top, EVENTS_RECORD, "events")
 
     def _numpy(
         self, branch: str, kind: ColumnKind, dtype: np.dtype[Any], counter: str = ""
@@ -289,15 +296,14 @@ def _content_shape(store: FileBuffers, offsets_key: str) -> Callable[[], tuple[i
     return shape
 
 
-def _record(contents: dict[str, dict[str, Any]], name: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
+def _record(contents: dict[str, dict[str, Any]], name: str, collection: str) -> dict[str, Any]:
+    # collection_name (as coffea calls it) names the collection in error messages.
+    return {
         "class": "RecordArray",
         "fields": list(contents),
         "contents": list(contents.values()),
+        "parameters": {"__record__": name, "collection_name": collection},
     }
-    if name:
-        out["parameters"] = {"__record__": name}
-    return out
 
 
 def basket_bytes(branch: Any, start: int, stop: int) -> tuple[int, int]:
