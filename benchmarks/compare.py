@@ -4,6 +4,8 @@ Builds (once, cached under DATA) a scaled dataset by replicating the real
 events of ``../shared/data/nanoaod`` (``replicate.py``), then runs
 in this order, on the same files with the same dimuon + jets processor:
 
+0. the processor written two ways: a plain class (coffea_smk's own events) and a
+   ``ProcessorABC`` subclass (``dimuon_ht_coffea.py``: coffea's NanoEvents);
 1. plain uproot: 2 processes, each opening its files and reading the columns
    the processor touches (taken from coffea_smk's own metrics);
 2. coffea's Runner with ``FuturesExecutor(workers=2)`` at several chunk sizes
@@ -127,6 +129,58 @@ def run_smk(work: Path, *args: str) -> tuple[float, str]:
     return dt, proc.stdout + proc.stderr
 
 
+def smk_cold(work: Path, fileset: dict[str, Any], processor: str, per_jobs: list[int]) -> tuple[float, int]:
+    """The best cold ``coffea-smk run`` over work-unit sizes; its outputs are left in ``work``."""
+    n_events = 0
+    cold: list[tuple[float, int]] = []
+    config: dict[str, Any] = {}
+    for per_job in per_jobs:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "_audit").mkdir(parents=True)
+        (work / "_audit" / "sitecustomize.py").write_text(AUDIT)
+        (work / "fileset.json").write_text(json.dumps(fileset))
+        config = {
+            "fileset": str(work / "fileset.json"),
+            "processor": processor,
+            "basedir": str(HERE),
+            "events_per_job": per_job,
+        }
+        (work / "analysis.yaml").write_text(json.dumps(config))
+        t, _ = run_smk(work)
+        if not n_events:
+            import coffea_smk
+
+            n_events = coffea_smk.load_meta(work / "results" / "result.npz")["totals"]["events"]
+        print(
+            f"coffea_smk cold run, {processor}, events_per_job {per_job}: {t:.1f} s, "
+            f"{n_events / t:,.0f} events/s",
+            flush=True,
+        )
+        cold.append((t, per_job))
+    t_cold, best_per_job = min(cold)
+    if best_per_job != cold[-1][1]:  # redo the best so that its outputs are the ones kept
+        shutil.rmtree(work / "results", ignore_errors=True)
+        shutil.rmtree(work / ".snakemake", ignore_errors=True)
+        config["events_per_job"] = best_per_job
+        (work / "analysis.yaml").write_text(json.dumps(config))
+        run_smk(work)
+    return t_cold, best_per_job
+
+
+def busy_seconds(work: Path, leave_out: str = "") -> float:
+    """Seconds the processing jobs of the run in ``work`` spent on their units."""
+    import coffea_smk
+
+    metas = [coffea_smk.load_meta(p) for p in (work / "results").rglob("partials/**/*.npz")]
+    return float(sum(m["wall_s"] for m in metas if m["dataset"] != leave_out))
+
+
+def coffea_smk_result(work: Path) -> Any:
+    import coffea_smk
+
+    return coffea_smk.load(work / "results" / "result.npz")
+
+
 def same_histograms(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
     import numpy as np
 
@@ -162,6 +216,12 @@ def main() -> None:
         "--events-per-job", default="2000000,500000,250000", help="coffea_smk work-unit sizes to try"
     )
     parser.add_argument(
+        "--processors",
+        default="dimuon_ht:DimuonHT,dimuon_ht_coffea:DimuonHTCoffea",
+        help="the same processor as a plain class (coffea_smk's events) and as a ProcessorABC "
+        "(coffea's NanoEvents); the first is used for the warm and incremental runs",
+    )
+    parser.add_argument(
         "--work", type=Path, default=None, help="coffea_smk work directory (default DATA/work)"
     )
     a = parser.parse_args()
@@ -178,41 +238,24 @@ def main() -> None:
 
     work = (a.work or a.data / "work").resolve()
     rows: list[tuple[str, float]] = []
-    # coffea_smk cold, at several work-unit sizes (as coffea gets several chunk sizes);
-    # the best is kept for the warm and incremental runs
-    cold: list[tuple[float, int]] = []
-    for per_job in (int(x) for x in a.events_per_job.split(",")):
-        shutil.rmtree(work, ignore_errors=True)
-        (work / "_audit").mkdir(parents=True)
-        (work / "_audit" / "sitecustomize.py").write_text(AUDIT)
-        (work / "fileset.json").write_text(json.dumps(fileset))
-        config = {
-            "fileset": str(work / "fileset.json"),
-            "processor": "dimuon_ht:DimuonHT",
-            "basedir": str(HERE),
-            "events_per_job": per_job,
-        }
-        (work / "analysis.yaml").write_text(json.dumps(config))
-        t, _ = run_smk(work)
-        print(
-            f"coffea_smk cold run, events_per_job {per_job}: {t:.1f} s, {n_events / t:,.0f} events/s",
-            flush=True,
+    # each processor kind (a plain class: coffea_smk's events; a ProcessorABC: coffea's NanoEvents)
+    # cold, at several work-unit sizes (as coffea gets several chunk sizes); the plain class's
+    # best is kept (and run last) for the warm and incremental runs
+    kinds = [k for k in a.processors.split(",") if k]
+    results: dict[str, Any] = {}
+    inside: dict[str, float] = {}
+    for kind in reversed(kinds):
+        t_cold, best_per_job = smk_cold(work, fileset, kind, [int(x) for x in a.events_per_job.split(",")])
+        rows.insert(
+            0, (f"coffea_smk cold run (2 cores), {kind}, events_per_job {best_per_job}", n_events / t_cold)
         )
-        cold.append((t, per_job))
-    t_cold, best_per_job = min(cold)
-    if best_per_job != cold[-1][1]:  # redo the best so that its outputs are the ones kept
-        shutil.rmtree(work / "results", ignore_errors=True)
-        shutil.rmtree(work / ".snakemake", ignore_errors=True)
-        config["events_per_job"] = best_per_job
-        (work / "analysis.yaml").write_text(json.dumps(config))
-        run_smk(work)
+        results[kind] = coffea_smk_result(work)
+        inside[kind] = n_events / (busy_seconds(work) / 2)
     import coffea_smk
 
-    ours = coffea_smk.load(work / "results" / "result.npz")
     meta = coffea_smk.load_meta(work / "results" / "result.npz")
     # the columns coffea_smk read of each dataset (e.g. genWeight for simulation only)
     columns = {name: sorted(d["columns"]) for name, d in meta["datasets"].items()}
-    rows.append((f"coffea_smk cold run (2 cores), events_per_job {best_per_job}", n_events / t_cold))
 
     # coffea's Runner, same files and processor
     best = None
@@ -225,8 +268,9 @@ def main() -> None:
         if best is None or dt < best[0]:
             best = (dt, out, chunk)
     assert best is not None
-    rows.append((f"coffea Runner Futures(2), chunksize {best[2]}", n_events / best[0]))
-    identical = same_histograms(ours, best[1])
+    coffea_rate = n_events / best[0]
+    rows.append((f"coffea Runner Futures(2), chunksize {best[2]}", coffea_rate))
+    identical = {kind: same_histograms(out, best[1]) for kind, out in results.items()}
 
     plain = plain_uproot([(str(p), columns[name]) for name, p, _ in files])
     widest = max(len(c) for c in columns.values())
@@ -267,19 +311,18 @@ def main() -> None:
     partials = list((work / "results").rglob("partials/**/*.npz"))
     metas = [coffea_smk.load_meta(p) for p in partials]
     peak = max(c["peak_rss_mb"] for m in metas for c in m["chunks"])
-    busy = sum(m["wall_s"] for m in metas if m["dataset"] != "Added")
+    busy = busy_seconds(work, leave_out="Added")
 
     print()
-    print(f"{'':62} {'events/s':>12} {'ratio':>7}")
-    ref = rows[1][1]
+    print(f"{'':80} {'events/s':>12} {'vs coffea':>9}")
     for label, rate in rows:
-        print(f"{label:62} {rate:12,.0f} {rate / ref:6.2f}x")
-    print(f"coffea_smk / plain uproot: {rows[0][1] / plain:.2f}")
-    inside = n_events / (busy / 2)
-    print(
-        f"coffea_smk inside its processing jobs (events / their busy core-s x 2 cores): {inside:,.0f} "
-        f"events/s = {inside / ref:.2f}x coffea, {inside / plain:.2f}x plain uproot"
-    )
+        print(f"{label:80} {rate:12,.0f} {rate / coffea_rate:8.2f}x")
+    print(f"coffea_smk ({kinds[0]}) / plain uproot: {rows[0][1] / plain:.2f}")
+    for kind, rate in inside.items():
+        print(
+            f"coffea_smk inside its processing jobs, {kind} (events / their busy core-s x 2 cores): "
+            f"{rate:,.0f} events/s = {rate / coffea_rate:.2f}x coffea, {rate / plain:.2f}x plain uproot"
+        )
     print(f"results identical to coffea's (bin for bin): {identical}")
     print(
         f"cold run {t_cold:.1f} s; warm re-run {t_warm:.1f} s opening {len(opened)} ROOT files; "

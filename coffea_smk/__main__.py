@@ -18,7 +18,7 @@ def _main() -> int:
     if sys.argv[1:2] == ["jobserver"]:
         from coffea_smk.smk.jobserver import serve  # noqa: PLC0415  the server only
 
-        serve(sys.argv[2])
+        serve(sys.argv[2], sys.argv[3:])
         return 0
     from coffea_smk.cli import main as cli_main  # noqa: PLC0415  not in jobs
 

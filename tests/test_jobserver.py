@@ -136,3 +136,23 @@ def test_without_a_server_jobs_run_directly(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 0 and coffea_smk.load(tmp_path / "c.npz") is None
+
+
+def test_coffea_is_preloaded_for_coffea_processors_only(tmp_path: Path) -> None:
+    from coffea_smk.cli import _preload_for
+
+    (tmp_path / "abc_proc.py").write_text(
+        "from coffea import processor\n\nclass P(processor.ProcessorABC): ...\n"
+    )
+    (tmp_path / "plain_proc.py").write_text("from coffea_smk import buffers  # coffea_smk is not coffea\n")
+    cases = {
+        ("abc_proc:P", "auto"): ["coffea.processor", "coffea.nanoevents"],
+        ("plain_proc:P", "auto"): [],
+        ("plain_proc:P", "coffea"): ["coffea.processor", "coffea.nanoevents"],
+        ("abc_proc:P", "nanoaod"): [],
+        ("missing_module:P", "auto"): [],  # the workflow reports it, not the guess
+    }
+    for (spec, schema), expected in cases.items():
+        config = tmp_path / "analysis.yaml"
+        config.write_text(f"fileset: f.json\nprocessor: {spec}\nschema: {schema}\n")
+        assert _preload_for(str(config)) == expected, (spec, schema)

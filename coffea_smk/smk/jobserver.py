@@ -14,6 +14,7 @@ be the job's host).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import select
@@ -22,6 +23,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Iterable
 from typing import TypedDict
 
 ENV = "COFFEA_SMK_JOBSERVER"
@@ -72,8 +74,9 @@ def run_via_server(argv: list[str]) -> int | None:
 
 
 # ---- server ------------------------------------------------------------------------------
-def _preload() -> None:
-    """Import what jobs use, once, in the server (after it listens; never in the client)."""
+def _preload(extra: Iterable[str] = ()) -> None:
+    """Import what jobs use, once, in the server (after it listens; never in the client);
+    ``extra`` modules too (coffea for coffea processors), those that fail to import left to the jobs."""
     import awkward  # noqa: F401, PLC0415  the server's whole point: imported once, after listening
     import hist  # noqa: F401, PLC0415  (as above)
     import numpy  # noqa: F401, PLC0415  (as above)
@@ -82,6 +85,12 @@ def _preload() -> None:
 
     import coffea_smk.engine.process  # noqa: PLC0415  (as above)
     import coffea_smk.smk.jobs  # noqa: F401, PLC0415  (as above)
+
+    for name in extra:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the job that needs it reports why
+            continue
 
 
 def _child(conn: socket.socket, fds: list[int], request: _Request) -> None:
@@ -145,8 +154,9 @@ def _receive(conn: socket.socket) -> tuple[list[int], _Request]:
     return list(fds), _Request(argv=raw["argv"], cwd=raw["cwd"], env=raw["env"])
 
 
-def serve(sock_path: str) -> None:
-    """Serve jobs until the parent process (``coffea-smk run``) exits or SIGTERM."""
+def serve(sock_path: str, preload: Iterable[str] = ()) -> None:
+    """Serve jobs until the parent process (``coffea-smk run``) exits or SIGTERM; ``preload``:
+    more modules to import before the first job is forked."""
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -159,7 +169,7 @@ def serve(sock_path: str) -> None:
     os.replace(sock_path + ".tmp", sock_path)  # ready when the path appears
     # Imports after listening: Snakemake starts meanwhile, and its first jobs
     # wait in the backlog rather than `coffea-smk run` waiting for the imports.
-    _preload()
+    _preload(preload)
     try:
         while os.getppid() == parent:
             ready, _, _ = select.select([server], [], [], 1.0)

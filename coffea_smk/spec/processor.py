@@ -89,14 +89,13 @@ def _is_coffea_processor(obj: Any) -> bool:
     return any(c.__module__.startswith("coffea.processor") for c in type(obj).__mro__[1:])
 
 
-def processor_tag(spec: str, basedir: str | None, version: str, schema: str) -> str:
-    """A key that changes when the processor's source file, the version tag or the schema changes.
+def module_origin(spec: str, basedir: str | None) -> Path | None:
+    """The source file of the processor's module, located without importing it (None: not a file).
 
-    The module is located without being imported; only its own source file is
-    hashed (edit ``version`` in the config to re-run after changing a helper).
+    Raises:
+        ProcessorError: The module cannot be found.
     """
     module_name = spec.partition(":")[0]
-    digest = "unknown"
     with _on_path(basedir):
         try:
             found = importlib.util.find_spec(module_name)
@@ -108,6 +107,15 @@ def processor_tag(spec: str, basedir: str | None, version: str, schema: str) -> 
             f"processor {spec!r}: no module {module_name!r} in {where}the Python path; "
             "check the 'processor' key of the config (\"module:attribute\")"
         )
-    if found.origin and Path(found.origin).is_file():
-        digest = hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()
+    return Path(found.origin) if found.origin and Path(found.origin).is_file() else None
+
+
+def processor_tag(spec: str, basedir: str | None, version: str, schema: str) -> str:
+    """A key that changes when the processor's source file, the version tag or the schema changes.
+
+    The module is located without being imported; only its own source file is
+    hashed (edit ``version`` in the config to re-run after changing a helper).
+    """
+    origin = module_origin(spec, basedir)
+    digest = hashlib.sha256(origin.read_bytes()).hexdigest() if origin is not None else "unknown"
     return key_of("processor", spec, digest, version, schema, __version__.split(".")[0])
