@@ -169,24 +169,21 @@ class _Counting:
         return out
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # coffea's schema warns about these files
-@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
-def test_units_that_start_with_a_column_hint(nanoaod: Path, tmp_path: Path, prefetch: bool) -> None:
-    """Several files per unit, several chunks per file (splitting baskets), several units per
-    dataset, the later ones starting with the hint the first one wrote: the failure of issue 19
-    (a prefetch thread asked for buffers before coffea's events for the file existed)."""
+def _run_dataset(paths: list[str], cache: Path, prefetch: bool) -> tuple[Any, int]:
+    """A dataset of several units run unit after unit as the workflow's jobs would (the later
+    ones starting with the column hint the first wrote): the result and the buffers prefetched."""
     from coffea_smk.engine.accumulate import add
     from coffea_smk.engine.plan import PlanSettings, make_plan
     from coffea_smk.engine.preprocess import FileIdentity, preprocess_files
     from coffea_smk.spec.config import InputFile
 
-    paths = [nanoaod / "nano_dy.root", nanoaod / "nano_dimuon.root", nanoaod / "nano_dy_SpecialTree.root"]
-    ids = [FileIdentity.of(InputFile(str(p), "Events"), "d") for p in paths]
-    records, _ = preprocess_files(ids, tmp_path / "cache")
+    ids = [FileIdentity.of(InputFile(p, "Events"), "d") for p in paths]
+    records, _ = preprocess_files(ids, cache / "cache")
     settings = PlanSettings(chunksize=7, events_per_job=85, merge_fanin=4, align_chunks=False)
     plan = make_plan("d", "d", {}, records, settings)
-    assert len(plan.units) >= 2 and any(len({c.file for c in u.chunks}) > 1 for u in plan.units)
-    hint = ColumnHint(tmp_path / "hint.json")
+    if len(paths) > 2:
+        assert len(plan.units) >= 2 and any(len({c.file for c in u.chunks}) > 1 for u in plan.units)
+    hint = ColumnHint(cache / "hint.json")
     processor = Processor("counting", _Counting().process, None, wants_coffea_events=True)
     options = EventsOptions(schema="auto", prefetch=prefetch, prefetch_threads=2)
     result: Any = None
@@ -196,12 +193,44 @@ def test_units_that_start_with_a_column_hint(nanoaod: Path, tmp_path: Path, pref
         result = add(result, out)
         prefetched += sum(c.prefetched for c in meta.chunks)
         assert all(c.prefetch_errors == 0 for c in meta.chunks)
-    assert (tmp_path / "hint.json").exists()
-    if prefetch:
-        assert prefetched > 0
-    fileset = {"d": {"files": {str(p): "Events" for p in paths}}}
-    theirs = run_coffea(fileset, lambda: _Counting(clear=False), 7)
+    assert (cache / "hint.json").exists()
+    return result, prefetched
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # coffea's schema warns about these files
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
+def test_units_that_start_with_a_column_hint(nanoaod: Path, tmp_path: Path, prefetch: bool) -> None:
+    """Several files per unit, several chunks per file (splitting baskets), several units per
+    dataset, the later ones starting with the hint the first one wrote: the failure of issue 19
+    (a prefetch thread asked for buffers before coffea's events for the file existed)."""
+    paths = [str(nanoaod / n) for n in ("nano_dy.root", "nano_dimuon.root", "nano_dy_SpecialTree.root")]
+    result, prefetched = _run_dataset(paths, tmp_path, prefetch)
+    assert prefetched > 0 if prefetch else prefetched == 0
+    theirs = run_coffea({"d": {"files": dict.fromkeys(paths, "Events")}}, lambda: _Counting(clear=False), 7)
     assert_same_result(result, theirs)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_units_with_a_column_hint_over_xrootd(xrootd: Any, nanoaod: Path, tmp_path: Path) -> None:
+    """The same over root:// from the real XRootD server: batched reads of the hinted columns."""
+    import os
+    import shutil
+
+    folder = xrootd.data / f"coffea-reading-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        names = ("nano_dy.root", "nano_dimuon.root", "nano_dy_SpecialTree.root")
+        for n in names:
+            shutil.copyfile(nanoaod / n, folder / n)
+        urls = [xrootd.url(f"{folder.name}/{n}") for n in names]
+        result, prefetched = _run_dataset(urls, tmp_path, prefetch=True)
+        assert prefetched > 0
+        theirs = run_coffea(
+            {"d": {"files": dict.fromkeys(urls, "Events")}}, lambda: _Counting(clear=False), 7
+        )
+        assert_same_result(result, theirs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
