@@ -24,6 +24,7 @@ import hist
 import hist.serialization
 import numpy as np
 
+from coffea_smk.util import containers
 from coffea_smk.util.atomic import write_with
 
 FORMAT = "coffea_smk.result"
@@ -176,6 +177,9 @@ class _Encoder:
             if obj.dtype.hasobject:
                 return self._fallback(obj, where)
             return {"array": self._ref(obj)}
+        name = containers.container_name(obj)
+        if name is not None:
+            return self._encode_container(name, obj, where)
         if isinstance(obj, dict):
             return {
                 "dict": [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]
@@ -201,13 +205,29 @@ class _Encoder:
             "label": getattr(h, "label", None),
         }
 
-    def _fallback(self, obj: Any, where: str) -> Any:
+    def _encode_container(self, name: str, obj: Any, where: str) -> Any:
+        """``{"typed": [type name, default factory name or None, what it holds]}``."""
+        default = None
+        if name in containers.WITH_DEFAULT:
+            factory = obj.default_factory
+            default = containers.factory_name(factory)
+            if default is None and factory is not None:
+                return self._fallback(
+                    obj,
+                    where,
+                    f"its default factory {factory!r} is not one of the types that can be stored "
+                    f"({', '.join(n.rpartition('.')[2] for n in containers.FACTORIES)})",
+                )
+        return {"typed": [name, default, self.encode(containers.payload(obj), where)]}
+
+    def _fallback(self, obj: Any, where: str, why: str = "") -> Any:
         kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
         if not self.allow_pickle:
             raise TypeError(
-                f"{where}: a {kind} has no safe stored form. Return hist.Hist, dicts, numbers, "
-                "strings, numpy arrays, sets or lists, or set allow_pickle: true in the config "
-                "to store it with cloudpickle (loading then runs code from the file)."
+                f"{where}: a {kind} has no safe stored form{': ' + why if why else ''}. Return hist.Hist, "
+                "dicts, numbers, strings, numpy arrays, sets, lists, Counters or coffea's accumulators, "
+                "or set allow_pickle: true in the config to store it with cloudpickle (loading then "
+                "runs code from the file)."
             )
         self.pickled.append(kind)
         return {"pickle": self._ref(np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8))}
@@ -239,6 +259,10 @@ class _Decoder:
             return self.npz[value][()]
         if kind == "hist":
             return self._decode_hist(value)
+        if kind == "typed":
+            name, default, inner = value
+            factory = containers.resolve(default, containers.FACTORIES) if default is not None else None
+            return containers.rebuild(name, factory, self.decode(inner))
         if kind == "pickle":
             return cloudpickle.loads(self.npz[value].tobytes())
         raise ValueError(f"unknown node kind {kind!r}")

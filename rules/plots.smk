@@ -15,8 +15,9 @@ rule plots:
     params:
         settings=analysis.get_plot_settings,
         job=analysis.job("plots"),
+        opts=analysis.get_load_options,
     shell:
-        "{params.job} --settings {params.settings} --out {output:q} --log {log:q} {input:q}"
+        "{params.job} {params.opts} --settings {params.settings} --out {output:q} --log {log:q} {input:q}"
 
 
 rule report:
@@ -32,5 +33,6 @@ rule report:
     localrule: True
     params:
         job=analysis.job("report"),
+        opts=analysis.get_load_options,
     shell:
-        "{params.job} --out {output:q} --log {log:q} {input:q}"
+        "{params.job} {params.opts} --out {output:q} --log {log:q} {input:q}"

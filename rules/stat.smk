@@ -20,5 +20,6 @@ rule stat:
         settings=analysis.get_stat_settings,
         folder=analysis.get_stat_folder,
         job=analysis.job("stat"),
+        opts=analysis.get_load_options,
     shell:
-        "{params.job} --settings {params.settings} --out {params.folder:q} --log {log:q} {input:q}"
+        "{params.job} {params.opts} --settings {params.settings} --out {params.folder:q} --log {log:q} {input:q}"

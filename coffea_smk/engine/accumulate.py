@@ -2,7 +2,12 @@
 
 ``hist.Hist`` and numpy arrays add, numbers sum, dicts merge recursively by
 key, sets unite, lists and tuples concatenate, and any other object is combined
-with ``+``. ``None`` is the identity.
+with ``+``. ``None`` is the identity. As in coffea, a mapping that defines its own
+addition (``collections.Counter``) and coffea's accumulators
+(``dict_accumulator``, ``defaultdict_accumulator``, ``value_accumulator``,
+``set_accumulator``, ``list_accumulator``) are added with their own ``+=``: a
+``defaultdict_accumulator`` adds a new key's value to its default, a ``Counter``
+keeps only positive counts, and every one keeps its type.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ def add(a: Any, b: Any, *, path: str = "result") -> Any:
         # The accumulator must own its value: later additions happen in place.
         return copy.deepcopy(b)
     if b is None:
+        return a
+    if _adds_itself(a):
+        try:
+            a += b
+        except Exception as err:
+            raise AccumulateError(f"{path}: cannot add {_describe(a)} and {_describe(b)}: {err}") from err
         return a
     if isinstance(a, Mapping):
         if not isinstance(b, Mapping):
@@ -75,6 +86,13 @@ def accumulate(items: Iterable[Any], start: Any = None) -> Any:
     for item in items:
         out = add(out, item)
     return out
+
+
+def _adds_itself(x: Any) -> bool:
+    """A coffea accumulator, or a mapping with its own addition (coffea adds both with ``+=``)."""
+    if isinstance(x, Mapping) and hasattr(type(x), "__add__"):
+        return True
+    return any(c.__module__ == "coffea.processor.accumulator" for c in type(x).__mro__)
 
 
 def _is_number(x: Any) -> bool:

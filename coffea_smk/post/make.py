@@ -18,17 +18,23 @@ from coffea_smk.spec.plots import PlotSettings
 from coffea_smk.util.atomic import atomic_open
 
 
-def _own(dataset_paths: list[str]) -> dict[str, Any]:
+def _own(dataset_paths: list[str], allow_pickle: bool) -> dict[str, Any]:
     """Each dataset's own result, by dataset name."""
     out = {}
     for path in dataset_paths:
-        stored = results.load_stored(path)
+        stored = results.load_stored(path, allow_pickle=allow_pickle)
         out[str(stored.meta["dataset"])] = stored.result
     return out
 
 
 def make_plots(
-    global_path: str, dataset_paths: list[str], settings: PlotSettings, lumi: float | None, out: str
+    global_path: str,
+    dataset_paths: list[str],
+    settings: PlotSettings,
+    lumi: float | None,
+    out: str,
+    *,
+    allow_pickle: bool = False,
 ) -> list[str]:
     """Draw the plots into the folder ``out`` (written whole or not at all).
 
@@ -37,7 +43,7 @@ def make_plots(
     """
     from coffea_smk.post.plots import draw  # noqa: PLC0415  matplotlib (1-2 s): the report job needs none of it
 
-    stored = results.load_stored(global_path)
+    stored = results.load_stored(global_path, allow_pickle=allow_pickle)
     notes: list[str] = []
     lumi = luminosity(stored.meta, lumi)
     try:
@@ -50,7 +56,7 @@ def make_plots(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        draw(stored.result, _own(dataset_paths), normalised, settings, tmp, lumi)
+        draw(stored.result, _own(dataset_paths, allow_pickle), normalised, settings, tmp, lumi)
         (tmp / NOTES).write_text(json.dumps(notes))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -80,10 +86,16 @@ def failures(dataset_paths: list[str]) -> list[Failure]:
 
 
 def make_report(
-    global_path: str, dataset_paths: list[str], plots: str | None, out: str, fits: list[str] | None = None
+    global_path: str,
+    dataset_paths: list[str],
+    plots: str | None,
+    out: str,
+    fits: list[str] | None = None,
+    *,
+    allow_pickle: bool = False,
 ) -> None:
     """Write the HTML report to ``out`` (``fits``: the ``fit.json`` of each statistical model)."""
-    stored = results.load_stored(global_path)
+    stored = results.load_stored(global_path, allow_pickle=allow_pickle)
     models = [json.loads(Path(f).read_text()) for f in fits or []]
     config = yaml.safe_dump(stored.meta.get("config") or {}, sort_keys=False)
     page = render(

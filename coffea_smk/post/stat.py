@@ -30,14 +30,20 @@ def _data(name: str, s: StatModel, datasets: dict[str, Any]) -> list[str]:
 
 
 def load_model(
-    global_path: str, dataset_paths: list[str], name: str, s: StatModel, lumi: float | None
+    global_path: str,
+    dataset_paths: list[str],
+    name: str,
+    s: StatModel,
+    lumi: float | None,
+    *,
+    allow_pickle: bool = False,
 ) -> Model:
     """Build model ``name`` from a global result (and the per-dataset ones, if its histogram needs them).
 
     Raises:
         StatError: The model cannot be built; the message names it and what to fix.
     """
-    stored = results.load_stored(global_path)
+    stored = results.load_stored(global_path, allow_pickle=allow_pickle)
     meta = stored.meta
     where = f"stat.{name}"
     datasets = meta.get("datasets", {})
@@ -66,7 +72,7 @@ def load_model(
     own: dict[str, Any] = {}
     if s.histogram not in found or DATASET_AXIS not in found[s.histogram].axes.name:
         for path in dataset_paths:
-            one = results.load_stored(path)
+            one = results.load_stored(path, allow_pickle=allow_pickle)
             own[str(one.meta["dataset"])] = one.result
             for hname, h in histograms(one.result).items():
                 found.setdefault(hname, h)
@@ -98,12 +104,19 @@ def summary(model: Model) -> dict[str, Any]:
 
 
 def make_stat(
-    global_path: str, dataset_paths: list[str], name: str, s: StatModel, lumi: float | None, out: str
+    global_path: str,
+    dataset_paths: list[str],
+    name: str,
+    s: StatModel,
+    lumi: float | None,
+    out: str,
+    *,
+    allow_pickle: bool = False,
 ) -> dict[str, Any]:
     """Write a model's files into the folder ``out``; returns the fit's record (also in ``fit.json``)."""
     where = f"stat.{name}"
     require_pyhf(where)
-    model = load_model(global_path, dataset_paths, name, s, lumi)
+    model = load_model(global_path, dataset_paths, name, s, lumi, allow_pickle=allow_pickle)
     spec = workspace(model)
     validate(spec, where)
     folder = Path(out)

@@ -299,11 +299,12 @@ class Analysis:
         is in the output paths' keys already, and moving the analysis directory
         must not redo finished work.
         """
-        c = self.cfg
-        opts = ["--processor", c.processor, "--basedir", self.layout.basedir]
-        if c.allow_pickle:
-            opts.append("--allow-pickle")
-        return ShellArg(" ".join(shlex.quote(o) for o in opts))
+        opts = ["--processor", self.cfg.processor, "--basedir", self.layout.basedir]
+        return ShellArg(" ".join([*(shlex.quote(o) for o in opts), str(self.get_load_options())]).strip())
+
+    def get_load_options(self, wildcards: Any = None) -> ShellArg:
+        """``--allow-pickle`` for every job that loads results, when the config allows it."""
+        return ShellArg("--allow-pickle" if self.cfg.allow_pickle else "")
 
     def get_policy(self, wildcards: Any = None) -> ShellArg:
         """The error policy of processing jobs, as ``--policy JSON`` (not recorded: it shapes no result)."""

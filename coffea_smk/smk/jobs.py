@@ -167,7 +167,12 @@ def step_plots(a: argparse.Namespace) -> None:
     settings = json.loads(a.settings)
     global_path, *dataset_paths = a.inputs
     notes = make_plots(
-        global_path, dataset_paths, PlotSettings.model_validate(settings["plots"]), settings["lumi"], a.out
+        global_path,
+        dataset_paths,
+        PlotSettings.model_validate(settings["plots"]),
+        settings["lumi"],
+        a.out,
+        allow_pickle=a.allow_pickle,
     )
     for note in notes:
         log.warning("%s", note)
@@ -179,7 +184,9 @@ def step_report(a: argparse.Namespace) -> None:
     global_path, *rest = a.inputs
     fits = [p for p in rest if p.endswith(f"/{FIT}")]
     plots = next((p for p in rest if not p.endswith(".npz") and p not in fits), None)
-    make_report(global_path, [p for p in rest if p.endswith(".npz")], plots, a.out, fits)
+    make_report(
+        global_path, [p for p in rest if p.endswith(".npz")], plots, a.out, fits, allow_pickle=a.allow_pickle
+    )
     log.info("report written: %s", a.out)
 
 
@@ -202,7 +209,15 @@ def step_stat(a: argparse.Namespace) -> None:
     settings = json.loads(a.settings)
     global_path, *dataset_paths = a.inputs
     model = StatModel.model_validate(settings["model"])
-    record = make_stat(global_path, dataset_paths, settings["name"], model, settings["lumi"], a.out)
+    record = make_stat(
+        global_path,
+        dataset_paths,
+        settings["name"],
+        model,
+        settings["lumi"],
+        a.out,
+        allow_pickle=a.allow_pickle,
+    )
     fit, limit = record["bestfit"], record["upper_limit"]
     log.info(
         "stat.%s: mu = %.4g +- %.4g, 95%% CL upper limit %s observed, %s expected (%s data)",
