@@ -19,6 +19,11 @@ import yaml
 
 from coffea_smk.smk.paths import profile_dir, snakefile
 
+CONFIG_ERROR_EXIT = 2
+"""Snakemake's exit code when the workflow stopped on a configuration error while it was parsed
+(:data:`coffea_smk.smk.analysis.CONFIG_ERROR_EXIT`; not imported from there: it imports Snakemake)
+or on a bad command line (argparse's)."""
+
 USAGE = """coffea-smk init --fileset FILESET --processor MODULE:CLASS [--dir DIR] [--force]
        coffea-smk profile install NAME [--to DIR] [--force]   (NAME: local, uge, slurm, htcondor)
        coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
@@ -103,6 +108,8 @@ def _unlock_if_stale(configfile: str) -> None:
 def _final_word(configfile: str, code: int, extra: list[str]) -> None:
     if any(a in extra for a in ("-n", "--dry-run", "--unlock", "--lint", "-h", "--help")):
         return
+    if code == CONFIG_ERROR_EXIT:
+        return  # the workflow printed the configuration error; no job ran, no log to point at
     if code != 0:
         print(
             f"coffea-smk: the workflow stopped with errors; `coffea-smk status {configfile}` lists "

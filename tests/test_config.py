@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import Workflow
 from pydantic import AfterValidator, BaseModel, ValidationError
 
+from coffea_smk import cli
+from coffea_smk.smk.analysis import CONFIG_ERROR_EXIT
 from coffea_smk.smk.paths import snakefile
 from coffea_smk.spec.config import (
     AnalysisConfig,
@@ -123,3 +129,103 @@ def test_settings_reject_what_the_config_rejects() -> None:
         EventsOptions(schema="nano aod")
     with pytest.raises(ValidationError, match="backoff"):
         ErrorPolicy.from_json('{"continue_on": [], "retries": 0, "backoff": 0}')  # the old name
+
+
+# ---- configuration errors through both entry points: the message alone, exit code 2 ------------
+def _bad_inputs(root: Path, nanoaod: Path) -> dict[str, tuple[dict[str, object], list[str]]]:
+    """``{case: (analysis.yaml, what stderr must say)}``: every bad input stopped while parsing."""
+    dy = str(nanoaod / "nano_dy.root")
+    (root / "fileset.json").write_text(json.dumps({"DY": {"files": [dy]}}))
+    (root / "twice.json").write_text(json.dumps({"DY": {"files": [dy, dy]}}, indent=1))
+    (root / "missing.json").write_text(json.dumps({"DY": {"files": [dy, str(root / "nope.root")]}}))
+    (root / "malformed.json").write_text(json.dumps({"DY": {"file": [dy]}}, indent=1))
+    ok = {"fileset": "fileset.json", "processor": "coffea_smk.examples.dimuon:DimuonProcessor"}
+    config = str(root / "analysis.yaml")
+    return {
+        "file listed twice": (
+            {**ok, "fileset": "twice.json"},
+            [f"{root / 'twice.json'}, line 5: dataset 'DY' lists {dy} twice: remove one of them"],
+        ),
+        "missing input file": (
+            {**ok, "fileset": "missing.json"},
+            [f"input file {root / 'nope.root'} of dataset 'DY' does not exist", "skip_bad_files"],
+        ),
+        "missing fileset file": (
+            {**ok, "fileset": "nosuch.json"},
+            [f"{config}, line 1: fileset file {root / 'nosuch.json'} does not exist"],
+        ),
+        "malformed dataset": (
+            {**ok, "fileset": "malformed.json"},
+            [
+                f"{root / 'malformed.json'}, line 3: dataset 'DY': field 'file': unknown key; "
+                "did you mean 'files'?",
+                f"{root / 'malformed.json'}, line 2: dataset 'DY': field 'files': Field required",
+            ],
+        ),
+        "unknown setting": (
+            {**ok, "chunksiz": 5},
+            [f"{config}, line 1: field 'chunksiz': unknown setting; did you mean 'chunksize'?"],
+        ),
+        "bad value": ({**ok, "chunksize": 0}, [f"{config}, line 1: field 'chunksize'", "greater than 0"]),
+        "no such processor module": (
+            {**ok, "processor": "no_such_module:Proc"},
+            [f"{config}, line 2: processor 'no_such_module:Proc': no module 'no_such_module'"],
+        ),
+        "no such processor": (
+            {**ok, "processor": "coffea_smk.examples.dimuon:NoSuchProcessor"},
+            [f"{config}, line 2: processor", "NoSuchProcessor"],
+        ),
+    }
+
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", snakefile()]
+
+
+def _assert_config_error(proc: subprocess.CompletedProcess[str], expected: list[str]) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "coffea-smk: configuration error:\n" in proc.stderr, out
+    for text in expected:
+        assert text in proc.stderr, out
+    for noise in ("Traceback", 'File "', "WorkflowError", "failed jobs", "logs/", "full log"):
+        assert noise not in out, out
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "file listed twice",
+        "missing input file",
+        "missing fileset file",
+        "malformed dataset",
+        "unknown setting",
+        "bad value",
+        "no such processor module",
+        "no such processor",
+    ],
+)
+def test_configuration_errors_print_the_message_alone(workflow: Workflow, nanoaod: Path, case: str) -> None:
+    config, expected = _bad_inputs(workflow.root, nanoaod)[case]
+    (workflow.root / "analysis.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    _assert_config_error(workflow.run(check=False), expected)
+    plain = subprocess.run(
+        [*SNAKEMAKE, "--configfile", "analysis.yaml", "--cores", "1"],
+        cwd=workflow.root,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    _assert_config_error(plain, expected)
+    assert not (workflow.root / "results").exists()  # nothing was written
+
+
+def test_no_config_and_internal_errors(tmp_path: Path) -> None:
+    plain = subprocess.run(
+        [*SNAKEMAKE, "--cores", "1"],
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    _assert_config_error(plain, ["no analysis config: pass --configfile analysis.yaml"])
+    assert CONFIG_ERROR_EXIT == cli.CONFIG_ERROR_EXIT == 2

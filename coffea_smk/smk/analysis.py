@@ -14,24 +14,26 @@ import json
 import os
 import shlex
 import sys
+import textwrap
 import threading
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
-from snakemake.exceptions import WorkflowError
 
 from coffea_smk.engine.meta import GlobalMeta
 from coffea_smk.engine.records import MergeTree, Plan, PlanRequest
 from coffea_smk.results import ResultFileError, load_meta
 from coffea_smk.smk.layout import Kind, Layout
 from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
-from coffea_smk.spec.config import ConfigError
+from coffea_smk.spec.config import ConfigError, line_of
+from coffea_smk.spec.processor import ProcessorError
+from coffea_smk.spec.processor_names import missing_attribute
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions, PlanSettings
 from coffea_smk.spec.stat import FILES, FIT, StatUnavailableError, require_pyhf
 from coffea_smk.util.hashing import key_of
 
-__all__ = ["STATS_ENV", "WILDCARDS", "Analysis"]
+__all__ = ["CONFIG_ERROR_EXIT", "STATS_ENV", "WILDCARDS", "Analysis", "stop_on_config_error"]
 
 STATS_ENV = "COFFEA_SMK_REMOTE_STATS"
 """The key of what the storage said of the remote inputs when the workflow started, passed
@@ -67,8 +69,12 @@ class Analysis:
         """``workflow``: Snakemake's, to tell the process that starts the run from a job's
         (None: the former)."""
         if not config:
-            raise WorkflowError(
-                "no analysis config: pass --configfile analysis.yaml (or run `coffea-smk run analysis.yaml`)"
+            stop_on_config_error(
+                ConfigError(
+                    "no analysis config: pass --configfile analysis.yaml "
+                    "(or run `coffea-smk run analysis.yaml`)"
+                ),
+                None,
             )
         self.configfile = str(configfiles[-1]) if configfiles else "analysis.yaml"
         self.workflow = workflow
@@ -79,10 +85,13 @@ class Analysis:
         known = os.environ.get(STATS_ENV) or None if self.in_job else None
         try:
             self.layout = Layout.from_config(config, configfile, stats_key=known)
+            missing = missing_attribute(self.layout.cfg.processor, self.layout.basedir)
+            if missing:
+                raise ConfigError(missing, key="processor")
             if self.layout.cfg.stat:
                 require_pyhf()
         except (ConfigError, StatUnavailableError) as err:
-            raise WorkflowError(str(err)) from None
+            stop_on_config_error(err, configfile)
         if not self.in_job:
             os.environ[STATS_ENV] = self.layout.stat_key
         os.environ.setdefault(STATS_ENV, "")  # the Snakefile's `envvars:` needs it defined
@@ -333,6 +342,29 @@ class Analysis:
                 f"{self.configfile}` lists them; run again to retry them.",
                 file=sys.stderr,
             )
+
+
+CONFIG_ERROR_EXIT = 2
+"""The exit code of a run that a configuration error stopped before any job (``coffea-smk run``
+says no more then: no job ran, no log to read)."""
+
+
+def stop_on_config_error(err: ConfigError | StatUnavailableError, configfile: str | None) -> NoReturn:
+    """Print a configuration error as the message alone and exit with :data:`CONFIG_ERROR_EXIT`.
+
+    Snakemake would print the exception with the Snakefile's traceback lines: a configuration
+    error is no failure of the workflow's code. A ``SystemExit`` raised while the Snakefile is
+    parsed ends Snakemake with its code and prints nothing more. When the error is about one
+    key of the config file (``ConfigError.key``, or the processor), its line is named.
+    """
+    message = str(err)
+    key = getattr(err, "key", None) or ("processor" if isinstance(err.__context__, ProcessorError) else None)
+    if key and configfile and not message.startswith(configfile):
+        line = line_of(configfile, [key])
+        where = f"{configfile}, line {line}" if line is not None else configfile
+        message = f"{where}: {message}" if f"'{key}'" in message else f"{where}: key '{key}': {message}"
+    print(f"coffea-smk: configuration error:\n{textwrap.indent(message, '  ')}", file=sys.stderr, flush=True)
+    raise SystemExit(CONFIG_ERROR_EXIT)
 
 
 def _scheduler_timers() -> list[threading.Timer]:

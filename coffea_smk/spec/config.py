@@ -7,6 +7,7 @@ a test keeps the two in sync.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -29,6 +30,11 @@ T = TypeVar("T", bound=Sequence[str])
 
 class ConfigError(ValueError):
     """The analysis config or the fileset is invalid; the message says where and how to fix it."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        """The config key the error is about, when the message does not say its line."""
 
 
 def exception_names(value: T) -> T:
@@ -209,21 +215,78 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
-def format_validation_error(where: str, err: ValidationError) -> str:
-    """Render a pydantic error as ``where: field 'a.b': message`` lines."""
+def line_of(path: str | Path, loc: Sequence[str | int]) -> int | None:
+    """The line (from 1) in the YAML or JSON file ``path`` where the entry at ``loc`` is written
+    (a key of a mapping, an index of a list); of the deepest entry on the way that the file
+    holds when it does not hold that one (a missing key: the mapping that lacks it); None
+    when the file holds none of them."""
+    try:
+        node: yaml.Node | None = yaml.compose(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def at_line(where: str, loc: Sequence[str | int], source: str | Path | None = None) -> str:
+    """``where, line N`` when the file ``source`` (default: ``where`` itself) writes ``loc`` on line N."""
+    line = line_of(source if source is not None else where, loc) if loc else None
+    return where if line is None else f"{where}, line {line}"
+
+
+def _message(e: Any, model: type[BaseModel] | None) -> str:
+    """pydantic's message, or for an unknown key, what the known ones close to it are."""
+    if e["type"] != "extra_forbidden":
+        return str(e["msg"])
+    known = [] if model is None else [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    if model is AnalysisConfig:
+        return f"unknown setting{hint} (`coffea-smk schema` lists every setting)"
+    return f"unknown key{hint}" + (f" (a dataset has: {', '.join(known)})" if model is _DatasetSpec else "")
+
+
+def format_validation_error(
+    where: str,
+    err: ValidationError,
+    source: str | Path | None = None,
+    prefix: Sequence[str | int] = (),
+    model: type[BaseModel] | None = None,
+) -> str:
+    """Render a pydantic error as ``where, line N: field 'a.b': message`` lines.
+
+    Args:
+        source: The file the validated mapping was read from, to find the line of each field
+            (``prefix``: where the mapping is in it); without it, ``where`` when it is a file.
+        model: The model validated at the top, to suggest a known key for an unknown one.
+    """
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{where}: field '{loc}': {e['msg']}")
+        top = model if len(e["loc"]) == 1 else None
+        place = at_line(where, [*prefix, *e["loc"]], source)
+        lines.append(f"{place}: field '{loc}': {_message(e, top)}")
     return "\n".join(lines)
 
 
 def parse_config(data: dict[str, Any], where: str = "analysis config") -> AnalysisConfig:
-    """Validate a config mapping, with an error that names the field and the fix."""
+    """Validate a config mapping, with an error that names the field (and its line, when ``where``
+    is the config file) and the fix."""
     try:
         return AnalysisConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(where, err)) from None
+        raise ConfigError(format_validation_error(where, err, model=AnalysisConfig)) from None
 
 
 def read_mapping(path: Path) -> Any:
@@ -270,7 +333,10 @@ def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -
         path = Path(os.path.expanduser(spec))
         if not path.is_absolute():
             path = basedir / path
-        raw = read_fileset_file(path, "config key 'fileset'")
+        try:
+            raw = read_fileset_file(path, "config key 'fileset'")
+        except ConfigError as err:
+            raise ConfigError(str(err), key="fileset") from None
         where, filebase = str(path), path.parent
     else:
         raw, where, filebase = spec, "inline fileset", basedir
@@ -279,24 +345,33 @@ def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -
             f"{where}: a fileset maps dataset names to {{'files': ...}}; found {type(raw).__name__}"
         )
 
+    source = where if isinstance(spec, str) else None
     datasets: list[Dataset] = []
     slugs: dict[str, str] = {}
     for name, body in raw.items():
         try:
             ds = _DatasetSpec.model_validate(body)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(f"{where}: dataset {name!r}", err)) from None
+            message = format_validation_error(where, err, source, prefix=[name], model=_DatasetSpec)
+            raise ConfigError(message.replace(": field", f": dataset {name!r}: field")) from None
         default = ds.treename or default_tree
         entries = ds.files.items() if isinstance(ds.files, dict) else ((f, None) for f in ds.files)
         files = []
-        seen: set[str] = set()
-        for raw_path, tree in entries:
+        seen: dict[str, str] = {}
+        for i, (raw_path, tree) in enumerate(entries):
+            loc = [name, "files", raw_path if isinstance(ds.files, dict) else i]
             if not raw_path:
-                raise ConfigError(f"{where}: dataset {name!r}: field 'files' holds an empty path")
+                raise ConfigError(
+                    f"{at_line(where, loc, source)}: dataset {name!r}: field 'files' holds an empty path"
+                )
             resolved = _resolve(raw_path, filebase, basedir)
             if resolved in seen:
-                raise ConfigError(f"{where}: dataset {name!r} lists {raw_path} twice")
-            seen.add(resolved)
+                again = "" if seen[resolved] == raw_path else f" (as {seen[resolved]} and {raw_path})"
+                raise ConfigError(
+                    f"{at_line(where, loc, source)}: dataset {name!r} lists {raw_path} twice{again}: "
+                    "remove one of them"
+                )
+            seen[resolved] = raw_path
             files.append(InputFile(resolved, tree or default))
         slug = slugify(str(name))
         if slug in slugs:
