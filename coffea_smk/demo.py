@@ -19,7 +19,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from coffea_smk.results import load_stored
+from coffea_smk.results import PickledResultError, Stored, load_meta, load_stored
 
 MUON_MASS = 0.1056583745
 
@@ -231,10 +231,14 @@ def prepare(directory: str | Path, scale: float = 1.0, *, stat: bool | None = No
     return directory
 
 
-def summary(result_path: str | Path) -> str:
+def summary(result_path: str | Path, *, allow_pickle: bool = False) -> str:
     """A short human-readable summary of a global or per-dataset result, with its origin."""
-    stored = load_stored(result_path)
     lines = [f"result: {result_path}"]
+    try:
+        stored = load_stored(result_path, allow_pickle=allow_pickle)
+    except PickledResultError as err:  # (allow_pickle: true) what the meta says is still worth showing
+        stored = Stored(None, load_meta(result_path))
+        lines.append(f"(the result itself is not shown: {err})")
     meta = stored.meta
     config = meta.get("config") or {}
     if meta.get("analysis_key"):

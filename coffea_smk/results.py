@@ -10,6 +10,8 @@ format tag), so a truncated or garbage file is reported, never merged.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
@@ -38,6 +40,10 @@ class IncompleteResultWarning(UserWarning):
 
 class ResultFileError(ValueError):
     """A result file is missing, truncated, corrupted or not a coffea_smk result."""
+
+
+class PickledResultError(ResultFileError):
+    """A result file holds objects stored with cloudpickle, and ``allow_pickle`` was not given."""
 
 
 @dataclass
@@ -109,13 +115,16 @@ def load_stored(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> 
     with _open_npz(path) as npz:
         header = _read_header(path, npz)
         if header["pickled"] and not allow_pickle:
-            raise ResultFileError(
+            raise PickledResultError(
                 f"{path}: holds objects stored with cloudpickle ({', '.join(header['pickled'])}); "
                 "loading them runs code from the file. Pass allow_pickle=True "
                 "(config: allow_pickle: true) only for files you trust."
             )
         try:
-            result = _Decoder(npz).decode(header["result"])
+            result = _Decoder(npz).decode(header["result"], "result")
+        except ImportError as err:
+            # not a damaged file (a merge would remove it): a missing optional dependency
+            raise ModuleNotFoundError(f"{path}: {err}", name=err.name) from None
         except (KeyError, ValueError, zipfile.BadZipFile, OSError) as err:
             raise ResultFileError(f"{path}: corrupted result file ({err}); delete it and re-run") from err
     return Stored(result, dict(header["meta"]))
@@ -180,7 +189,7 @@ class _Encoder:
         name = containers.container_name(obj)
         if name is not None:
             return self._encode_container(name, obj, where)
-        if isinstance(obj, dict):
+        if type(obj) is dict:  # a subclass of another type would come back a dict
             return {
                 "dict": [[self.encode(k, where), self.encode(v, f"{where}[{k!r}]")] for k, v in obj.items()]
             }
@@ -206,19 +215,53 @@ class _Encoder:
         }
 
     def _encode_container(self, name: str, obj: Any, where: str) -> Any:
-        """``{"typed": [type name, default factory name or None, what it holds]}``."""
+        """``{"typed": [type name, default factory (see _encode_factory) or None, what it holds]}``."""
         default = None
-        if name in containers.WITH_DEFAULT:
-            factory = obj.default_factory
-            default = containers.factory_name(factory)
-            if default is None and factory is not None:
+        if name in containers.WITH_DEFAULT and obj.default_factory is not None:
+            default = self._encode_factory(obj.default_factory, f"{where}.default_factory")
+            if default is _UNSAFE:
+                names = sorted({n.rpartition(".")[2] for n in containers.FACTORIES})
                 return self._fallback(
                     obj,
                     where,
-                    f"its default factory {factory!r} is not one of the types that can be stored "
-                    f"({', '.join(n.rpartition('.')[2] for n in containers.FACTORIES)})",
+                    f"its default factory {obj.default_factory!r} is none of those that can be stored "
+                    f"({', '.join(names)}; functools.partial of one; an accumulator's identity)",
                 )
         return {"typed": [name, default, self.encode(containers.payload(obj), where)]}
+
+    def _encode_factory(self, factory: Any, where: str) -> Any:
+        """A default factory: a name from :data:`containers.FACTORIES`, ``{"partial": [factory,
+        args, keywords]}``, ``{"identity": accumulator}`` (its ``identity`` method) or ``{"copy":
+        histogram}`` (its ``copy`` method); :data:`_UNSAFE` when it is none of them."""
+        name = containers.factory_name(factory)
+        if name is not None:
+            return name
+        if type(factory) is functools.partial:
+            func = self._encode_factory(factory.func, where)
+            if func is _UNSAFE:
+                return _UNSAFE
+            args = [self._encode_argument(v, f"{where}.args[{i}]") for i, v in enumerate(factory.args)]
+            keywords = [
+                [k, self._encode_argument(v, f"{where}.keywords[{k!r}]")] for k, v in factory.keywords.items()
+            ]
+            if _UNSAFE in args or _UNSAFE in (v for _, v in keywords):
+                return _UNSAFE
+            return {"partial": [func, args, keywords]}
+        owner: Any = getattr(factory, "__self__", None)
+        if inspect.ismethod(factory) and not isinstance(owner, type):
+            if containers.is_coffea(owner) and factory.__func__ is type(owner).identity:
+                return {"identity": self.encode(owner, f"{where}.__self__")}
+            if type(owner) is hist.Hist and factory.__func__ is hist.Hist.copy:
+                return {"copy": self.encode(owner, f"{where}.__self__")}
+        return _UNSAFE
+
+    def _encode_argument(self, value: Any, where: str) -> Any:
+        """An argument of a ``functools.partial`` factory: a factory itself (``{"factory": ...}``:
+        ``partial(defaultdict_accumulator, int)``) or a value; :data:`_UNSAFE` for other callables."""
+        if callable(value) and not _is_hist(value):
+            factory = self._encode_factory(value, where)
+            return factory if factory is _UNSAFE else {"factory": factory}
+        return self.encode(value, where)
 
     def _fallback(self, obj: Any, where: str, why: str = "") -> Any:
         kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
@@ -233,24 +276,36 @@ class _Encoder:
         return {"pickle": self._ref(np.frombuffer(cloudpickle.dumps(obj), dtype=np.uint8))}
 
 
+_UNSAFE = object()
+"""What :meth:`_Encoder._encode_factory` returns for a factory with no safe stored form."""
+
+
+class _NeedsModule(ImportError):
+    """Loading needs an optional dependency (coffea, for coffea's accumulators)."""
+
+
 class _Decoder:
     def __init__(self, npz: Any) -> None:
         self.npz = npz
 
-    def decode(self, node: Any) -> Any:
+    def decode(self, node: Any, where: str) -> Any:
         if not isinstance(node, dict):
             return node
         ((kind, value),) = node.items()
         if kind == "dict":
-            return {_hashable(self.decode(k)): self.decode(v) for k, v in value}
+            out = {}
+            for k, v in value:
+                key = _hashable(self.decode(k, where))
+                out[key] = self.decode(v, f"{where}[{key!r}]")
+            return out
         if kind == "list":
-            return [self.decode(v) for v in value]
+            return [self.decode(v, f"{where}[{i}]") for i, v in enumerate(value)]
         if kind == "tuple":
-            return tuple(self.decode(v) for v in value)
+            return tuple(self.decode(v, f"{where}[{i}]") for i, v in enumerate(value))
         if kind == "set":
-            return {_hashable(self.decode(v)) for v in value}
+            return {_hashable(self.decode(v, where)) for v in value}
         if kind == "frozenset":
-            return frozenset(_hashable(self.decode(v)) for v in value)
+            return frozenset(_hashable(self.decode(v, where)) for v in value)
         if kind == "float":
             return float(value)
         if kind == "array":
@@ -261,11 +316,43 @@ class _Decoder:
             return self._decode_hist(value)
         if kind == "typed":
             name, default, inner = value
-            factory = containers.resolve(default, containers.FACTORIES) if default is not None else None
-            return containers.rebuild(name, factory, self.decode(inner))
+            try:
+                factory = self._decode_factory(default, f"{where}.default_factory")
+                return containers.rebuild(name, factory, self.decode(inner, where))
+            except _NeedsModule:
+                raise
+            except ImportError as err:
+                raise _NeedsModule(f"{where}: {err}", name=err.name) from err
         if kind == "pickle":
             return cloudpickle.loads(self.npz[value].tobytes())
         raise ValueError(f"unknown node kind {kind!r}")
+
+    def _decode_factory(self, spec: Any, where: str) -> Any:
+        """The default factory stored by :meth:`_Encoder._encode_factory` (None: none)."""
+        if spec is None:
+            return None
+        if isinstance(spec, str):
+            return containers.resolve(spec, containers.FACTORIES)
+        ((kind, value),) = spec.items()
+        if kind == "partial":
+            func, args, keywords = value
+            return functools.partial(
+                self._decode_factory(func, where),
+                *(self._decode_argument(v, f"{where}.args[{i}]") for i, v in enumerate(args)),
+                **{str(k): self._decode_argument(v, f"{where}.keywords[{k!r}]") for k, v in keywords},
+            )
+        if kind in ("identity", "copy"):
+            owner = self.decode(value, f"{where}.__self__")
+            if kind == "identity" and containers.is_coffea(owner):
+                return owner.identity
+            if kind == "copy" and type(owner) is hist.Hist:
+                return owner.copy
+        raise ValueError(f"{where}: unknown default factory {spec!r}")
+
+    def _decode_argument(self, node: Any, where: str) -> Any:
+        if isinstance(node, dict) and set(node) == {"factory"}:
+            return self._decode_factory(node["factory"], where)
+        return self.decode(node, where)
 
     def _decode_hist(self, spec: dict[str, Any]) -> Any:
         view = self.npz[spec["view"]]

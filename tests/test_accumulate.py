@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hist
 import numpy as np
 import pytest
@@ -43,3 +45,75 @@ def test_type_changes_are_errors(a: object, b: object) -> None:
 def test_int_array_plus_float_array_promotes() -> None:
     out = add(np.array([1, 2]), np.array([0.5, 0.5]))
     assert out.dtype == np.float64 and np.array_equal(out, [1.5, 2.5])
+
+
+def _agc_hist() -> hist.Hist:
+    return (
+        hist.Hist.new.StrCat([], growth=True, name="process")
+        .StrCat([], growth=True, name="variation")
+        .IntCat([], growth=True, name="nmu")
+        .Reg(4, 0, 4, name="x")
+        .Weight()
+    )
+
+
+def _agc_fills(seed: int) -> list[dict[str, object]]:
+    """Fills of chunks whose process / variation / multiplicity categories differ."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for chunk in range(8):
+        process = ["ttbar", "wjets", "single_top", "data"][chunk % 4]
+        variations = ["nominal", "up"] if chunk % 3 == 0 else ["nominal"]
+        variations += [f"btag_{chunk}"] if chunk < 3 else []
+        for variation in variations:
+            n = int(rng.integers(1, 6))
+            # weights in multiples of 1/8: every sum is exact, whatever the order of the additions
+            weight = rng.integers(1, 16, n) / 8
+            out.append({"process": process, "variation": variation, "nmu": rng.integers(0, 2 + chunk % 3, n),
+                        "x": rng.uniform(-1, 5, n), "weight": weight})  # fmt: skip
+    return out
+
+
+def _by_label(h: hist.Hist) -> dict[tuple[object, ...], list[object]]:
+    out = {}
+    for p in h.axes["process"]:
+        for v in h.axes["variation"]:
+            for n in h.axes["nmu"]:
+                cell = h[{"process": p, "variation": v, "nmu": hist.loc(n)}]
+                out[(p, v, n)] = cell.view(flow=True).tolist()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_growing_category_axes_add_by_label(tmp_path: Path, seed: int) -> None:
+    """The AGC style: one histogram with growing process x variation (StrCategory) and multiplicity
+    (IntCategory) axes over every dataset; chunks whose categories differ, added in any grouping
+    and through result files, equal one histogram filled with everything (bins matched by label)."""
+    import random
+
+    from coffea_smk import results
+
+    fills = _agc_fills(seed)
+    one = _agc_hist()
+    for f in fills:
+        one.fill(**f)
+    chunks = []
+    for f in fills:
+        h = _agc_hist()
+        h.fill(**f)
+        chunks.append({"hist": h})
+    rng = random.Random(seed)
+    rng.shuffle(chunks)
+    paths, part = [], None
+    for i, c in enumerate(chunks):
+        part = add(part, c)
+        if rng.random() < 0.4 or i == len(chunks) - 1:
+            paths.append(tmp_path / f"p{i}.npz")
+            results.save(paths[-1], part)
+            part = None
+    merged = accumulate(results.load(p) for p in paths)
+    assert set(merged["hist"].axes["process"]) == set(one.axes["process"])
+    assert set(merged["hist"].axes["variation"]) == set(one.axes["variation"])
+    assert set(merged["hist"].axes["nmu"]) == set(one.axes["nmu"])
+    assert _by_label(merged["hist"]) == _by_label(one)
+    assert merged["hist"].sum(flow=True) == one.sum(flow=True)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from coffea_smk.util import containers
+
 
 class AccumulateError(TypeError):
     """Two results cannot be added."""
@@ -40,6 +42,12 @@ def add(a: Any, b: Any, *, path: str = "result") -> Any:
         return copy.deepcopy(b)
     if b is None:
         return a
+    if containers.full_name(a) in _COFFEA_MAPPINGS:
+        if not isinstance(b, Mapping):
+            raise AccumulateError(_mismatch(path, a, b))
+        return _add_coffea_mapping(a, b, path)
+    if containers.full_name(a) == _VALUE:
+        _lift(a)
     if _adds_itself(a):
         try:
             a += b
@@ -86,6 +94,64 @@ def accumulate(items: Iterable[Any], start: Any = None) -> Any:
     for item in items:
         out = add(out, item)
     return out
+
+
+_COFFEA = "coffea.processor.accumulator"
+_DICT = f"{_COFFEA}.dict_accumulator"
+_DEFAULTDICT = f"{_COFFEA}.defaultdict_accumulator"
+_VALUE = f"{_COFFEA}.value_accumulator"
+_COFFEA_MAPPINGS = (_DICT, _DEFAULTDICT)
+
+
+def _add_coffea_mapping(a: Any, b: Mapping[Any, Any], path: str) -> Any:
+    """``a + b`` for coffea's ``dict_accumulator`` and ``defaultdict_accumulator``, in place, their
+    values added with :func:`add`.
+
+    As coffea's ``add``: a new key of a ``defaultdict_accumulator`` starts from its default, one
+    of a ``dict_accumulator`` from the value's ``identity()``. Where coffea's would raise (a new
+    key whose value is no accumulator, such as a histogram; values without ``+=``, such as
+    sets), the values are added as in a plain dict instead.
+    """
+    _lift(a)
+    factory = getattr(a, "default_factory", None)
+    for key, value in b.items():
+        where = f"{path}[{key!r}]"
+        if key in a:
+            a[key] = add(a[key], value, path=where)
+        elif factory is not None:
+            start = factory()
+            a[key] = add(start if _is_number(start) == _is_number(value) else None, value, path=where)
+        elif containers.is_coffea(value):
+            # a dict_accumulator's identity() asks each value for its own, which a histogram has not
+            empty = type(value)() if containers.full_name(value) == _DICT else value.identity()
+            a[key] = add(empty, value, path=where)
+        else:
+            a[key] = add(None, value, path=where)
+    return a
+
+
+def _lift(x: Any) -> None:
+    """Make the numbers in ``x`` what coffea's ``x.identity() + x`` makes them: a
+    ``value_accumulator``'s value and a ``defaultdict_accumulator``'s values start from their
+    default (``value_accumulator(float)`` holding ``1`` holds ``1.0`` once added).
+
+    coffea's accumulate adds the first two outputs with ``+`` (through ``identity()``), the
+    others in place; here every addition is in place, and this makes the types come out equal.
+    """
+    name = containers.full_name(x)
+    if name == _VALUE:
+        start = x.default_factory() if x.default_factory is not None else None
+        if _is_number(start) and _is_number(x.value):
+            x.value = start + x.value
+        return
+    if name not in _COFFEA_MAPPINGS:
+        return
+    start = x.default_factory() if name == _DEFAULTDICT and x.default_factory is not None else None
+    for key, value in x.items():
+        if _is_number(start) and _is_number(value):
+            x[key] = start + value
+        else:
+            _lift(value)
 
 
 def _adds_itself(x: Any) -> bool:

@@ -39,12 +39,24 @@ WITH_DEFAULT = (
 
 FACTORIES = (
     *(f"builtins.{n}" for n in ("int", "float", "complex", "bool", "str", "list", "tuple", "set", "dict")),
-    *(f"numpy.{n}" for n in ("float64", "float32", "int64", "int32", "uint64", "uint32", "bool_")),
+    # numpy 2 names its bool scalar type numpy.bool, numpy 1 numpy.bool_
+    *(f"numpy.{n}" for n in ("float64", "float32", "int64", "int32", "uint64", "uint32", "bool", "bool_")),
     "collections.Counter",
     "collections.OrderedDict",
-    *(f"{_COFFEA}.{n}" for n in ("dict_accumulator", "set_accumulator", "list_accumulator")),
+    "collections.defaultdict",
+    *(
+        f"{_COFFEA}.{n}"
+        for n in (
+            "dict_accumulator",
+            "defaultdict_accumulator",
+            "value_accumulator",
+            "set_accumulator",
+            "list_accumulator",
+        )
+    ),
 )
-"""The default factories that can be stored: types made by calling them with no arguments."""
+"""The default factories that can be stored by name: these types (nested accumulators
+included; ``functools.partial`` of one, and an accumulator's ``identity``, are stored too)."""
 
 
 def full_name(obj: Any) -> str:
@@ -57,6 +69,11 @@ def container_name(obj: Any) -> str | None:
     """The stored name of ``obj``'s type when it is one of :data:`CONTAINERS` (exactly)."""
     name = full_name(obj)
     return name if name in CONTAINERS else None
+
+
+def is_coffea(obj: Any) -> bool:
+    """``obj`` is one of coffea's accumulators of :data:`CONTAINERS` (exactly that type)."""
+    return (container_name(obj) or "").startswith(f"{_COFFEA}.")
 
 
 def factory_name(factory: Any) -> str | None:
@@ -81,7 +98,8 @@ def resolve(name: str, allowed: tuple[str, ...]) -> Callable[..., Any]:
         found: Callable[..., Any] = getattr(importlib.import_module(module), attr)
     except ImportError as err:
         raise ImportError(
-            f"the result holds a {name}, which needs coffea: pip install 'coffea_smk[coffea]' ({err})"
+            f"the result holds a {name}, which needs coffea: pip install 'coffea_smk[coffea]' ({err})",
+            name=err.name,
         ) from err
     return found
 
@@ -93,6 +111,10 @@ def rebuild(name: str, default: Callable[[], Any] | None, payload: Any) -> Any:
     if cls is collections.defaultdict or name.endswith(".defaultdict_accumulator"):
         return cls(default, payload)
     if name.endswith(".value_accumulator"):
+        if payload is None:  # coffea's constructor would call the factory for it
+            acc: Any = object.__new__(cls)  # type: ignore[arg-type]  # cls is a class here
+            acc.default_factory, acc.value = default, None
+            return acc
         return cls(default, payload)
     return cls(payload)
 
