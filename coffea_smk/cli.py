@@ -318,7 +318,9 @@ def cmd_init(rest: list[str]) -> int:
     )
     parser.add_argument("--processor", required=True, help="module:Class (or module:function)")
     parser.add_argument("--dir", default=".", help="the analysis directory (default: here)")
-    parser.add_argument("--force", action="store_true", help="overwrite files written by an earlier init")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite files (an earlier init's) that hold other contents"
+    )
     ns = parser.parse_args(rest)
     try:
         made = init(ns.fileset, ns.processor, ns.dir, force=ns.force)
@@ -327,6 +329,8 @@ def cmd_init(rest: list[str]) -> int:
         return 2
     for path in made.written:
         print(f"wrote {path}")
+    for path in made.kept:
+        print(f"kept {path} (unchanged)")
     for note in made.notes:
         print(f"note: {note}")
     where = "" if made.directory == Path.cwd().resolve() else f"cd {made.directory} && "

@@ -137,14 +137,59 @@ def test_init_errors_name_what_to_fix(tmp_path: Path, nanoaod: Path) -> None:
     assert "copy it there" in proc.stderr
     proc = _cli("init", "--fileset", str(fileset), "--processor", "myproc:count", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr  # in the directory where the module is
+    # the same init again changes nothing; another one would overwrite: only with --force
     again = _cli("init", "--fileset", str(fileset), "--processor", "myproc:count", cwd=tmp_path)
-    assert again.returncode == 2 and "--force" in again.stderr
-    assert (
-        _cli(
-            "init", "--fileset", str(fileset), "--processor", "myproc:count", "--force", cwd=tmp_path
-        ).returncode
-        == 0
-    )
+    assert again.returncode == 0 and "wrote" not in again.stdout, again.stderr
+    (tmp_path / "other.py").write_text("def count(events):\n    return {'n': len(events)}\n")
+    other = _cli("init", "--fileset", str(fileset), "--processor", "other:count", cwd=tmp_path)
+    assert other.returncode == 2 and "--force" in other.stderr and "analysis.yaml" in other.stderr
+    assert "myproc:count" in (tmp_path / "analysis.yaml").read_text()
+    forced = _cli("init", "--fileset", str(fileset), "--processor", "other:count", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and "other:count" in (tmp_path / "analysis.yaml").read_text()
+    assert json.loads(fileset.read_text()) == {"DY": {"files": [str(nanoaod / "nano_dy.root")]}}
+
+
+@pytest.mark.parametrize("how", [[], ["--dir", "."]])
+def test_init_in_the_directory_of_a_valid_fileset_uses_it_in_place(
+    tmp_path: Path, nanoaod: Path, how: list[str]
+) -> None:
+    """The most natural first command: the fileset is the input, not an earlier init's output."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "nano_dy.root").write_bytes((nanoaod / "nano_dy.root").read_bytes())
+    text = '{"DY": {"files": ["data/nano_dy.root"], "metadata": {"xsec": 1.0}}}'
+    (tmp_path / "fileset.json").write_text(text)
+    args = ["init", "--fileset", "fileset.json", "--processor", DIMUON, *how]
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"kept {tmp_path / 'fileset.json'} (unchanged)" in proc.stdout
+    assert (tmp_path / "fileset.json").read_text() == text  # byte for byte: never rewritten
+    assert parse_config(yaml.safe_load((tmp_path / "analysis.yaml").read_text())).fileset == "fileset.json"
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "wrote" not in again.stdout, again.stderr
+    dry = _cli("run", "analysis.yaml", "-n", cwd=tmp_path)
+    assert dry.returncode == 0 and "preprocess" in dry.stdout + dry.stderr, dry.stderr
+
+
+def test_init_in_the_directory_of_coffeas_preprocess_output(tmp_path: Path, nanoaod: Path) -> None:
+    """A fileset.json that needs converting is left as it is; the converted copy goes beside it."""
+    written = _coffea_preprocessed(nanoaod, tmp_path)
+    original = written.read_text()
+    (tmp_path / "fileset.json").write_text(original)
+    written.unlink()
+    proc = _cli("init", "--fileset", "fileset.json", "--processor", DIMUON, "--dir", ".", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "fileset.json").read_text() == original
+    normalised = json.loads((tmp_path / "fileset.normalised.json").read_text())
+    assert normalised["DY"]["files"] == {str(tmp_path / "data" / "nano_dy.root"): "Events"}
+    config = parse_config(yaml.safe_load((tmp_path / "analysis.yaml").read_text()))
+    assert config.fileset == "fileset.normalised.json"
+    assert "fileset.json is left as it is" in proc.stdout
+    forced = _cli(
+        "init", "--fileset", "fileset.json", "--processor", DIMUON, "--force", cwd=tmp_path
+    )  # --force overwrites init's files, never the input
+    assert forced.returncode == 0 and (tmp_path / "fileset.json").read_text() == original
+    _snakemake("--cores", "2", cwd=tmp_path)
+    assert coffea_smk.load_meta(tmp_path / "results" / "result.npz")["events"] == 80
 
 
 def test_profile_install_keeps_a_users_edits(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """``coffea-smk init``: an analysis directory from a fileset and a processor.
 
-It writes three files: ``fileset.json`` (the datasets in coffea_smk's shape),
+It writes three files: ``fileset.json`` (the datasets in coffea_smk's shape; the user's
+own fileset is used in place when it is in the analysis directory and already in that shape),
 ``analysis.yaml`` (every setting, commented from the config model itself, so the
 comments never drift from what is validated) and a ``Snakefile`` that imports the
 shipped workflow as a Snakemake ``module``, so that plain ``snakemake --profile NAME``
@@ -64,6 +65,8 @@ class Scaffold:
 
     directory: Path
     written: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    """Files left as they were: the input fileset used in place, files already as ``init`` writes them."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -188,8 +191,32 @@ def processor_problem(processor: str, directory: Path) -> str | None:
     return "\n".join(lines[start:]).split("ProcessorError: ", 1)[-1]
 
 
+NORMALISED = "fileset.normalised.json"
+"""Where ``init`` writes the converted fileset when the user's own ``fileset.json``, in the
+analysis directory, is the input and is not in coffea_smk's shape (it is left as it is)."""
+
+
+def _valid_as_is(source: Path, directory: Path) -> bool:
+    """Whether the fileset file ``source`` is read by the workflow as it is (coffea_smk's shape)."""
+    try:
+        load_fileset(str(source), directory, "Events")
+    except ConfigError:
+        return False
+    return True
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path.parent == directory or directory in path.parents
+
+
 def init(fileset_path: str, processor: str, directory: str, *, force: bool = False) -> Scaffold:
     """Write ``fileset.json``, ``analysis.yaml`` and ``Snakefile`` into ``directory``.
+
+    Run where the fileset is (the natural first command), the input is no earlier output:
+    a fileset in the analysis directory that the workflow reads as it is is used in place
+    (``analysis.yaml`` names it); one that needs converting (coffea's preprocess output) is
+    left as it is and the converted copy written beside it. A file that already holds
+    exactly what ``init`` would write is kept; only one with other contents needs ``force``.
 
     Raises:
         ConfigError: The fileset cannot be read or converted, files are missing, the
@@ -207,10 +234,27 @@ def init(fileset_path: str, processor: str, directory: str, *, force: bool = Fal
         raise ConfigError(f"{len(missing)} input file(s) of {source} do not exist:\n  {shown}")
 
     out = Scaffold(Path(directory).resolve(), notes=notes)
-    targets = {name: out.directory / name for name in ("fileset.json", "analysis.yaml", "Snakefile")}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not force:
-        raise ConfigError(f"{', '.join(existing)} exist already: use --force to overwrite them")
+    in_place = _inside(source, out.directory) and _valid_as_is(source, out.directory)
+    fileset_name = (
+        source.relative_to(out.directory).as_posix()
+        if in_place
+        else NORMALISED
+        if source == out.directory / "fileset.json"
+        else "fileset.json"
+    )
+    values = {"processor": processor, "fileset": fileset_name}
+    contents = {
+        "analysis.yaml": commented_config(values),
+        "Snakefile": SNAKEFILE,
+        **({} if in_place else {fileset_name: json.dumps(fileset, indent=2) + "\n"}),
+    }
+    targets = {name: out.directory / name for name in contents}
+    different = [str(p) for name, p in targets.items() if p.exists() and _read(p) != contents[name]]
+    if different and not force:
+        raise ConfigError(
+            f"{', '.join(different)} exist already with other contents (an earlier init's, or "
+            "your own): use --force to overwrite them"
+        )
     problem = processor_problem(processor, out.directory)
     if problem:
         top = processor.partition(":")[0].split(".")[0]
@@ -222,12 +266,28 @@ def init(fileset_path: str, processor: str, directory: str, *, force: bool = Fal
         )
         raise ConfigError(f"{problem}{hint}")
 
-    values = {"processor": processor, "fileset": "fileset.json"}
     parse_config(values, "the written analysis.yaml")
     load_fileset(fileset, out.directory, "Events")  # the same checks as a run's
     out.directory.mkdir(parents=True, exist_ok=True)
-    targets["fileset.json"].write_text(json.dumps(fileset, indent=2) + "\n")
-    targets["analysis.yaml"].write_text(commented_config(values))
-    targets["Snakefile"].write_text(SNAKEFILE)
-    out.written = list(targets.values())
+    if in_place:
+        out.kept.append(source)
+        out.notes.append(f"{source.name} is read as it is: analysis.yaml names it")
+    elif fileset_name == NORMALISED:
+        out.notes.append(
+            f"{source.name} is left as it is; {NORMALISED} is it converted (absolute paths, "
+            "coffea_smk's shape), and analysis.yaml names that"
+        )
+    for name, path in targets.items():
+        if path.exists() and _read(path) == contents[name]:
+            out.kept.append(path)
+            continue
+        path.write_text(contents[name])
+        out.written.append(path)
     return out
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
