@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,14 @@ def test_allow_pickle_reaches_every_step(workflow: Workflow, nanoaod: Path) -> N
     result = workflow.root / "results"
     assert (result / "report.html").is_file()
     assert coffea_smk.load(result / "result.npz", allow_pickle=True)["opaque"].n == 40
+    # `coffea-smk summary` shows what the meta says, and why not the result
+    summary = subprocess.run(
+        [sys.executable, "-m", "coffea_smk", "summary", str(result / "result.npz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "events processed: 40 of 40" in summary and "allow_pickle=True" in summary
     # without allow_pickle the run stops at the first result, naming the type and the setting
     workflow.write({**config, "version": "2"}, fileset)
     proc = workflow.run(check=False)
@@ -257,8 +266,6 @@ class Sub(dict):  # type: ignore[type-arg]
 
 
 def test_without_coffea_a_clear_error_and_plain_results_still_load(tmp_path: Path) -> None:
-    import subprocess
-
     results.save(tmp_path / "c.npz", {"cutflow": {"DY": processor.defaultdict_accumulator(int, {"all": 1})}})
     results.save(tmp_path / "plain.npz", {"n": collections.Counter({"a": 1})})
     code = (
