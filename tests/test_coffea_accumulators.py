@@ -412,3 +412,21 @@ def _old_style(workflow: Workflow, nanoaod: Path) -> None:
     assert _labels(dy["hist"])["process"] == ["DY"] and sorted(_labels(dy["hist"])["nmu"]) == [0, 1, 2]
     assert type(dy["per_dataset"]["DY"]) is processor.dict_accumulator and dy["cutflow"]["DY"]["all"] == 40
     assert dy["cutflow"]["other"]["all"] == 0 and dy["per_dataset"]["other"]["n"].value == 0
+
+
+def test_a_pickled_input_is_kept_when_a_merge_may_not_unpickle_it(tmp_path: Path) -> None:
+    """allow_pickle switched off after a run that stored pickles: the merge stops, naming the
+    setting, and keeps its inputs (they are not damaged) for a run that allows it again."""
+    from coffea_smk.engine.process import load_previous
+    from coffea_smk.engine.reduce import MergeError, merge_to_file
+
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"p{i}.npz"
+        results.save(path, {"x": processor.defaultdict_accumulator(lambda: 0)}, allow_pickle=True)
+        paths.append(str(path))
+    with pytest.raises(MergeError, match="allow_pickle"):
+        merge_to_file(paths, str(tmp_path / "out.npz"))
+    with pytest.raises(results.PickledResultError):
+        load_previous(paths[0])
+    assert all(Path(p).exists() for p in paths)

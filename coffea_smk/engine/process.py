@@ -336,6 +336,8 @@ def load_previous(path: str, *, allow_pickle: bool = False) -> tuple[Any, UnitMe
     try:
         stored = storage.load_stored(path, allow_pickle=allow_pickle)
         return stored.result, UnitMeta.model_validate(stored.meta)
+    except storage.PickledResultError:
+        raise  # not damaged: kept for a run that allows pickle
     except storage.ResultFileError as err:
         raise discard(path, str(err), storage.ResultFileError) from None
     except ValidationError as err:
