@@ -231,6 +231,27 @@ def prepare(directory: str | Path, scale: float = 1.0, *, stat: bool | None = No
     return directory
 
 
+def _taken_on_records(result_path: Path, meta: dict[str, Any]) -> list[str]:
+    """Remote files identified by their records (their storage did not answer): when the result
+    was made (its meta), and at the last run's start (``cache/remote/last-run.json``)."""
+    from coffea_smk.smk.remote import RUN_RECORD, RunRecord, describe_down  # noqa: PLC0415
+
+    lines = [
+        f"storage unreachable when this result was made: {t['host']}: {t['files']} files taken on "
+        f"their records ({t['error']})"
+        for t in meta.get("taken_on_records") or ()
+    ]
+    for outdir in (result_path.parent, result_path.parent.parent):  # result.npz, or global/<key>.npz
+        last = RunRecord.read(outdir / "cache" / "remote" / RUN_RECORD)
+        if last is not None:
+            if last.down and last.analysis_key == meta.get("analysis_key"):
+                lines.append(
+                    f"last run (started {last.started}): storage unreachable: {describe_down(last.down)}"
+                )
+            break
+    return lines
+
+
 def summary(result_path: str | Path, *, allow_pickle: bool = False) -> str:
     """A short human-readable summary of a global or per-dataset result, with its origin."""
     lines = [f"result: {result_path}"]
@@ -262,6 +283,7 @@ def summary(result_path: str | Path, *, allow_pickle: bool = False) -> str:
         )
     for name, d in meta.get("datasets", {}).items():
         lines.append(f"  {name}: {d['events']} events, {d['files']} files -> {d['path']}")
+    lines.extend(_taken_on_records(Path(result_path), meta))
     result = stored.result
     if isinstance(result, dict) and isinstance(result.get("cutflow"), dict):
         lines.append("cutflow:")

@@ -16,10 +16,11 @@ rule preprocess:
         cache=analysis.cache_dir,
         failures=analysis.layout.failure("preprocess"),
         skip="--skip-bad-files" if analysis.cfg.skip_bad_files else "",
+        policy=analysis.get_policy,
         job=analysis.job("preprocess"),
     shell:
         "{params.job} --files {params.files:q} --cache {params.cache:q} {params.skip}"
-        " --failures {params.failures:q} --out {output:q} --log {log:q}"
+        " --policy {params.policy} --failures {params.failures:q} --out {output:q} --log {log:q}"
 
 
 checkpoint plan:

@@ -158,14 +158,15 @@ def test_dimuon_over_root_equals_local_and_coffea(
         proc = workflow.run()
         assert "Nothing to be done" in proc.stdout + proc.stderr
         assert p.stats().connections == before.connections
-        # with stat (the default) a no-op re-run asks for sizes and dates only
+        # with stat (the default) a no-op re-run asks for sizes and dates only: a connection
+        # that the host accepts (the probe, no byte sent) and one for the stats
         workflow.write(SETTINGS, _fileset(xrootd, name, p.port))
         workflow.run()
         before = p.stats()
         proc = workflow.run()
         after = p.stats()
         assert "Nothing to be done" in proc.stdout + proc.stderr
-        assert after.connections == before.connections + 1
+        assert after.connections == before.connections + 2
         assert after.bytes_down - before.bytes_down < 4096  # two stats; opening a file reads more than that
     assert_same_result(_result(workflow)[0], clean)
 
@@ -347,7 +348,8 @@ def test_a_cluster_jobs_parse_asks_the_storage_nothing(
         }
         monkeypatch.delenv(STATS_ENV, raising=False)
         main = Analysis(config, [], plans, SimpleNamespace(is_main_process=True, dryrun=False))
-        assert p.stats().connections == 1 and os.environ[STATS_ENV] == main.layout.stat_key != ""
+        # the probe's connection and the stats'
+        assert p.stats().connections == 2 and os.environ[STATS_ENV] == main.layout.stat_key != ""
         dry = Analysis(config, [], plans, SimpleNamespace(is_main_process=True, dryrun=True))
         # a dry run writes nothing; a run keeps the table for its jobs
         assert dry.get_remote_stats() == [] and not main.layout.stat_table().exists()
@@ -418,8 +420,9 @@ def test_slurm_jobs_do_not_ask_the_storage_again(
         workflow.run(*args, "--slurm-init-seconds-before-status-checks", "1", cores=1)
         connections = p.stats().connections
     assert_same_result(_result(workflow)[0], clean)
-    # the start's stats (1), the preprocessing group job and the two process jobs open files (3);
-    # the dataset, result and report jobs would add one each if their parse asked the storage
-    assert connections == 4, connections
+    # the start's probe and stats (2), the preprocessing group job's probe and open (2), the two
+    # process jobs' opens (2); the dataset, result and report jobs would add one each (or two)
+    # if their parse asked the storage
+    assert connections == 6, connections
     (table,) = (workflow.root / "results" / "cache" / "remote").glob("*.json")
     assert len(json.loads(table.read_text())) == 2

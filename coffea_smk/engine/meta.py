@@ -136,6 +136,19 @@ def partial_meta(meta: Mapping[str, Any]) -> Partial:
     return _PARTIAL.validate_python(meta)
 
 
+class TakenOnRecords(Record):
+    """Remote input files of one storage host that did not answer when the run started: they
+    were identified by what an earlier run's start found of them (``remote_identity: stat``)."""
+
+    host: str
+    """``scheme://host:port``."""
+    error: str
+    """Why the host was found unreachable."""
+    files: int
+    urls: tuple[str, ...] = ()
+    """The files (per-dataset results; the global one counts them only)."""
+
+
 class Provenance(Record):
     """Where a per-dataset or the global result comes from (``Layout.provenance``)."""
 
@@ -148,6 +161,8 @@ class Provenance(Record):
     """The analysis config as validated (an inline fileset is left out)."""
     plan_key: str | None = None
     """The dataset's plan (per-dataset results only)."""
+    taken_on_records: tuple[TakenOnRecords, ...] = ()
+    """Input files whose storage did not answer when the run that made the result started."""
 
 
 class DatasetMeta(Record):
@@ -166,6 +181,7 @@ class DatasetMeta(Record):
     configfile: str | None = None
     config: dict[str, Any] | None = None
     plan_key: str | None = None
+    taken_on_records: tuple[TakenOnRecords, ...] = ()
     metadata: dict[str, Any]
     events_expected: int
     files: int
@@ -216,6 +232,8 @@ class GlobalMeta(Record):
     coffea_smk_version: str | None = None
     configfile: str | None = None
     config: dict[str, Any] | None = None
+    taken_on_records: tuple[TakenOnRecords, ...] = ()
+    """Input files whose storage did not answer when the run that made the result started."""
     dataset: None = None
     datasets: dict[str, DatasetSummary]
     events: int

@@ -9,6 +9,11 @@ identifies the file (path, tree, size, mtime, UUID, a hash of the branch list).
 Its path is derived from the file's identity (path, tree, size, mtime), so an
 unchanged file finds its record and is never opened again, while a touched or
 replaced file gets a new key and is preprocessed afresh.
+
+The error policy of processing jobs holds here too (:func:`preprocess_files`):
+an open that fails with a transient I/O error is tried again (``retries``,
+``retry_backoff``; the whole exception chain decides, as for ``continue_on``),
+and a storage host that does not answer is decided once for the job's files.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from coffea_smk.engine.records import (
 )
 from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
 from coffea_smk.io.files import InputFileError, open_file, runs_sumw
+from coffea_smk.io.remote import host_of, probe_hosts
+from coffea_smk.spec.settings import ErrorPolicy
 from coffea_smk.util.atomic import write_json
 
 __all__ = [
@@ -136,9 +143,19 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
 
 
 def preprocess_files(
-    identities: list[FileIdentity], cache_dir: str | os.PathLike[str], *, skip_bad_files: bool = False
+    identities: list[FileIdentity],
+    cache_dir: str | os.PathLike[str],
+    *,
+    skip_bad_files: bool = False,
+    policy: ErrorPolicy | None = None,
 ) -> tuple[list[PreprocessedFile | UnusableFile], list[BadFile]]:
     """Records for ``identities``: from the cache when valid, else by opening the file once.
+
+    Opening a file is tried again after a transient I/O error (``policy.retries`` times, after
+    ``policy.retry_backoff`` seconds doubled each time; no retries without a ``policy``). The
+    storage hosts of the files to open are probed first, once each
+    (:func:`~coffea_smk.io.remote.probe_hosts`): a host that does not answer is probed again
+    after the same pauses, and if it stays down its files fail at once, however many they are.
 
     Returns:
         The records, in order, and the files that could not be used (only with
@@ -148,14 +165,18 @@ def preprocess_files(
     Raises:
         InputFileError: A file cannot be used and ``skip_bad_files`` is off.
     """
+    policy = policy or ErrorPolicy(retries=0)
+    cached = [read_record(record_path(cache_dir, i), i) for i in identities]
+    down = _hosts_down([i.path for i, r in zip(identities, cached, strict=True) if r is None], policy)
     # Remote files are opened several at a time: an open is a few round trips to the
     # storage, which would otherwise add up file after file. Local ones one by one.
+    one = partial(_preprocess_one, cache_dir, skip_bad_files, policy, down)
     workers = min(REMOTE_OPENS, len(identities)) if any("://" in i.path for i in identities) else 1
     if workers > 1:
         with ThreadPoolExecutor(workers, thread_name_prefix="coffea_smk-preprocess") as pool:
-            done = list(pool.map(partial(_preprocess_one, cache_dir, skip_bad_files), identities))
+            done = list(pool.map(one, identities, cached))
     else:
-        done = [_preprocess_one(cache_dir, skip_bad_files, identity) for identity in identities]
+        done = [one(identity, record) for identity, record in zip(identities, cached, strict=True)]
     found = []
     for outcome in done:  # in order: the first file that fails is the one reported
         if isinstance(outcome, InputFileError):
@@ -164,26 +185,68 @@ def preprocess_files(
     return [record for record, _ in found], [b for _, b in found if b is not None]
 
 
+def _hosts_down(paths: list[str], policy: ErrorPolicy) -> dict[str, str]:
+    """``{host: why}`` of the storage hosts of ``paths`` that do not answer, after the policy's retries."""
+    hosts = list(dict.fromkeys(host_of(p) for p in paths if "://" in p and not p.startswith("file://")))
+    down: dict[str, str] = {}
+    for tries in range(policy.retries + 1):
+        if tries:
+            delay = policy.retry_backoff * 2 ** (tries - 1)
+            log.warning(
+                "storage %s unreachable (%s); retry %d of %d in %.2f s",
+                ", ".join(hosts),
+                "; ".join(down[h] for h in hosts),
+                tries,
+                policy.retries,
+                delay,
+            )
+            time.sleep(delay)
+        down = {h: f"{type(e).__name__}: {e}" for h, e in probe_hosts(hosts).items() if e is not None}
+        hosts = list(down)
+        if not hosts:
+            break
+    return down
+
+
 REMOTE_OPENS = 8
 """Remote files a preprocessing job opens at once."""
 
 
 def _preprocess_one(
-    cache_dir: str | os.PathLike[str], skip_bad_files: bool, identity: FileIdentity
+    cache_dir: str | os.PathLike[str],
+    skip_bad_files: bool,
+    policy: ErrorPolicy,
+    down: dict[str, str],
+    identity: FileIdentity,
+    record: FileRecord | None,
 ) -> tuple[PreprocessedFile | UnusableFile, BadFile | None] | InputFileError:
     """One file's record (from the cache, or by opening it), or the error that makes it unusable."""
+    from coffea_smk.engine.policy import retrying  # noqa: PLC0415  (the policy module imports this one)
+
     path = record_path(cache_dir, identity)
-    record = read_record(path, identity)
     if record is None:
-        log.info("opening %s (tree %s)", identity.path, identity.treename)
-        try:
-            record = inspect_file(identity, map_path(path))
-        except InputFileError as err:
+        host = host_of(identity.path) if "://" in identity.path else ""
+        if host in down:
+            err: Exception | None = InputFileError(
+                f"{identity.path}: its storage {host} is unreachable ({down[host]}); run again when "
+                "it is up, or set skip_bad_files: true to go on without the file",
+                transient=True,
+            )
+        else:
+            log.info("opening %s (tree %s)", identity.path, identity.treename)
+            opened, err, _ = retrying(
+                policy, f"opening {identity.path}", partial(inspect_file, identity, map_path(path))
+            )
+            record = opened
+        if err is not None:
+            if not isinstance(err, InputFileError):
+                raise err
             if not skip_bad_files:
                 return err
             log.error("skipping %s: %s", identity.path, err)
             bad = BadFile(path=identity.path, treename=identity.treename, error=str(err))
             return UnusableFile(**asdict(identity), key=identity.key, error=str(err)), bad
+        assert record is not None
         write_json(path, record.model_dump(mode="json"))
     else:
         log.info("cached %s", identity.path)

@@ -6,6 +6,16 @@ connection per server (the client's asynchronous callbacks), and an HTTP
 ``HEAD`` per file (``Content-Length``, ``Last-Modified``, ``ETag``) from a few
 threads. 10^4 files behind 20 ms of latency take about a second.
 
+Whether a storage host answers at all is decided once per host, never per file:
+:func:`probe_hosts` opens a TCP connection to each (a short timeout, a few
+tries, all hosts at once), and :func:`unreachable` tells a failed connection
+(the server said nothing) from an answer (no such file, overloaded). The XRootD
+client would otherwise wait out a dead server for each request (its
+``ConnectionWindow`` of 120 s, 5 tries: an open took 7 minutes, measured);
+:func:`quick_connections` makes it give up within seconds where that is wanted
+(the stats at the workflow's start; the jobs of a run whose start found a host
+down, :data:`DOWN_ENV`).
+
 The XRootD client (through fsspec-xrootd) keeps state that defeats retries in
 the same process: it fails every request to a server for 30 minutes after a
 connection to it was lost (``StreamErrorWindow``), and fsspec-xrootd keeps the
@@ -17,10 +27,13 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import os
+import socket
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable
@@ -28,11 +41,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from coffea_smk.io.faults import XROOTD_NOT_FOUND, xrootd_error_code
+from coffea_smk.io.faults import XROOTD_NOT_FOUND, causes, transient, xrootd_error_code
 
 STAT_TIMEOUT = 60
 """Seconds to wait for one stat (XRootD) or HEAD (HTTP) answer."""
 _HTTP_THREADS = 16
+
+PROBE_TIMEOUT = 1.5
+"""Seconds to wait for a storage host to accept a TCP connection (:func:`probe_hosts`)."""
+PROBE_TRIES = 2
+"""Connections tried per host before it is declared unreachable."""
+PROBE_PAUSE = 0.5
+"""Seconds between two tries."""
+STAT_CONNECTION = (3, 2)
+"""The XRootD client's ``ConnectionWindow`` (s) and ``ConnectionRetry`` for the stats at the
+workflow's start (:func:`quick_connections`): a server that accepts connections but never
+answers costs 6 s, not 5 x 120."""
+JOB_CONNECTION = (2, 1)
+"""The same for the jobs of a run whose start found a host unreachable (:data:`DOWN_ENV`): an
+open of one of its files fails within about a second, and the job's retries take over."""
+DOWN_ENV = "COFFEA_SMK_STORAGE_DOWN"
+"""The storage hosts (``root://host:port``, space-separated) the workflow's start found
+unreachable, set for its jobs: their XRootD client then gives up on a connection quickly."""
+_DEFAULT_PORTS = {"root": 1094, "roots": 1094, "http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -60,12 +91,116 @@ def prepare_xrootd() -> None:
     Its default (1800 s) fails every request to a server for half an hour once
     a connection to it was lost, so coffea_smk's in-job retries (``retries``,
     ``retry_backoff``) could never reach a restarted server. An
-    ``XRD_STREAMERRORWINDOW`` set in the environment is kept.
+    ``XRD_STREAMERRORWINDOW`` set in the environment is kept. In a job of a run
+    whose start found a storage host unreachable (:data:`DOWN_ENV`), the client
+    also gives up on a connection quickly (:data:`JOB_CONNECTION`).
     """
     global _prepared
     if not _prepared:
         _xrootd_client().EnvPutInt("StreamErrorWindow", 0)  # False (kept) when the environment sets it
+        if os.environ.get(DOWN_ENV, "").strip():
+            quick_connections(*JOB_CONNECTION)
         _prepared = True
+
+
+_quick = False
+
+
+def quick_connections(window: int, retry: int) -> None:
+    """Make this process's XRootD client give up on a server that does not answer after about
+    ``window`` x ``retry`` seconds (its ``ConnectionWindow`` and ``ConnectionRetry``, 120 s and 5
+    by default), for the connections it makes from now on, to any server. Values set in the
+    environment (``XRD_CONNECTIONWINDOW``, ``XRD_CONNECTIONRETRY``) are kept."""
+    global _quick
+    if not _quick:
+        client = _xrootd_client()
+        client.EnvPutInt("ConnectionWindow", window)  # False (kept) when the environment sets it
+        client.EnvPutInt("ConnectionRetry", retry)
+        _quick = True
+
+
+def host_of(url: str) -> str:
+    """The storage host of a remote URL, as ``scheme://host:port`` (the default port made explicit)."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    return f"{scheme}://{host}:{port or _DEFAULT_PORTS.get(scheme, 0)}"
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the storage did not answer at all (no connection, a timeout) rather
+    than answering *no* (no such file, no permission) or *later* (XRootD's ``[3024]`` overloaded,
+    an HTTP 503): a transient I/O error that comes with no status of a server."""
+    if not transient(err):
+        return False
+    for e in causes(err):
+        if isinstance(e, OSError) and e.errno is None and xrootd_error_code(str(e)) is not None:
+            return False
+        if isinstance(getattr(e, "code", None), int) or isinstance(getattr(e, "status", None), int):
+            return False  # an HTTP status
+    return True
+
+
+def probe_hosts(
+    hosts: Iterable[str],
+    *,
+    timeout: float = PROBE_TIMEOUT,
+    tries: int = PROBE_TRIES,
+    pause: float = PROBE_PAUSE,
+) -> dict[str, OSError | None]:
+    """Whether each storage host (:func:`host_of`) accepts a TCP connection: ``{host: None}``
+    when it does, else the error of its last try.
+
+    All hosts are tried at once, each ``tries`` times ``pause`` seconds apart, so dead hosts
+    cost at most ``tries * (timeout + pause)`` seconds however many they are and however many
+    files they hold. A name lookup that hangs is cut off too (the threads are daemons: a host
+    without an answer by the deadline is unreachable). An HTTP host reached through a proxy
+    (``http_proxy``) is not probed: its first request tells.
+    """
+    todo = list(dict.fromkeys(hosts))
+    out: dict[str, OSError | None] = {}
+    done = threading.Condition()
+
+    def probe(host: str) -> None:
+        result = _probe(host, timeout, tries, pause)
+        with done:
+            out[host] = result
+            done.notify_all()
+
+    for host in todo:
+        threading.Thread(target=probe, args=(host,), name="coffea_smk-probe", daemon=True).start()
+    deadline = time.monotonic() + tries * (timeout + pause) + 1.0
+    with done:
+        while len(out) < len(todo) and done.wait(max(0.0, deadline - time.monotonic())):
+            pass
+        for host in todo:
+            out.setdefault(host, TimeoutError(errno.ETIMEDOUT, f"{host}: no answer in {timeout} s"))
+        return dict(out)
+
+
+def _probe(host: str, timeout: float, tries: int, pause: float) -> OSError | None:
+    parts = urllib.parse.urlsplit(host)
+    if parts.scheme in ("http", "https") and parts.scheme in urllib.request.getproxies():
+        if not urllib.request.proxy_bypass(parts.hostname or ""):
+            return None  # through a proxy: a connection to the proxy would say nothing
+    error: OSError | None = None
+    for attempt in range(max(1, tries)):
+        if attempt:
+            time.sleep(pause)
+        try:
+            socket.create_connection((parts.hostname or "", parts.port or 0), timeout=timeout).close()
+            return None
+        except OSError as err:
+            error = err
+            if isinstance(err, socket.gaierror) and err.errno == socket.EAI_NONAME:
+                break  # no such host name: asking again does not help
+    return error
 
 
 def drop_broken_handles() -> int:
@@ -121,6 +256,7 @@ def _stat_xrootd(urls: list[str], timeout: int) -> dict[str, RemoteStat | OSErro
     """XRootD stats, all sent at once, one ``FileSystem`` (one connection) per server."""
     client = _xrootd_client()
     prepare_xrootd()
+    quick_connections(*STAT_CONNECTION)
     by_server: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for url in urls:
         parsed = client.URL(url)

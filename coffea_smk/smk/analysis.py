@@ -23,9 +23,11 @@ from pydantic import ValidationError
 
 from coffea_smk.engine.meta import GlobalMeta
 from coffea_smk.engine.records import MergeTree, Plan, PlanRequest
+from coffea_smk.io.remote import DOWN_ENV
 from coffea_smk.results import ResultFileError, load_meta
 from coffea_smk.smk.layout import Kind, Layout
 from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
+from coffea_smk.smk.remote import describe_down
 from coffea_smk.spec.config import ConfigError, line_of
 from coffea_smk.spec.processor import ProcessorError
 from coffea_smk.spec.processor_names import missing_attribute
@@ -95,12 +97,31 @@ class Analysis:
         if not self.in_job:
             os.environ[STATS_ENV] = self.layout.stat_key
         os.environ.setdefault(STATS_ENV, "")  # the Snakefile's `envvars:` needs it defined
+        self._storage_down()
         self.cfg = self.layout.cfg
         self._unpublished = self.layout.unpublished()
         self.checkpoints = checkpoints
         self.python = shlex.quote(sys.executable)
         self._plans: dict[str, tuple[float, Plan | None]] = {}
         self._names: dict[str, dict[str, str]] = {}
+
+    def _storage_down(self) -> None:
+        """Name the storage hosts the run's start found down to the jobs (their XRootD client
+        gives up quickly: :data:`~coffea_smk.io.remote.DOWN_ENV`), and, in the process that
+        starts the run, say in one line what was taken on its records."""
+        down = self.layout.down
+        if down:
+            os.environ[DOWN_ENV] = " ".join(d.host for d in down)
+        else:
+            os.environ.pop(DOWN_ENV, None)
+        if down and not self.in_job:
+            print(
+                f"coffea-smk: WARNING: storage unreachable: {describe_down(down)}; their size and "
+                "modification time are those an earlier run's start found, and work that must read "
+                f"them fails (`coffea-smk status {self.configfile}` shows it)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # ---- paths ---------------------------------------------------------------
     def path(self, kind: Kind | str) -> str:
@@ -206,8 +227,9 @@ class Analysis:
         ]
 
     def get_remote_stats(self, wildcards: Any = None) -> list[str]:
-        """No input: keeps what the storage said of the remote inputs for the jobs (an input
-        function of ``all``, so it runs when the run starts, never in a dry run or a job)."""
+        """No input: keeps what the storage said of the remote inputs for the jobs, and the run
+        record (an input function of ``all``, so it runs when the run starts, never in a dry
+        run or a job)."""
         dry = self.workflow is None or self.workflow.dryrun
         if not self.in_job and not dry:
             self.layout.save_stats()

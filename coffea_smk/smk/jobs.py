@@ -62,7 +62,8 @@ def _plan(path: str) -> Plan:
 
 def step_preprocess(a: argparse.Namespace) -> None:
     identities = [FileIdentity(**d) for d in json.loads(a.files)]
-    records, bad = preprocess_files(identities, a.cache, skip_bad_files=a.skip_bad_files)
+    policy = ErrorPolicy.from_json(a.policy) if a.policy else None
+    records, bad = preprocess_files(identities, a.cache, skip_bad_files=a.skip_bad_files, policy=policy)
     if bad:
         write_json(a.failures, BatchFailures(bad_files=tuple(bad)).model_dump(mode="json"))
     write_json(a.out, Batch(records=tuple(records)).model_dump(mode="json"))
@@ -262,7 +263,9 @@ def main(argv: list[str]) -> int:
             p.add_argument("inputs", nargs="*")
         return p
 
-    add(Step.PREPROCESS, "files", "cache", "failures").add_argument("--skip-bad-files", action="store_true")
+    pre = add(Step.PREPROCESS, "files", "cache", "failures")
+    pre.add_argument("--skip-bad-files", action="store_true")
+    pre.add_argument("--policy")  # retries of opens after transient I/O errors (none without)
     add(Step.PLAN, "spec", inputs=True)
     add(Step.PROCESS, "plan", "unit", "policy", "failures", inputs=True, processor=True).add_argument(
         "--events"

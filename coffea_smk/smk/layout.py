@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,14 +38,24 @@ from pydantic import ValidationError
 
 from coffea_smk._version import __version__
 from coffea_smk.engine.damaged import describe
-from coffea_smk.engine.meta import Provenance
+from coffea_smk.engine.meta import Provenance, TakenOnRecords
 from coffea_smk.engine.preprocess import FileIdentity, replaced_files
 from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
-from coffea_smk.io.remote import RemoteStat
+from coffea_smk.io.remote import RemoteStat, host_of
 from coffea_smk.smk.names import attempt_name, split_attempt
 from coffea_smk.smk.publish import links_to
-from coffea_smk.smk.remote import read_stats, stat_remote_files
+from coffea_smk.smk.remote import (
+    RUN_RECORD,
+    DownHost,
+    RunRecord,
+    StorageAnswers,
+    read_table,
+    recorded_stats,
+    stat_remote_files,
+    table_content,
+    touch,
+)
 from coffea_smk.spec.config import (
     AnalysisConfig,
     ConfigError,
@@ -144,17 +156,31 @@ class Layout:
     analysis_key: str
     """The global result's key: every dataset's key and the processor (whose postprocess runs there)."""
     remote: dict[str, RemoteStat] = dataclasses.field(default_factory=dict)
-    """What the storage said of each remote input file (``remote_identity: stat``)."""
+    """What the storage said of each remote input file (``remote_identity: stat``), or, for the
+    files of a host that did not answer, what it said when an earlier run started (see :attr:`down`)."""
+    down: tuple[DownHost, ...] = ()
+    """The storage hosts that did not answer when the workflow started, and their files taken on
+    their records (:mod:`coffea_smk.smk.remote`)."""
+    started: str = ""
+    """When the layout was made (local time, ISO 8601): the run's start, for its run record."""
 
     @classmethod
     def from_config(
-        cls, config: dict[str, Any], configfile: str | None, stats_key: str | None = None
+        cls,
+        config: dict[str, Any],
+        configfile: str | None,
+        stats_key: str | None = None,
+        *,
+        unknown_ok: bool = False,
     ) -> Layout:
         """Validate ``config`` and stat the inputs (remote ones all at once, see :func:`stat_remote`).
 
         Args:
             stats_key: The key of a table :meth:`save_stats` wrote (the process that started
                 the workflow): its remote files are not asked again (a cluster job's parse).
+            unknown_ok: A file on a storage host that does not answer, and that no earlier
+                run stat-ed, is identified by URL and tree rather than an error
+                (``coffea-smk status``: it answers whatever the storage does).
 
         Raises:
             ConfigError: Invalid config or fileset, or (without ``skip_bad_files``)
@@ -171,8 +197,16 @@ class Layout:
         identities: dict[str, list[FileIdentity]] = {}
         replaced = replaced_files(f"{cfg.outdir.rstrip('/') or '.'}/cache")
         cache = Path(f"{cfg.outdir.rstrip('/') or '.'}/cache")
-        known = read_stats(cache / "remote" / f"{stats_key}.json") if stats_key else {}
-        remote = stat_remote_files(cfg, datasets.values(), known)
+        # a job's parse: what the run's start found (the hosts down too), not asked again
+        table = read_table(cache / "remote" / f"{stats_key}.json") if stats_key else None
+        if table is not None:
+            answers = stat_remote_files(cfg, datasets.values(), table.stats, known_down=table.down)
+            down = tuple(table.down.values())
+        else:
+            answers = stat_remote_files(cfg, datasets.values(), {})
+            skip = cfg.skip_bad_files or unknown_ok
+            down = _on_records(answers, cache / "remote", datasets.values(), skip=skip)
+        remote = answers.stats
         try:
             for slug, d in datasets.items():
                 identities[slug] = [
@@ -192,32 +226,65 @@ class Layout:
         keys = {slug: DatasetKeys.of(d, identities[slug], settings, tag) for slug, d in datasets.items()}
         analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
         stats = {url: answer for url, answer in remote.items() if isinstance(answer, RemoteStat)}
-        return cls(cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key, stats)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return cls(
+            cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key, stats, down, started
+        )
 
     @property
     def stat_key(self) -> str:
-        """The key of :attr:`remote` (empty without remote files stat-ed)."""
-        return key_of("remote", sorted(self.remote.items())) if self.remote else ""
+        """The key of :attr:`remote` and :attr:`down` (empty without remote files stat-ed)."""
+        if not self.remote and not self.down:
+            return ""
+        if not self.down:  # as before: a table of all hosts' answers keeps its key
+            return key_of("remote", sorted(self.remote.items()))
+        return key_of("remote", sorted(self.remote.items()), [dataclasses.asdict(d) for d in self.down])
 
     def stat_table(self, key: str | None = None) -> Path:
         """Where :meth:`save_stats` keeps what the storage said, by its key."""
         return Path(self.cache_dir) / "remote" / f"{key if key is not None else self.stat_key}.json"
 
     def save_stats(self) -> None:
-        """Keep :attr:`remote` in the cache (once per content) for the jobs' own parse of the workflow."""
+        """Keep :attr:`remote` and :attr:`down` in the cache (once per content) for the jobs' own
+        parse of the workflow, and what was assumed in the run record (:meth:`run_record`)."""
+        if not self.remote and not self.down:
+            return
         path = self.stat_table()
-        if self.remote and not path.exists():
-            write_json(path, {url: dataclasses.asdict(st) for url, st in sorted(self.remote.items())})
+        if path.exists():
+            touch(path)  # the newest table holds the last answers (recorded_stats)
+        else:
+            write_json(path, table_content(self.remote, self.down))
+        RunRecord(self.started, self.analysis_key, self.down).write(self.run_record_path)
+
+    @property
+    def run_record_path(self) -> Path:
+        """What the last run's start assumed about the storage (:class:`~coffea_smk.smk.remote.RunRecord`)."""
+        return Path(self.cache_dir) / "remote" / RUN_RECORD
+
+    def run_record(self) -> RunRecord | None:
+        """The last run's record (None: no run started with remote files stat-ed yet)."""
+        return RunRecord.read(self.run_record_path)
+
+    def taken_on_records(self, slug: str | None = None) -> tuple[TakenOnRecords, ...]:
+        """The files of a dataset (or of all) taken on their records, by host."""
+        mine = None if slug is None else {f.path for f in self.datasets[slug].files}
+        out = []
+        for d in self.down:
+            urls = tuple(u for u in d.recorded if mine is None or u in mine)
+            if urls:
+                listed = urls if slug is not None else ()  # the global result: counts only
+                out.append(TakenOnRecords(host=d.host, error=d.error, files=len(urls), urls=listed))
+        return tuple(out)
 
     @classmethod
-    def from_file(cls, configfile: str) -> Layout:
+    def from_file(cls, configfile: str, *, unknown_ok: bool = False) -> Layout:
         path = Path(configfile)
         if not path.is_file():
             raise ConfigError(f"analysis config {configfile} does not exist")
         data = read_mapping(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{configfile}: an analysis config is a mapping of keys to values")
-        return cls.from_config(data, str(path))
+        return cls.from_config(data, str(path), unknown_ok=unknown_ok)
 
     @property
     def outdir(self) -> str:
@@ -372,6 +439,7 @@ class Layout:
             configfile=str(Path(self.configfile).resolve()) if self.configfile else None,
             config=config,
             plan_key=None if slug is None else self.keys[slug].plan,
+            taken_on_records=self.taken_on_records(slug),
         )
 
     def read_plan(self, slug: str) -> Plan | None:
@@ -387,6 +455,52 @@ class Layout:
             return None
         except ValidationError as err:
             raise ConfigError(f"{path} is corrupted ({describe(err)}); delete it and re-run") from None
+
+
+def _on_records(
+    answers: StorageAnswers, remote_dir: Path, datasets: Iterable[Dataset], *, skip: bool
+) -> tuple[DownHost, ...]:
+    """Take the files of the hosts that are down on their records (in ``answers``, in place).
+
+    Raises:
+        ConfigError: Files that no earlier run stat-ed (unless ``skip``: ``skip_bad_files``,
+            then they are identified by URL and tree and fail, listed, at preprocessing).
+    """
+    if not answers.down:
+        return ()
+    of_host: dict[str, list[str]] = {h: [] for h in answers.down}
+    where: dict[str, str] = {}
+    for d in datasets:
+        for f in d.files:
+            if f.is_remote and f.path not in where:
+                where[f.path] = d.name
+                host = host_of(f.path)
+                if host in of_host:
+                    of_host[host].append(f.path)
+    recorded = recorded_stats(remote_dir, (u for urls in of_host.values() for u in urls))
+    answers.stats.update(recorded)
+    down = tuple(
+        DownHost(
+            host,
+            answers.down[host],
+            tuple(u for u in urls if u in recorded),
+            tuple(u for u in urls if u not in recorded),
+        )
+        for host, urls in of_host.items()
+    )
+    unknown = [(d.host, d.error, u) for d in down for u in d.unrecorded]
+    for _, _, url in unknown if skip else ():
+        answers.stats.pop(url, None)  # identified by URL and tree: preprocessing fails it, listed
+    if unknown and not skip:
+        host, error, first = unknown[0]
+        more = f" and {len(unknown) - 1} more files" if len(unknown) > 1 else ""
+        raise ConfigError(
+            f"storage {host} is unreachable ({error}), and input file {first} of dataset "
+            f"{where[first]!r}{more} on it were never stat-ed by an earlier run: they cannot be "
+            "identified. Run again when the storage is up, remove them from the fileset, or set "
+            "skip_bad_files: true to go on without them (remote_identity: url does not ask the storage)"
+        )
+    return down
 
 
 def _fill(pattern: str, wildcards: dict[str, str]) -> str:

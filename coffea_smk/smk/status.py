@@ -3,6 +3,12 @@
 Failed chunks are named by file and entry ranges (from the failure manifests);
 a job that failed as a whole (no manifest) by the files and entry ranges it
 covers (from the plan), its log and the last line of the error in it.
+
+It never waits for the storage: the layout asks each storage host once, with a
+short timeout (:func:`coffea_smk.smk.remote.stat_remote_files`), and takes the
+files of a host that does not answer on their records; the report then says
+which files it could not check, and what the last run's start assumed
+(``cache/remote/last-run.json``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from coffea_smk.engine.records import BadFile
 from coffea_smk.results import ResultFileError, load_meta
 from coffea_smk.smk.layout import Kind, Layout
 from coffea_smk.smk.names import Step, attempt_name
+from coffea_smk.smk.remote import describe_down
 
 
 class ResultState(str, Enum):
@@ -215,6 +222,27 @@ def _shorten(text: str, width: int = 400) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _storage(layout: Layout) -> list[str]:
+    """What could not be checked on the storage now, and what the last run's start assumed."""
+    lines = []
+    if layout.down:
+        lines.append("")
+        lines.append(f"storage unreachable, not checked now: {describe_down(layout.down, examples=3)}")
+        lines.append(
+            "  (taken on their records: the size and modification time an earlier run's start found; "
+            "a file changed on the storage meanwhile is not seen)"
+        )
+        for d in layout.down:
+            if d.unrecorded:
+                shown = ", ".join(d.unrecorded[:3]) + (", ..." if len(d.unrecorded) > 3 else "")
+                lines.append(f"  never stat-ed on {d.host}, cannot be identified: {shown}")
+    last = layout.run_record()
+    if last is not None and last.down and last.analysis_key == layout.analysis_key:
+        lines.append("")
+        lines.append(f"last run (started {last.started}): storage unreachable: {describe_down(last.down)}")
+    return lines
+
+
 def report(layout: Layout) -> tuple[str, bool]:
     """A human-readable status report, and whether everything is done and complete."""
     rows = [dataset_status(layout, slug) for slug in layout.datasets]
@@ -253,6 +281,7 @@ def report(layout: Layout) -> tuple[str, bool]:
                 lines.append(f"      covers {path}" + (f" entries {_entries(ranges)}" if ranges else ""))
             if job.error:
                 lines.append(f"      error: {_shorten(job.error)}")
+    lines.extend(_storage(layout))
     state, _ = _result_state(layout.result, layout.analysis_key)
     ok = state is ResultState.COMPLETE and all(r.result is ResultState.COMPLETE for r in rows)
     published = (
