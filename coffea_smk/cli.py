@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -30,8 +29,7 @@ USAGE = """coffea-smk init --fileset FILESET --processor MODULE:CLASS [--dir DIR
        coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
        coffea-smk resume ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (redo only failed and missing work)
        coffea-smk report ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (run, then print the report's path)
-       coffea-smk status ANALYSIS.yaml [--config KEY=VALUE ...]
-       coffea-smk clean ANALYSIS.yaml [--yes] [--keep N] [--config KEY=VALUE ...]   (free old variants)
+       coffea-smk status ANALYSIS.yaml
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
        coffea-smk metrics RESULT.npz | CONFIG.yaml
@@ -233,103 +231,30 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
     return code
 
 
-def _config_error(err: Exception) -> int:
-    """Print a configuration error as the message alone (as the workflow does); its exit code."""
-    print("coffea-smk: configuration error:\n  " + str(err).replace("\n", "\n  "), file=sys.stderr)
-    return CONFIG_ERROR_EXIT
-
-
-def _layout(configfile: str, args: list[str], **options: Any) -> Any:
-    """The analysis of ``configfile`` with the ``--config KEY=VALUE`` overrides among ``args``
-    (Snakemake's syntax), as a run with the same arguments sees it (``options``: of
-    :meth:`~coffea_smk.smk.layout.Layout.from_config`).
-
-    Raises:
-        ConfigError: The config (or an override) is invalid.
-    """
-    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
-    from coffea_smk.smk.overrides import read_config, split_overrides  # noqa: PLC0415  per command
-
-    _, overrides = split_overrides(args)
-    return Layout.from_config(read_config(configfile, overrides), configfile, **options)
-
-
 def cmd_report(configfile: str, extra: list[str]) -> int:
     """Bring the analysis up to date (the report is one of its outputs) and say where the report is."""
-    from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
-
     code = cmd_run(configfile, extra)
     if code != 0 or any(a in extra for a in ("-n", "--dry-run")):
         return code
-    try:
-        report = Path(_layout(configfile, extra).outdir) / "report.html"
-    except ConfigError as err:
-        return _config_error(err)
+    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+
+    report = Path(Layout.from_file(configfile).outdir) / "report.html"
     print(f"report: {report.absolute().as_uri()}")
     return 0
 
 
-def cmd_status(configfile: str, rest: list[str]) -> int:
-    """What is done, failed and pending, and the disk use of this and earlier variants."""
-    from coffea_smk.smk.clean import disk_use, summary  # noqa: PLC0415  per command
+def cmd_status(configfile: str) -> int:
+    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.smk.status import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
 
     try:
-        layout = _layout(configfile, rest, unknown_ok=True)  # whatever the storage does
-        text, ok = report(layout)
-        disk = summary(disk_use(layout))
+        text, ok = report(Layout.from_file(configfile, unknown_ok=True))  # whatever the storage does
     except ConfigError as err:
-        return _config_error(err)
+        print(f"coffea-smk: {err}", file=sys.stderr)
+        return 2
     print(text)
-    print()
-    print(disk)
     return 0 if ok else 1
-
-
-def cmd_clean(rest: list[str]) -> int:
-    """List (or with ``--yes`` remove) the outputs of earlier variants of the analysis."""
-    from coffea_smk.smk.clean import Use, disk_use, human, listing, lock_holder, remove  # noqa: PLC0415  per command
-    from coffea_smk.smk.overrides import split_overrides  # noqa: PLC0415  per command
-    from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command
-
-    parser = argparse.ArgumentParser(
-        prog="coffea-smk clean",
-        description="List the outputs of earlier variants of the analysis (other settings, processor "
-        "versions, filesets) that the analysis as configured now does not use; --yes removes them.",
-        epilog="--config KEY=VALUE ...: the overrides the runs were given (Snakemake's syntax)",
-    )
-    parser.add_argument("configfile", help="the analysis config (analysis.yaml)")
-    parser.add_argument("--yes", action="store_true", help="remove them (default: only list them)")
-    parser.add_argument(
-        "--keep", type=int, default=0, metavar="N", help="keep the N most recent earlier variants (default 0)"
-    )
-    try:
-        args, _ = split_overrides(rest)
-    except ConfigError as err:
-        return _config_error(err)
-    ns = parser.parse_args(args)
-    if ns.keep < 0:
-        parser.error("--keep takes a number >= 0")
-    try:
-        layout = _layout(ns.configfile, rest)
-    except ConfigError as err:
-        return _config_error(err)
-    locked = lock_holder() if ns.yes else None
-    if locked:
-        print(f"coffea-smk clean: nothing removed: {locked}", file=sys.stderr)
-        return 1
-    usage = disk_use(layout, keep=ns.keep)
-    print(listing(usage, ns.keep))
-    files, size = usage.total(Use.EARLIER)
-    if not files:
-        return 0
-    if not ns.yes:
-        print(f"\n{human(size)} in {files} files would be removed: `coffea-smk clean {ns.configfile} --yes`")
-        return 0
-    files, size = remove(usage)
-    print(f"\nremoved {files} files, {human(size)}")
-    return 0
 
 
 def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
@@ -448,8 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "init":
         return cmd_init(rest)
-    if command == "clean":
-        return cmd_clean(rest)
     if command == "profile":
         return cmd_profile(rest)
     if command in ("run", "resume", "status", "report"):
@@ -457,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: " + USAGE, file=sys.stderr)
             return 2
         if command == "status":
-            return cmd_status(rest[0], rest[1:])
+            return cmd_status(rest[0])
         if command == "report":
             return cmd_report(rest[0], rest[1:])
         return cmd_run(rest[0], rest[1:])
