@@ -14,10 +14,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from coffea_smk.smk.paths import profile_dir, snakefile
+from coffea_smk.smk.paths import snakefile
+from coffea_smk.smk.runargs import config_args, resolve_profiles, runs_locally, with_progress_view
 
 CONFIG_ERROR_EXIT = 2
 """Snakemake's exit code when the workflow stopped on a configuration error while it was parsed
@@ -29,34 +31,12 @@ USAGE = """coffea-smk init --fileset FILESET --processor MODULE:CLASS [--dir DIR
        coffea-smk run ANALYSIS.yaml [SNAKEMAKE ARGS ...]
        coffea-smk resume ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (redo only failed and missing work)
        coffea-smk report ANALYSIS.yaml [SNAKEMAKE ARGS ...]   (run, then print the report's path)
-       coffea-smk status ANALYSIS.yaml
+       coffea-smk status ANALYSIS.yaml [--config KEY=VALUE ...]
+       coffea-smk clean ANALYSIS.yaml [--yes] [--keep N] [--config KEY=VALUE ...]   (free old variants)
        coffea-smk demo [--dir DIR] [--scale X] [SNAKEMAKE ARGS ...]
        coffea-smk summary RESULT.npz
-       coffea-smk metrics RESULT.npz | CONFIG.yaml
+       coffea-smk metrics RESULT.npz | CONFIG.yaml [--config KEY=VALUE ...]
        coffea-smk schema"""
-
-
-def _resolve_profiles(args: list[str]) -> list[str]:
-    """Map ``--profile NAME`` to a shipped profile when NAME is not a directory; default to ``local``."""
-    out = list(args)
-    has_profile = False
-    for i, arg in enumerate(out):
-        value = None
-        if arg == "--profile" and i + 1 < len(out):
-            value, index = out[i + 1], i + 1
-        elif arg.startswith("--profile="):
-            value, index = arg.split("=", 1)[1], i
-        if value is None:
-            continue
-        has_profile = True
-        shipped = profile_dir(value)
-        if not Path(value).is_dir() and shipped is not None:
-            out[index] = str(shipped) if arg == "--profile" else f"--profile={shipped}"
-    if not has_profile and "--executor" not in out and not any(a.startswith("--executor=") for a in out):
-        local = profile_dir("local")
-        if local is not None:
-            out = ["--profile", str(local), *out]
-    return out
 
 
 def snakemake_command(configfile: str, extra: list[str]) -> list[str]:
@@ -69,7 +49,7 @@ def snakemake_command(configfile: str, extra: list[str]) -> list[str]:
         snakefile(),
         "--configfile",
         str(Path(configfile).resolve()),
-        *_resolve_profiles(extra),
+        *resolve_profiles(extra),
     ]
 
 
@@ -112,33 +92,13 @@ def _final_word(configfile: str, code: int, extra: list[str]) -> None:
         return  # the workflow printed the configuration error; no job ran, no log to point at
     if code != 0:
         print(
-            f"coffea-smk: the workflow stopped with errors; `coffea-smk status {configfile}` lists "
+            f"coffea-smk: the workflow stopped with errors; `coffea-smk status {configfile}"
+            f"{config_args(extra)}` lists "
             "failed jobs and their logs; run again to redo only what is missing",
             file=sys.stderr,
         )
         return
     # an incomplete result is reported by the workflow itself (Analysis.end_of_run)
-
-
-def _runs_locally(args: list[str]) -> bool:
-    """Whether the resolved Snakemake arguments run jobs on this machine."""
-    for i, arg in enumerate(args):
-        value = None
-        if arg in ("--executor", "-e") and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith("--executor="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value not in ("local", "dryrun", "touch"):
-            return False
-        if arg == "--profile" and i + 1 < len(args):
-            for name in ("config.v8+.yaml", "config.yaml"):
-                path = Path(args[i + 1]) / name
-                if path.is_file():
-                    settings = yaml.safe_load(path.read_text()) or {}
-                    if settings.get("executor", "local") not in ("local", "dryrun", "touch"):
-                        return False
-                    break
-    return True
 
 
 @contextlib.contextmanager
@@ -165,33 +125,6 @@ def _job_server(enabled: bool, preload: list[str] | None = None) -> Iterator[dic
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# Snakemake options after which `coffea-smk run` prints Snakemake's own log (as before the view):
-# more detail asked for, or a command that runs no jobs and prints something else.
-_RAW_LOG = {
-    "--verbose", "--printshellcmds", "-p", "--debug", "--debug-dag", "--logger",
-    "-n", "--dry-run", "--dryrun", "--unlock", "--lint", "--touch", "-t", "--summary", "-S",
-    "--detailed-summary", "-D", "--dag", "--rulegraph", "--filegraph", "--d3dag", "--report",
-    "--archive", "--cleanup-metadata", "--cm", "--cleanup-shadow", "--containerize", "--export-cwl",
-    "--print-compilation", "--list-rules", "--list", "-l", "--list-target-rules", "--lt",
-    "--list-changes", "--lc", "--list-input-changes", "--li", "--list-params-changes", "--lp",
-    "--list-code-changes", "--list-untracked", "--lu", "--version", "-v", "--help", "-h",
-}  # fmt: skip
-
-
-def with_progress_view(args: list[str]) -> list[str]:
-    """Select the progress view (Snakemake logger plugin ``coffea-smk``) unless ``args`` ask otherwise.
-
-    ``COFFEA_SMK_PROGRESS=off`` in the environment keeps Snakemake's own log as well.
-    """
-    if os.environ.get("COFFEA_SMK_PROGRESS", "").lower() in ("off", "0", "no", "false"):
-        return args
-    for a in args:
-        short = a[1:] if a[:1] == "-" and a[1:2] != "-" and a[1:].isalpha() else ""
-        if a.split("=", 1)[0] in _RAW_LOG or any(f"-{c}" in _RAW_LOG for c in short):
-            return args
-    return ["--logger=coffea-smk", *args]
 
 
 _IMPORTS_COFFEA = re.compile(rb"^\s*(from|import)\s+coffea(\.|\s)", re.MULTILINE)
@@ -225,36 +158,109 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
         _unlock_if_stale(configfile)
     cmd = snakemake_command(configfile, with_progress_view(extra))
     dry = any(a in extra for a in ("-n", "--dry-run", "--unlock", "--lint"))
-    with _job_server(not dry and _runs_locally(cmd), _preload_for(configfile)) as env:
+    with _job_server(not dry and runs_locally(cmd), _preload_for(configfile)) as env:
         code = subprocess.call(cmd, env={**os.environ, **env})
     _final_word(configfile, code, extra)
     return code
 
 
+def _config_error(err: Exception) -> int:
+    """Print a configuration error as the message alone (as the workflow does); its exit code."""
+    print("coffea-smk: configuration error:\n  " + str(err).replace("\n", "\n  "), file=sys.stderr)
+    return CONFIG_ERROR_EXIT
+
+
+def _layout(configfile: str, args: list[str], **options: Any) -> Any:
+    """The analysis of ``configfile`` with the ``--config KEY=VALUE`` overrides among ``args``
+    (Snakemake's syntax), as a run with the same arguments sees it (``options``: of
+    :meth:`~coffea_smk.smk.layout.Layout.from_config`).
+
+    Raises:
+        ConfigError: The config (or an override) is invalid.
+    """
+    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+    from coffea_smk.smk.overrides import read_config, split_overrides  # noqa: PLC0415  per command
+
+    _, overrides = split_overrides(args)
+    return Layout.from_config(read_config(configfile, overrides), configfile, **options)
+
+
 def cmd_report(configfile: str, extra: list[str]) -> int:
     """Bring the analysis up to date (the report is one of its outputs) and say where the report is."""
+    from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+
     code = cmd_run(configfile, extra)
     if code != 0 or any(a in extra for a in ("-n", "--dry-run")):
         return code
-    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
-
-    report = Path(Layout.from_file(configfile).outdir) / "report.html"
+    try:
+        report = Path(_layout(configfile, extra).outdir) / "report.html"
+    except ConfigError as err:
+        return _config_error(err)
     print(f"report: {report.absolute().as_uri()}")
     return 0
 
 
-def cmd_status(configfile: str) -> int:
-    from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+def cmd_status(configfile: str, rest: list[str]) -> int:
+    """What is done, failed and pending, and the disk use of this and earlier variants."""
+    from coffea_smk.smk.clean import disk_use, summary  # noqa: PLC0415  per command
     from coffea_smk.smk.status import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
 
     try:
-        text, ok = report(Layout.from_file(configfile, unknown_ok=True))  # whatever the storage does
+        layout = _layout(configfile, rest, unknown_ok=True)  # whatever the storage does
+        text, ok = report(layout)
+        disk = summary(disk_use(layout))
     except ConfigError as err:
-        print(f"coffea-smk: {err}", file=sys.stderr)
-        return 2
+        return _config_error(err)
     print(text)
+    print()
+    print(disk)
     return 0 if ok else 1
+
+
+def cmd_clean(rest: list[str]) -> int:
+    """List (or with ``--yes`` remove) the outputs of earlier variants of the analysis."""
+    from coffea_smk.smk.clean import Use, disk_use, human, listing, lock_holder, remove  # noqa: PLC0415  per command
+    from coffea_smk.smk.overrides import split_overrides  # noqa: PLC0415  per command
+    from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command
+
+    parser = argparse.ArgumentParser(
+        prog="coffea-smk clean",
+        description="List the outputs of earlier variants of the analysis (other settings, processor "
+        "versions, filesets) that the analysis as configured now does not use; --yes removes them.",
+        epilog="--config KEY=VALUE ...: the overrides the runs were given (Snakemake's syntax)",
+    )
+    parser.add_argument("configfile", help="the analysis config (analysis.yaml)")
+    parser.add_argument("--yes", action="store_true", help="remove them (default: only list them)")
+    parser.add_argument(
+        "--keep", type=int, default=0, metavar="N", help="keep the N most recent earlier variants (default 0)"
+    )
+    try:
+        args, _ = split_overrides(rest)
+    except ConfigError as err:
+        return _config_error(err)
+    ns = parser.parse_args(args)
+    if ns.keep < 0:
+        parser.error("--keep takes a number >= 0")
+    try:
+        layout = _layout(ns.configfile, rest)
+    except ConfigError as err:
+        return _config_error(err)
+    locked = lock_holder() if ns.yes else None
+    if locked:
+        print(f"coffea-smk clean: nothing removed: {locked}", file=sys.stderr)
+        return 1
+    usage = disk_use(layout, keep=ns.keep)
+    print(listing(usage, ns.keep))
+    files, size = usage.total(Use.EARLIER)
+    if not files:
+        return 0
+    if not ns.yes:
+        print(f"\n{human(size)} in {files} files would be removed: `coffea-smk clean {ns.configfile} --yes`")
+        return 0
+    files, size = remove(usage)
+    print(f"\nremoved {files} files, {human(size)}")
+    return 0
 
 
 def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
@@ -272,7 +278,7 @@ def cmd_demo(directory: str, scale: float, extra: list[str]) -> int:
         code = cmd_run("analysis.yaml", extra)
         if code == 0 and "-n" not in extra and "--dry-run" not in extra:
             print()
-            print(summary(where / "results" / "result.npz"))
+            print(summary(Path(_layout("analysis.yaml", extra).outdir) / "result.npz"))
     finally:
         os.chdir(cwd)
     return code
@@ -285,15 +291,18 @@ def cmd_summary(path: str) -> int:
     return 0
 
 
-def cmd_metrics(path: str) -> int:
-    """The metrics of a result file; given the analysis' config, of its global result."""
+def cmd_metrics(path: str, rest: list[str]) -> int:
+    """The metrics of a result file; given the analysis' config (and ``--config`` overrides), of its
+    global result."""
     from coffea_smk.engine.metrics import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.results import load_meta  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+    from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
 
     if path.endswith((".yaml", ".yml", ".json")):
-        from coffea_smk.smk.layout import Layout  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
-
-        path = str(Path(Layout.from_file(path).outdir) / "result.npz")
+        try:
+            path = str(Path(_layout(path, rest).outdir) / "result.npz")
+        except ConfigError as err:
+            return _config_error(err)
         if not Path(path).exists():
             print(f"coffea-smk: no result yet at {path}: run `coffea-smk run` first", file=sys.stderr)
             return 1
@@ -373,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "init":
         return cmd_init(rest)
+    if command == "clean":
+        return cmd_clean(rest)
     if command == "profile":
         return cmd_profile(rest)
     if command in ("run", "resume", "status", "report"):
@@ -380,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: " + USAGE, file=sys.stderr)
             return 2
         if command == "status":
-            return cmd_status(rest[0])
+            return cmd_status(rest[0], rest[1:])
         if command == "report":
             return cmd_report(rest[0], rest[1:])
         return cmd_run(rest[0], rest[1:])
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "summary" and rest:
         return cmd_summary(rest[0])
     if command == "metrics" and rest:
-        return cmd_metrics(rest[0])
+        return cmd_metrics(rest[0], rest[1:])
     if command == "schema":
         return cmd_schema()
     print(USAGE, file=sys.stderr)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, Workflow
+from conftest import PROCESSORS, REPO, Workflow
 
-from coffea_smk.cli import _resolve_profiles
-from coffea_smk.smk.paths import profile_dir
+from coffea_smk.smk.paths import profile_dir, snakefile
+from coffea_smk.smk.runargs import resolve_profiles as _resolve_profiles
 
 PROFILES = ("local", "uge", "slurm", "htcondor")
 CLUSTER = ("uge", "slurm", "htcondor")
@@ -69,6 +69,65 @@ def test_cluster_profiles_name_real_rules(name: str) -> None:
     assert profile["scheduler"] == "greedy" and profile["cores"] == 1
     # work units come after the plan checkpoint: grouping them is broken in Snakemake 9
     assert "process" not in profile["groups"] and "merge" not in profile["groups"]
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profiles_select_the_progress_view(name: str) -> None:
+    """Plain `snakemake --profile NAME` shows what `coffea-smk run` shows."""
+    assert _profile(name)["logger"] == "coffea-smk"
+    text = (REPO / "profiles" / name / "config.v8+.yaml").read_text()
+    assert "COFFEA_SMK_PROGRESS=off" in text.split("logger: coffea-smk")[0].rsplit("\n\n", 1)[-1]
+
+
+def _plain(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Plain `snakemake --profile <shipped local profile> ARGS` in ``root``."""
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(REPO / "profiles" / "local"), *args]
+    env = {**os.environ, "PYTHONPATH": str(PROCESSORS), **(env or {})}
+    return subprocess.run(cmd, cwd=root, env=env, text=True, capture_output=True, timeout=600)
+
+
+USER_SNAKEFILE = """configfile: "analysis.yaml"
+
+
+module cs:
+    snakefile:
+        {snakefile!r}
+    config:
+        config
+
+
+use rule * from cs
+"""
+
+
+@pytest.mark.slow
+def test_plain_snakemake_with_a_profile_shows_the_view_where_config_outdir_says(
+    tmp_path: Path, nanoaod: Path
+) -> None:
+    wf = Workflow(tmp_path)
+    fileset = {"DY": {"files": [str(nanoaod / "nano_dy.root")]}}
+    wf.write({"processor": "coffea_smk.examples.dimuon:DimuonProcessor", "chunksize": 20}, fileset)
+    (tmp_path / "Snakefile").write_text(USER_SNAKEFILE.format(snakefile=snakefile()))
+    elsewhere = ("--config", "outdir=elsewhere")
+    proc = _plain(tmp_path, "--cores", "2", *elsewhere)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DY: done, files 1/1, units 1/1 (0 running, 0 failed), events 40/40" in proc.stdout, proc.stdout
+    assert f"coffea-smk: full log: {tmp_path / 'elsewhere' / 'logs' / 'snakemake'}" in proc.stdout
+    assert "rule process" not in proc.stdout + proc.stderr  # Snakemake's own log is in the file
+    assert (tmp_path / "elsewhere" / "result.npz").exists() and not (tmp_path / "results").exists()
+
+    # a failure: the failure line of `coffea-smk run`, with the job's log
+    wf.write({"processor": "smk_test_processors:Failing", "chunksize": 10}, fileset)
+    proc = _plain(tmp_path, "--cores", "2", *elsewhere)
+    assert proc.returncode != 0
+    assert "FAILED DY: " in proc.stdout and "entries 20-30: ZeroDivisionError" in proc.stdout, proc.stdout
+    assert "(log: elsewhere/logs/process/DY/" in proc.stdout
+
+    # a command that runs no workflow, and COFFEA_SMK_PROGRESS=off: Snakemake's own output
+    rules = _plain(tmp_path, "--list-rules")
+    assert rules.returncode == 0 and "process" in rules.stdout.split(), rules.stdout + rules.stderr
+    raw = _plain(tmp_path, "--cores", "2", *elsewhere, env={"COFFEA_SMK_PROGRESS": "off"})
+    assert "rule process" in raw.stdout + raw.stderr and "full log:" not in raw.stdout
 
 
 # ---- the Grid Engine status script, against stand-ins for qstat and qacct ----------------
