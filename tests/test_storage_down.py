@@ -247,6 +247,8 @@ def test_a_result_made_with_the_storage_down_says_so(workflow: Workflow, own_ser
     assert taken["host"] == host and taken["files"] == 1 and "Connection" in taken["error"]
     summary = _summary(workflow.root / "results" / "result.npz")
     assert f"storage unreachable when this result was made: {host}: 1 files taken on" in summary
+    report = (workflow.root / "results" / "report.html").read_text()
+    assert f"<code>{host}</code> unreachable when this result was made: 1 input files" in report
 
 
 @pytest.mark.slow

@@ -239,6 +239,11 @@ def render(
         + f". Analysis key <code>{_e(meta.get('analysis_key', ''))}</code>, coffea_smk "
         f"{_e(meta.get('coffea_smk_version', ''))}.</p>"
     )
+    for taken in meta.get("taken_on_records") or ():  # the storage did not answer when it was made
+        summary += (
+            f"<p>Storage <code>{_e(taken['host'])}</code> unreachable when this result was made: "
+            f"{_e(taken['files'])} input files taken on their records ({_e(taken['error'])}).</p>"
+        )
     sections = [
         ("Datasets", _datasets_html(meta)),
         ("Cutflows", _cutflow_html(cutflows(result, list(meta.get("datasets", {}))))),

@@ -27,7 +27,7 @@ from coffea_smk.io.remote import DOWN_ENV
 from coffea_smk.results import ResultFileError, load_meta
 from coffea_smk.smk.layout import Kind, Layout
 from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
-from coffea_smk.smk.remote import describe_down
+from coffea_smk.smk.remote import STATS_ENV, describe_down
 from coffea_smk.spec.config import ConfigError, line_of
 from coffea_smk.spec.processor import ProcessorError
 from coffea_smk.spec.processor_names import missing_attribute
@@ -37,9 +37,6 @@ from coffea_smk.util.hashing import key_of
 
 __all__ = ["CONFIG_ERROR_EXIT", "STATS_ENV", "WILDCARDS", "Analysis", "stop_on_config_error"]
 
-STATS_ENV = "COFFEA_SMK_REMOTE_STATS"
-"""The key of what the storage said of the remote inputs when the workflow started, passed
-to the jobs (the Snakefile's ``envvars:``) so that their own parse does not ask again."""
 
 _SCHEDULER = os.path.join("snakemake", "scheduling", "job_scheduler.py")
 

@@ -49,9 +49,12 @@ from coffea_smk.smk.remote import (
     RUN_RECORD,
     DownHost,
     RunRecord,
+    StatTable,
     StorageAnswers,
     read_table,
     recorded_stats,
+    remember,
+    remembered,
     stat_remote_files,
     table_content,
     touch,
@@ -197,8 +200,9 @@ class Layout:
         identities: dict[str, list[FileIdentity]] = {}
         replaced = replaced_files(f"{cfg.outdir.rstrip('/') or '.'}/cache")
         cache = Path(f"{cfg.outdir.rstrip('/') or '.'}/cache")
-        # a job's parse: what the run's start found (the hosts down too), not asked again
-        table = read_table(cache / "remote" / f"{stats_key}.json") if stats_key else None
+        # a job's parse: what the run's start found (the hosts down too), not asked again; the
+        # progress view: what this process found at the start
+        table = read_table(cache / "remote" / f"{stats_key}.json") if stats_key else remembered()
         if table is not None:
             answers = stat_remote_files(cfg, datasets.values(), table.stats, known_down=table.down)
             down = tuple(table.down.values())
@@ -227,9 +231,12 @@ class Layout:
         analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
         stats = {url: answer for url, answer in remote.items() if isinstance(answer, RemoteStat)}
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        return cls(
+        layout = cls(
             cfg, basedir, configfile, datasets, identities, tag, keys, analysis_key, stats, down, started
         )
+        if table is None and (stats or down):
+            remember(layout.stat_key, StatTable(stats, {d.host: d for d in down}))
+        return layout
 
     @property
     def stat_key(self) -> str:

@@ -35,6 +35,9 @@ from coffea_smk.io.remote import RemoteStat, host_of, probe_hosts, stat_remote, 
 from coffea_smk.spec.config import AnalysisConfig, Dataset
 from coffea_smk.util.atomic import write_json
 
+STATS_ENV = "COFFEA_SMK_REMOTE_STATS"
+"""The key of what the storage said of the remote inputs when the workflow started (the table
+``cache/remote/<key>.json``), passed to the jobs so that their own parse does not ask again."""
 RUN_RECORD = "last-run.json"
 """The run record's name in ``cache/remote/`` (beside the tables, whose names are keys)."""
 _TABLE_NAME = re.compile(r"[0-9a-f]{16}")
@@ -86,6 +89,26 @@ def read_table(path: Path) -> StatTable:
         return StatTable({str(url): RemoteStat(**st) for url, st in raw.items()}, {})
     except (OSError, ValueError, TypeError, AttributeError, KeyError):
         return StatTable({}, {})
+
+
+_this_process: dict[str, StatTable] = {}
+
+
+def remember(key: str, table: StatTable) -> None:
+    """Keep what this process found at the workflow's start (its key goes to :data:`STATS_ENV`)."""
+    if key:
+        _this_process[key] = table
+
+
+def remembered() -> StatTable | None:
+    """What this process found at the workflow's start, if :data:`STATS_ENV` names it.
+
+    The progress view makes its own layout in the process that starts the run, after the
+    workflow's: it takes the same answers rather than asking the storage again. Only answers of
+    this very process count (an inherited environment cannot name them).
+    """
+    key = os.environ.get(STATS_ENV, "")
+    return _this_process.get(key) if key else None
 
 
 def read_stats(path: Path) -> dict[str, RemoteStat]:
