@@ -64,6 +64,8 @@ DOWN_ENV = "COFFEA_SMK_STORAGE_DOWN"
 """The storage hosts (``root://host:port``, space-separated) the workflow's start found
 unreachable, set for its jobs: their XRootD client then gives up on a connection quickly."""
 _DEFAULT_PORTS = {"root": 1094, "roots": 1094, "http": 80, "https": 443}
+STAT_PROTOCOLS = ("root", "http", "https")
+"""The protocols :func:`stat_remote` asks (others are answered: cannot stat)."""
 
 
 @dataclass(frozen=True)

@@ -500,12 +500,12 @@ def _on_records(
         answers.stats.pop(url, None)  # identified by URL and tree: preprocessing fails it, listed
     if unknown and not skip:
         host, error, first = unknown[0]
-        more = f" and {len(unknown) - 1} more files" if len(unknown) > 1 else ""
+        files = f"{first} (and {len(unknown) - 1} more files)" if len(unknown) > 1 else first
         raise ConfigError(
-            f"storage {host} is unreachable ({error}), and input file {first} of dataset "
-            f"{where[first]!r}{more} on it were never stat-ed by an earlier run: they cannot be "
-            "identified. Run again when the storage is up, remove them from the fileset, or set "
-            "skip_bad_files: true to go on without them (remote_identity: url does not ask the storage)"
+            f"storage {host} is unreachable ({error}); input file {files} of dataset "
+            f"{where[first]!r} was never stat-ed by an earlier run, so it cannot be identified. "
+            "Run again when the storage is up, remove it from the fileset, or set skip_bad_files: "
+            "true to go on without it (remote_identity: url does not ask the storage)"
         )
     return down
 

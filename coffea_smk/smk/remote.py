@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk.io.faults import transient
-from coffea_smk.io.remote import RemoteStat, host_of, probe_hosts, stat_remote, unreachable
+from coffea_smk.io.remote import (
+    STAT_PROTOCOLS,
+    RemoteStat,
+    host_of,
+    probe_hosts,
+    stat_remote,
+    unreachable,
+)
 from coffea_smk.spec.config import AnalysisConfig, Dataset
 from coffea_smk.util.atomic import write_json
 
@@ -152,9 +159,15 @@ def stat_remote_files(
     urls = list(dict.fromkeys(f.path for d in datasets for f in d.files if f.is_remote))
     out = StorageAnswers({u: known[u] for u in urls if u in known})
     by_host: dict[str, list[str]] = defaultdict(list)
+    unsupported = []
     for url in urls:
-        if url not in out.stats:
+        if url in out.stats:
+            continue
+        if url.split("://", 1)[0].lower() in STAT_PROTOCOLS:
             by_host[host_of(url)].append(url)
+        else:
+            unsupported.append(url)
+    out.stats.update(stat_remote(unsupported))  # the answer: cannot stat them
     for host, d in (known_down or {}).items():
         if by_host.pop(host, None):
             out.down[host] = d.error
