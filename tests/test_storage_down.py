@@ -176,6 +176,30 @@ def test_preprocessing_a_dead_hosts_files_fails_them_at_once(tmp_path: Path) -> 
     assert elapsed < 10
 
 
+def test_an_http_storage_that_refuses_is_taken_on_its_records(tmp_path: Path) -> None:
+    """The layout (the workflow's start) with https files on a host that refuses connections."""
+    pytest.importorskip("aiohttp")
+    from coffea_smk.smk.layout import Layout
+    from coffea_smk.spec.config import ConfigError
+
+    port = _closed_port()
+    urls = [f"https://127.0.0.1:{port}/data/f{i}.root" for i in range(3)]
+    tables = tmp_path / "results" / "cache" / "remote"
+    tables.mkdir(parents=True)
+    recorded = {u: RemoteStat(100 + i, 10**18, f'"etag{i}"') for i, u in enumerate(urls[:2])}
+    (tables / "00000000000000bb.json").write_text(json.dumps(table_content(recorded, ())))
+    config = {"processor": DIMUON, "outdir": str(tmp_path / "results")}
+    layout = Layout.from_config({**config, "fileset": {"Web": {"files": urls[:2]}}}, None)
+    (down,) = layout.down
+    assert down.host == f"https://127.0.0.1:{port}" and down.recorded == tuple(urls[:2])
+    assert [i.etag for i in layout.identities["Web"]] == ['"etag0"', '"etag1"']
+    with pytest.raises(ConfigError, match=rf"input file {urls[2]} of dataset 'Web' was never stat-ed"):
+        Layout.from_config({**config, "fileset": {"Web": {"files": urls}}}, None)
+    # status's layout: the file is identified by URL and tree instead
+    lenient = Layout.from_config({**config, "fileset": {"Web": {"files": urls}}}, None, unknown_ok=True)
+    assert lenient.down[0].unrecorded == (urls[2],) and lenient.identities["Web"][2].size is None
+
+
 # ---- real servers, real runs -----------------------------------------------------------------
 
 
