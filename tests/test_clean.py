@@ -146,7 +146,12 @@ def test_clean_refuses_while_a_run_holds_the_lock(workflow: Workflow, nanoaod: P
     assert "--unlock" in proc.stderr
     assert _files(workflow.root / "results") == before
     (locks / "0.input.lock").unlink()
+    # what the storage said at an earlier run's start: a run with the storage down takes files on it
+    table = workflow.root / "results" / "cache" / "remote" / "0123456789abcdef.json"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("{}")
     assert "removed " in _clean(workflow, "--yes")
+    assert table.exists()
 
 
 def test_a_dataset_not_planned_yet_keeps_every_unit_it_may_reuse(

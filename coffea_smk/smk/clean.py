@@ -12,8 +12,10 @@ attempt's leftovers of another plan) are earlier too.
 
 Never removed: what the current configuration uses (a re-run after ``clean`` has nothing to
 do), the targets of the fixed names (``result.npz`` and the others, even when they still show
-an earlier variant), Snakemake's run logs, the notes of replaced files, and anything whose
-path the layout does not know. Nothing is removed while a Snakemake run holds a lock here.
+an earlier variant), Snakemake's run logs, the notes of replaced files, what the storage said
+at earlier runs' starts (``cache/remote/``: a run whose storage is down takes its files on
+them), and anything whose path the layout does not know. Nothing is removed while a
+Snakemake run holds a lock here.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ def current_keys(layout: Layout) -> tuple[Keys, list[str]]:
             keys.open_groups |= {("unit", slug, dk.tag), ("node", slug, dk.tag)}
         else:
             _add_plan(keys, slug, dk.tag, plan)
-    keys.refs |= {("global", layout.analysis_key), ("remote", layout.stat_key)}
+    keys.refs.add(("global", layout.analysis_key))
     _add_post(keys, layout)
     return keys, unplanned
 
@@ -264,8 +266,6 @@ def _ref(parts: tuple[str, ...]) -> tuple[str, Ref | None]:
         return "cache", ("record", parts[3].split(".")[0])
     if top == "cache" and n == 4 and parts[1] == "columns":
         return "cache", ("columns", parts[2], parts[3].split(".")[0])
-    if top == "cache" and n == 3 and parts[1] == "remote":
-        return "cache", ("remote", parts[2].split(".")[0])
     return "other", None
 
 
