@@ -150,10 +150,25 @@ def _preload_for(configfile: str) -> list[str]:
     return ["coffea.processor", "coffea.nanoevents"]
 
 
+def _unreadable(configfile: str) -> str | None:
+    """Why ``configfile`` is no analysis config Snakemake can load (it would say less), or None."""
+    path = Path(configfile)
+    if not path.is_file():
+        return f"analysis config {configfile} does not exist"
+    try:
+        with path.open() as stream:  # its name in the error's position
+            data = yaml.safe_load(stream)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return f"{configfile} cannot be parsed: {err}"
+    if not isinstance(data, dict):
+        return f"{configfile}: an analysis config is a mapping of keys to values"
+    return None
+
+
 def cmd_run(configfile: str, extra: list[str]) -> int:
-    if not Path(configfile).is_file():
-        print(f"coffea-smk: analysis config {configfile} does not exist", file=sys.stderr)
-        return 2
+    problem = _unreadable(configfile)
+    if problem:
+        return _config_error(problem)
     if "--unlock" not in extra:
         _unlock_if_stale(configfile)
     cmd = snakemake_command(configfile, with_progress_view(extra))
@@ -164,7 +179,7 @@ def cmd_run(configfile: str, extra: list[str]) -> int:
     return code
 
 
-def _config_error(err: Exception) -> int:
+def _config_error(err: Exception | str) -> int:
     """Print a configuration error as the message alone (as the workflow does); its exit code."""
     print("coffea-smk: configuration error:\n  " + str(err).replace("\n", "\n  "), file=sys.stderr)
     return CONFIG_ERROR_EXIT

@@ -219,6 +219,15 @@ def test_configuration_errors_print_the_message_alone(workflow: Workflow, nanoao
     assert not (workflow.root / "results").exists()  # nothing was written
 
 
+def test_a_config_that_does_not_parse(workflow: Workflow) -> None:
+    """Snakemake loads config files before the workflow: `coffea-smk run` checks them first."""
+    (workflow.root / "analysis.yaml").write_text("fileset: fileset.json\nprocessor: [unclosed\n")
+    expected = ["analysis.yaml cannot be parsed", 'in "analysis.yaml", line 2']
+    _assert_config_error(workflow.run(check=False), expected)
+    (workflow.root / "analysis.yaml").write_text("- a list\n")
+    _assert_config_error(workflow.run(check=False), ["analysis.yaml: an analysis config is a mapping"])
+
+
 def test_no_config_and_internal_errors(tmp_path: Path) -> None:
     plain = subprocess.run(
         [*SNAKEMAKE, "--cores", "1"],
