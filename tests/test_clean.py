@@ -109,18 +109,18 @@ def test_clean_lists_then_removes_only_earlier_variants(
     assert root / layout.result in current
     assert not any(p.name.endswith(".npz") and "partials" in p.parts for p in current & removable)
 
-    before = _files(root)
+    before = _files(results)
     listed = _clean(variants)
     assert "would be removed: `coffea-smk clean analysis.yaml --yes`" in listed
-    assert _files(root) == before  # listing removes nothing
+    assert _files(results) == before  # listing removes nothing
     kept = _clean(variants, "--keep", "1")
     assert f"{usage.variants[0].key}" in kept and "kept (--keep)" in kept
-    assert _files(root) == before
+    assert _files(results) == before
 
     result = (results / "result.npz").resolve().read_bytes()
     removed = _clean(variants, "--yes")
     assert "removed " in removed
-    after = _files(root)
+    after = _files(results)
     assert after == before - removable
     assert current <= after
     again = variants.run("-n")
