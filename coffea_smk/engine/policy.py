@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from coffea_smk.engine.accumulate import AccumulateError
-from coffea_smk.engine.preprocess import StaleRecordError
 from coffea_smk.io.faults import causes, matches, transient
+from coffea_smk.io.files import StaleRecordError
 from coffea_smk.io.remote import drop_broken_handles
 from coffea_smk.spec.settings import ErrorPolicy
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from coffea_smk.engine.policy import retrying
 from coffea_smk.engine.records import (
     RECORD_VERSION,
     BadFile,
@@ -38,7 +39,7 @@ from coffea_smk.engine.records import (
     UnusableFile,
 )
 from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
-from coffea_smk.io.files import InputFileError, open_file, runs_sumw
+from coffea_smk.io.files import InputFileError, StaleRecordError, open_file, runs_sumw
 from coffea_smk.io.remote import host_of, probe_hosts
 from coffea_smk.spec.settings import ErrorPolicy
 from coffea_smk.util.atomic import write_json
@@ -56,17 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("coffea_smk.engine.preprocess")
-
-
-class StaleRecordError(InputFileError):
-    """A file changed after preprocessing although its size and mtime did not."""
-
-    def __init__(self, message: str, key: str, uuid: str) -> None:
-        super().__init__(message)
-        self.key = key
-        """The file's cache key."""
-        self.uuid = uuid
-        """The UUID the file has now."""
 
 
 def _replaced_dir(cache_dir: str | os.PathLike[str]) -> Path:
@@ -221,7 +211,6 @@ def _preprocess_one(
     record: FileRecord | None,
 ) -> tuple[PreprocessedFile | UnusableFile, BadFile | None] | InputFileError:
     """One file's record (from the cache, or by opening it), or the error that makes it unusable."""
-    from coffea_smk.engine.policy import retrying  # noqa: PLC0415  (the policy module imports this one)
 
     path = record_path(cache_dir, identity)
     if record is None:

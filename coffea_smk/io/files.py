@@ -184,3 +184,14 @@ def runs_sumw(rootfile: Any) -> float | None:
     if name is None:
         return None
     return float(runs[name].array(library="np").astype("f8").sum())
+
+
+class StaleRecordError(InputFileError):
+    """A file changed after preprocessing although its size and mtime did not."""
+
+    def __init__(self, message: str, key: str, uuid: str) -> None:
+        super().__init__(message)
+        self.key = key
+        """The file's cache key."""
+        self.uuid = uuid
+        """The UUID the file has now."""

@@ -25,8 +25,9 @@ from coffea_smk.engine.meta import GlobalMeta
 from coffea_smk.engine.records import MergeTree, Plan, PlanRequest
 from coffea_smk.io.remote import DOWN_ENV
 from coffea_smk.results import ResultFileError, load_meta
-from coffea_smk.smk.layout import Kind, Layout
+from coffea_smk.smk.layout import Layout
 from coffea_smk.smk.names import WILDCARDS, Step, attempt_name, split_attempt
+from coffea_smk.smk.outputs import Kind
 from coffea_smk.smk.remote import STATS_ENV, describe_down
 from coffea_smk.spec.config import ConfigError, line_of
 from coffea_smk.spec.processor import ProcessorError

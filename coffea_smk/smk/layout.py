@@ -28,9 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +40,21 @@ from coffea_smk.engine.meta import Provenance, TakenOnRecords
 from coffea_smk.engine.preprocess import FileIdentity, replaced_files
 from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
-from coffea_smk.io.remote import RemoteStat, host_of
+from coffea_smk.io.remote import RemoteStat
 from coffea_smk.smk.names import attempt_name, split_attempt
+from coffea_smk.smk.outputs import ALIASES, FAILURES, LOGS, PATHS, Kind
 from coffea_smk.smk.publish import links_to
 from coffea_smk.smk.remote import (
     RUN_RECORD,
     DownHost,
     RunRecord,
     StatTable,
-    StorageAnswers,
     read_table,
-    recorded_stats,
     remember,
     remembered,
     stat_remote_files,
     table_content,
+    take_on_records,
     touch,
 )
 from coffea_smk.spec.config import (
@@ -72,58 +70,6 @@ from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.spec.stat import dataset_problems
 from coffea_smk.util.atomic import write_json
 from coffea_smk.util.hashing import key_of
-
-
-class Kind(str, Enum):
-    """The kinds of output, from a preprocessing batch to the global result."""
-
-    PREPROCESS = "preprocess"
-    PLAN = "plan"
-    PARTIAL = "partial"
-    MERGE = "merge"
-    DATASET = "dataset"
-    RESULT = "result"
-    PLOTS = "plots"
-    REPORT = "report"
-    STAT = "stat"
-    PUBLISH = "publish"
-    """The job that points the fixed names at the current results (a log, no path of its own)."""
-
-
-PATHS = {
-    Kind.PREPROCESS: "preprocess/{dataset}/{batch}.json",
-    Kind.PLAN: "plan/{dataset}/{plan}.json",
-    Kind.PARTIAL: "partials/{dataset}/{tag}/{unit}.npz",
-    Kind.MERGE: "merges/{dataset}/{tag}/{node}.npz",
-    Kind.DATASET: "datasets/{dataset}/{key}.npz",
-    Kind.RESULT: "global/{key}.npz",
-    Kind.PLOTS: "plots/{key}",
-    Kind.REPORT: "report/{key}.html",
-    Kind.STAT: "stat/{key}",
-}
-ALIASES = {
-    Kind.DATASET: "datasets/{dataset}.npz",
-    Kind.RESULT: "result.npz",
-    Kind.PLOTS: "plots/latest",
-    Kind.REPORT: "report.html",
-    Kind.STAT: "stat/{model}",
-}
-LOGS = {
-    Kind.PREPROCESS: "logs/preprocess/{dataset}/{batch}.log",
-    Kind.PLAN: "logs/plan/{dataset}/{plan}.log",
-    Kind.PARTIAL: "logs/process/{dataset}/{tag}/{unit}.log",
-    Kind.MERGE: "logs/merge/{dataset}/{tag}/{node}.log",
-    Kind.DATASET: "logs/dataset/{dataset}/{key}.log",
-    Kind.RESULT: "logs/result/{key}.log",
-    Kind.PLOTS: "logs/plots/{key}.log",
-    Kind.REPORT: "logs/report/{key}.log",
-    Kind.STAT: "logs/stat/{key}.log",
-    Kind.PUBLISH: "logs/publish.log",
-}
-FAILURES = {
-    Kind.PREPROCESS: "failures/{dataset}/preprocess/{batch}.json",
-    Kind.PARTIAL: "failures/{dataset}/{tag}/{unit}.json",
-}
 
 
 @dataclass(frozen=True)
@@ -209,7 +155,7 @@ class Layout:
         else:
             answers = stat_remote_files(cfg, datasets.values(), {})
             skip = cfg.skip_bad_files or unknown_ok
-            down = _on_records(answers, cache / "remote", datasets.values(), skip=skip)
+            down = take_on_records(answers, cache / "remote", datasets.values(), skip=skip)
         remote = answers.stats
         try:
             for slug, d in datasets.items():
@@ -462,52 +408,6 @@ class Layout:
             return None
         except ValidationError as err:
             raise ConfigError(f"{path} is corrupted ({describe(err)}); delete it and re-run") from None
-
-
-def _on_records(
-    answers: StorageAnswers, remote_dir: Path, datasets: Iterable[Dataset], *, skip: bool
-) -> tuple[DownHost, ...]:
-    """Take the files of the hosts that are down on their records (in ``answers``, in place).
-
-    Raises:
-        ConfigError: Files that no earlier run stat-ed (unless ``skip``: ``skip_bad_files``,
-            then they are identified by URL and tree and fail, listed, at preprocessing).
-    """
-    if not answers.down:
-        return ()
-    of_host: dict[str, list[str]] = {h: [] for h in answers.down}
-    where: dict[str, str] = {}
-    for d in datasets:
-        for f in d.files:
-            if f.is_remote and f.path not in where:
-                where[f.path] = d.name
-                host = host_of(f.path)
-                if host in of_host:
-                    of_host[host].append(f.path)
-    recorded = recorded_stats(remote_dir, (u for urls in of_host.values() for u in urls))
-    answers.stats.update(recorded)
-    down = tuple(
-        DownHost(
-            host,
-            answers.down[host],
-            tuple(u for u in urls if u in recorded),
-            tuple(u for u in urls if u not in recorded),
-        )
-        for host, urls in of_host.items()
-    )
-    unknown = [(d.host, d.error, u) for d in down for u in d.unrecorded]
-    for _, _, url in unknown if skip else ():
-        answers.stats.pop(url, None)  # identified by URL and tree: preprocessing fails it, listed
-    if unknown and not skip:
-        host, error, first = unknown[0]
-        files = f"{first} (and {len(unknown) - 1} more files)" if len(unknown) > 1 else first
-        raise ConfigError(
-            f"storage {host} is unreachable ({error}); input file {files} of dataset "
-            f"{where[first]!r} was never stat-ed by an earlier run, so it cannot be identified. "
-            "Run again when the storage is up, remove it from the fileset, or set skip_bad_files: "
-            "true to go on without it (remote_identity: url does not ask the storage)"
-        )
-    return down
 
 
 def _fill(pattern: str, wildcards: dict[str, str]) -> str:

@@ -39,7 +39,7 @@ from coffea_smk.io.remote import (
     stat_remote,
     unreachable,
 )
-from coffea_smk.spec.config import AnalysisConfig, Dataset
+from coffea_smk.spec.config import AnalysisConfig, ConfigError, Dataset
 from coffea_smk.util.atomic import write_json
 
 STATS_ENV = "COFFEA_SMK_REMOTE_STATS"
@@ -281,3 +281,49 @@ def describe_down(down: Iterable[DownHost], *, examples: int = 0) -> str:
         names = f": {', '.join(shown)}{more}" if shown else ""
         parts.append(f"{d.host} ({files}; {d.error}){names}")
     return "; ".join(parts)
+
+
+def take_on_records(
+    answers: StorageAnswers, remote_dir: Path, datasets: Iterable[Dataset], *, skip: bool
+) -> tuple[DownHost, ...]:
+    """Take the files of the hosts that are down on their records (in ``answers``, in place).
+
+    Raises:
+        ConfigError: Files that no earlier run stat-ed (unless ``skip``: ``skip_bad_files``,
+            then they are identified by URL and tree and fail, listed, at preprocessing).
+    """
+    if not answers.down:
+        return ()
+    of_host: dict[str, list[str]] = {h: [] for h in answers.down}
+    where: dict[str, str] = {}
+    for d in datasets:
+        for f in d.files:
+            if f.is_remote and f.path not in where:
+                where[f.path] = d.name
+                host = host_of(f.path)
+                if host in of_host:
+                    of_host[host].append(f.path)
+    recorded = recorded_stats(remote_dir, (u for urls in of_host.values() for u in urls))
+    answers.stats.update(recorded)
+    down = tuple(
+        DownHost(
+            host,
+            answers.down[host],
+            tuple(u for u in urls if u in recorded),
+            tuple(u for u in urls if u not in recorded),
+        )
+        for host, urls in of_host.items()
+    )
+    unknown = [(d.host, d.error, u) for d in down for u in d.unrecorded]
+    for _, _, url in unknown if skip else ():
+        answers.stats.pop(url, None)  # identified by URL and tree: preprocessing fails it, listed
+    if unknown and not skip:
+        host, error, first = unknown[0]
+        files = f"{first} (and {len(unknown) - 1} more files)" if len(unknown) > 1 else first
+        raise ConfigError(
+            f"storage {host} is unreachable ({error}); input file {files} of dataset "
+            f"{where[first]!r} was never stat-ed by an earlier run, so it cannot be identified. "
+            "Run again when the storage is up, remove it from the fileset, or set skip_bad_files: "
+            "true to go on without it (remote_identity: url does not ask the storage)"
+        )
+    return down

@@ -23,8 +23,9 @@ from coffea_smk.engine.meta import ChunkFailure, DatasetMeta, GlobalMeta, UnitFa
 from coffea_smk.engine.preprocess import record_path
 from coffea_smk.engine.records import BadFile
 from coffea_smk.results import ResultFileError, load_meta
-from coffea_smk.smk.layout import Kind, Layout
+from coffea_smk.smk.layout import Layout
 from coffea_smk.smk.names import Step, attempt_name
+from coffea_smk.smk.outputs import Kind
 from coffea_smk.smk.remote import describe_down
 
 
