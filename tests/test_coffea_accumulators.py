@@ -414,9 +414,10 @@ def _old_style(workflow: Workflow, nanoaod: Path) -> None:
     assert dy["cutflow"]["other"]["all"] == 0 and dy["per_dataset"]["other"]["n"].value == 0
 
 
-def test_a_pickled_input_is_kept_when_a_merge_may_not_unpickle_it(tmp_path: Path) -> None:
-    """allow_pickle switched off after a run that stored pickles: the merge stops, naming the
-    setting, and keeps its inputs (they are not damaged) for a run that allows it again."""
+def test_a_pickled_input_is_removed_when_the_analysis_does_not_allow_pickle(tmp_path: Path) -> None:
+    """allow_pickle switched off after a run that stored pickles: those partials are not the
+    analysis's own (it writes none); the merge and a unit's retry name the setting and remove them,
+    so the next run redoes them as configured now."""
     from coffea_smk.engine.process import load_previous
     from coffea_smk.engine.reduce import MergeError, merge_to_file
 
@@ -427,6 +428,7 @@ def test_a_pickled_input_is_kept_when_a_merge_may_not_unpickle_it(tmp_path: Path
         paths.append(str(path))
     with pytest.raises(MergeError, match="allow_pickle"):
         merge_to_file(paths, str(tmp_path / "out.npz"))
-    with pytest.raises(results.PickledResultError):
-        load_previous(paths[0])
-    assert all(Path(p).exists() for p in paths)
+    assert not Path(paths[0]).exists() and Path(paths[1]).exists()
+    with pytest.raises(results.ResultFileError, match="allow_pickle"):
+        load_previous(paths[1])
+    assert not Path(paths[1]).exists()

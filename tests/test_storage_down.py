@@ -410,7 +410,9 @@ def test_connections_reset_during_preprocessing_are_retried_in_the_job(
         shutil.copyfile(nanoaod / f, folder / f)
     logs = workflow.root / "results" / "logs" / "preprocess"
     try:
-        with proxy(("127.0.0.1", xrootd.port)) as p:
+        # a wide-area round trip: opening a file then takes a few tenths of a second, so that the
+        # resets below reach it on a loaded machine too (on a local link it was done before them)
+        with proxy(("127.0.0.1", xrootd.port), rtt=0.05) as p:
             urls = [xrootd.url(f"{folder.name}/{f}", p.port) for f in FILES]
             workflow.write({**SETTINGS, "retries": 4, "retry_backoff": 1.0}, {"Mixed": {"files": urls}})
             done: list[Any] = []

@@ -332,12 +332,13 @@ def _gen_sumw(events: Any) -> float | None:
 
 
 def load_previous(path: str, *, allow_pickle: bool = False) -> tuple[Any, UnitMeta]:
-    """The result and meta of a unit's previous attempt; a damaged one is removed (then run again)."""
+    """The result and meta of a unit's previous attempt; a damaged one is removed (then run again).
+
+    So is one holding pickles when ``allow_pickle`` is off: this analysis writes none.
+    """
     try:
         stored = storage.load_stored(path, allow_pickle=allow_pickle)
         return stored.result, UnitMeta.model_validate(stored.meta)
-    except storage.PickledResultError:
-        raise  # not damaged: kept for a run that allows pickle
     except storage.ResultFileError as err:
         raise discard(path, str(err), storage.ResultFileError) from None
     except ValidationError as err:

@@ -43,11 +43,13 @@ class Merged(NamedTuple):
 
 
 def _load_input(path: str, allow_pickle: bool) -> storage.Stored:
-    """Load a merge input; a damaged one is removed so that the next run redoes it."""
+    """Load a merge input; a damaged one is removed so that the next run redoes it.
+
+    A partial holding pickles is removed too when the analysis does not allow them: it writes
+    none, so the file is not its own (planted, or left by a run that allowed pickle).
+    """
     try:
         return storage.load_stored(path, allow_pickle=allow_pickle)
-    except storage.PickledResultError as err:  # not damaged: kept for a run that allows pickle
-        raise MergeError(f"{err} (nothing was merged)") from None
     except storage.ResultFileError as err:
         raise discard(path, f"{err} (nothing was merged)", MergeError) from None
 
