@@ -20,5 +20,5 @@ rule process:
         events=analysis.get_events_options,
         job=analysis.job("process"),
     shell:
-        "{params.job} --plan {params.plan:q} --unit {wildcards.unit} {params.opts} --policy {params.policy}"
+        "{params.job} --plan {params.plan} --unit {wildcards.unit} {params.opts} --policy {params.policy}"
         " --events {params.events} --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"

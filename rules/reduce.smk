@@ -30,7 +30,7 @@ rule dataset:
         provenance=analysis.get_provenance,
         job=analysis.job("dataset"),
     shell:
-        "{params.job} --plan {params.plan:q} --provenance {params.provenance} {params.opts}"
+        "{params.job} --plan {params.plan} --provenance {params.provenance} {params.opts}"
         " --out {output:q} --log {log:q} {input:q}"
 
 

@@ -203,3 +203,28 @@ def test_results_record_their_origin(workflow: Workflow, nanoaod: Path) -> None:
         check=True,
     ).stdout
     assert f"analysis key: {meta['analysis_key']}" in out and "weighted:Weighted" in out
+
+
+def test_a_new_plan_redoes_only_the_units_it_adds(workflow: Workflow, nanoaod: Path) -> None:
+    """A file added to a dataset re-plans it: the units of its other files keep their results
+    (with Snakemake's records kept, which recorded the plan the units ran from), and so does a
+    new merge fan-in."""
+    base = ("base", {"chunksize": 10}, 1.0, BASE)
+    _setup(workflow.root, nanoaod, base)
+    workflow.run()
+    partials = workflow.root / "results" / "partials"
+
+    def stamps() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in partials.rglob("*.npz")}
+
+    before = stamps()
+    assert len(before) >= 4
+    added = {**BASE, "DY": (["data/dy.root", "data/dy2.root"], BASE["DY"][1])}
+    _setup(workflow.root, nanoaod, ("file added", {"chunksize": 10}, 1.0, added))
+    proc = workflow.run()
+    after = stamps()
+    assert {p: after[p] for p in before} == before, proc.stderr
+    assert len(after) == len(before) + 2  # dy2.root: 40 events, 2 units of 20
+    _setup(workflow.root, nanoaod, ("fan-in", {"chunksize": 10, "merge_fanin": 3}, 1.0, added))
+    proc = workflow.run()
+    assert stamps() == after, proc.stderr

@@ -208,9 +208,14 @@ class Analysis:
         # json.dumps' spacing, as before: Snakemake records this param and redoes the plan if it changes
         return json.dumps(request.model_dump(mode="json"))
 
-    def get_plan_path(self, wildcards: Any) -> str:
-        """The current plan of the job's dataset (a param: the checkpoint is known to exist)."""
-        return self.layout.plan_path(wildcards.dataset)
+    def get_plan_path(self, wildcards: Any) -> ShellArg:
+        """The current plan of the job's dataset (a param: the checkpoint is known to exist).
+
+        Not recorded: a plan changes with every file added to its dataset, while a unit's result
+        depends only on its own chunks, which its output path's key holds (a recorded path made
+        Snakemake redo every unit of a re-planned dataset, "params have changed").
+        """
+        return ShellArg(shlex.quote(self.layout.plan_path(wildcards.dataset)))
 
     # ---- publishing ------------------------------------------------------------------
     @property
