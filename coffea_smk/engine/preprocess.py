@@ -8,7 +8,9 @@ A record holds what planning needs (entries, cluster boundaries) and what
 identifies the file (path, tree, size, mtime, UUID, a hash of the branch list).
 Its path is derived from the file's identity (path, tree, size, mtime), so an
 unchanged file finds its record and is never opened again, while a touched or
-replaced file gets a new key and is preprocessed afresh.
+replaced file gets a new key and is preprocessed afresh. A Parquet file's record
+has the same shape: a hash of its footer for the UUID, its row groups for the
+clusters (:mod:`coffea_smk.io.parquet`).
 
 The error policy of processing jobs holds here too (:func:`preprocess_files`):
 an open that fails with a transient I/O error is tried again (``retries``,
@@ -40,6 +42,7 @@ from coffea_smk.engine.records import (
 )
 from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
 from coffea_smk.io.files import InputFileError, StaleRecordError, open_file, runs_sumw
+from coffea_smk.io.parquet import ParquetInput
 from coffea_smk.io.remote import host_of, probe_hosts
 from coffea_smk.spec.settings import ErrorPolicy
 from coffea_smk.util.atomic import write_json
@@ -112,6 +115,9 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
     """Open the file once and build its record (and write its basket map at ``map_to``)."""
     t0 = time.perf_counter()
     rootfile = open_file(identity.path)
+    if isinstance(rootfile, ParquetInput):
+        with rootfile:
+            return _parquet_record(identity, rootfile, t0)
     with rootfile:
         uuid = str(rootfile.file.uuid)
         tmap = TreeMap.read(rootfile, identity.path, identity.treename, uuid)
@@ -130,6 +136,23 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
             seconds=round(time.perf_counter() - t0, 4),
             gen_sumw=runs_sumw(rootfile),
         )
+
+
+def _parquet_record(identity: FileIdentity, pinput: ParquetInput, t0: float) -> FileRecord:
+    """A Parquet file's record: its footer's hash, its row groups as clusters; no basket map
+    (a processing job reads the footer again as it opens the file: nothing more to keep)."""
+    return FileRecord(
+        version=RECORD_VERSION,
+        reader=READER_VERSION,
+        **asdict(identity),
+        key=identity.key,
+        uuid=pinput.uuid,
+        entries=pinput.entries,
+        clusters=pinput.clusters,
+        nbranches=len(pinput.schema),
+        branches_hash=pinput.schema_hash(),
+        seconds=round(time.perf_counter() - t0, 4),
+    )
 
 
 def preprocess_files(

@@ -6,6 +6,10 @@ context manager) whose ``events`` the processor gets. Events are coffea_smk's
 own lazy NanoAOD events, or coffea's NanoEvents (virtual mode) for coffea
 processors and coffea schemas (:mod:`coffea_smk.events.coffea`).
 
+A Parquet file (:class:`~coffea_smk.io.parquet.ParquetInput`) gets the same events, its
+columns read per row group by a :class:`~coffea_smk.io.parquet.ParquetReader` in the
+basket reader's place.
+
 Automatic prefetch (config ``prefetch: true``): the buffers the processor
 touched in a chunk are, for the next chunks of the unit, read by background
 threads while the processor computes: those of the current chunk (last
@@ -23,7 +27,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from coffea_smk import buffers
 from coffea_smk.buffers import ATTR, Budget, BufferManager, FileBuffers, Prefetcher, ReadStats
@@ -32,7 +36,8 @@ from coffea_smk.engine.meta import ChunkMetrics
 from coffea_smk.events.coffea import CoffeaSource, schema_class
 from coffea_smk.events.nanoevents import TreeLayout
 from coffea_smk.io.basketmap import BasketMapError, TreeMap, map_path
-from coffea_smk.io.files import tree_of
+from coffea_smk.io.files import InputFileError, tree_of
+from coffea_smk.io.parquet import ParquetInput, ParquetReader
 from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, source_fetch_many, uproot_fallback
 from coffea_smk.spec.settings import EventsOptions
 from coffea_smk.util.atomic import write_json
@@ -151,6 +156,8 @@ class UnitReader:
     def open(self, rootfile: Any, file: SourceFile, ranges: list[tuple[int, int]]) -> FileReader:
         """The reader of one open file (its record in the plan); ``ranges`` are the unit's
         chunks in it, in order."""
+        if isinstance(rootfile, ParquetInput):
+            return self._open_parquet(rootfile, file, ranges)
         path, treename = file.path, file.treename
         closing: Callable[[], None] | None = None
         tmap = _basket_map(file)
@@ -177,6 +184,27 @@ class UnitReader:
         else:
             source = CoffeaSource(rootfile, tree, treename, self.schemaclass, reader)
         return FileReader(self, source, file.key, ranges, closing)
+
+    def _open_parquet(
+        self, pinput: ParquetInput, file: SourceFile, ranges: list[tuple[int, int]]
+    ) -> FileReader:
+        # the Parquet reader has the basket reader's interface (map, read, basket_bytes, ...)
+        reader = cast(BasketReader, ParquetReader(pinput))
+        if self.schemaclass is None:
+            source: Any = TreeLayout(pinput, reader)
+        else:
+            source = CoffeaSource(
+                pinput, partial(_no_tree, pinput.path), file.treename, self.schemaclass, reader
+            )
+        return FileReader(self, source, file.key, ranges)
+
+
+def _no_tree(path: str) -> Any:
+    """What coffea's mapping gets for a column not in a Parquet file (there is no tree to ask)."""
+    raise InputFileError(
+        f"{path}: coffea's NanoEvents ask for a column this Parquet file does not hold (it has no "
+        "TTree to read it from): write the file with that column, or use schema: nanoaod"
+    )
 
 
 def _basket_map(file: SourceFile) -> TreeMap | None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from coffea_smk.io.basketmap import READER_VERSION
 from coffea_smk.io.faults import not_found, transient
 from coffea_smk.io.files import InputFileError
+from coffea_smk.io.parquet import PARQUET_READER_VERSION, has_parquet_suffix
 from coffea_smk.io.remote import RemoteStat
 from coffea_smk.spec.config import InputFile
 from coffea_smk.spec.settings import PlanSettings
@@ -54,6 +55,8 @@ class FileIdentity:
         """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
         parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
         extra = [*([self.replaced] if self.replaced else []), *([f"etag:{self.etag}"] if self.etag else [])]
+        if has_parquet_suffix(self.path):  # read by the Parquet reader: its fixes redo what it read
+            extra.append(f"parquet:{PARQUET_READER_VERSION}")
         return key_of("file", *parts, *extra)
 
     @classmethod
@@ -118,11 +121,14 @@ class FileRecord(Record):
     key: str
     """:attr:`FileIdentity.key`."""
     uuid: str
-    """The ROOT file's UUID (checked when a processing job opens the file)."""
+    """The ROOT file's UUID, or a hash of a Parquet file's footer (checked when a processing
+    job opens the file)."""
     entries: int
     clusters: tuple[int, ...]
-    """Cluster boundaries ``[0, ..., entries]`` (chunk boundaries move onto them)."""
+    """Cluster boundaries ``[0, ..., entries]``, a Parquet file's row group boundaries
+    (chunk boundaries move onto them)."""
     nbranches: int
+    """Branches (Parquet: columns)."""
     branches_hash: str
     seconds: float
     """Time it took to open the file and read its metadata."""

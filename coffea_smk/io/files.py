@@ -1,5 +1,7 @@
 """Opening input files with errors that say what to do.
 
+An input is a ROOT file (opened by uproot) or a Parquet file (named ``.parquet`` or
+``.parq``, or starting with the ``PAR1`` magic: opened by :mod:`coffea_smk.io.parquet`).
 Local files are memory-mapped; remote files (``root://``, ``http(s)://``) go through uproot's
 fsspec sources, whose packages are optional extras: :func:`check_backends` names the missing
 extra when the workflow starts, before any job runs.
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from coffea_smk.io.faults import IOFault, causes, io_fault, not_found, transient
+from coffea_smk.io.parquet import ParquetError, is_parquet, open_parquet
 from coffea_smk.io.remote import prepare_xrootd
 from coffea_smk.spec.config import ConfigError
 
@@ -31,7 +34,8 @@ class MissingBackendError(InputFileError):
 
 
 def open_file(path: str) -> Any:
-    """Open ``path`` with uproot (reads its header and directory only: cheap).
+    """Open ``path`` with uproot (reads its header and directory only: cheap), or a Parquet
+    file as a :class:`~coffea_smk.io.parquet.ParquetInput` (reads its footer only).
 
     Raises:
         MissingBackendError: A remote file whose protocol needs a package that is not installed.
@@ -57,8 +61,22 @@ def open_file(path: str) -> Any:
         options = {}
     if path.lower().startswith("root://"):
         prepare_xrootd()
+    if is_parquet(path):
+        return _open_parquet(path)
     try:
         return uproot.open(path, **options)
+    except Exception as err:
+        raise _open_error(path, err) from err
+
+
+def _open_parquet(path: str) -> Any:
+    try:
+        return open_parquet(path)
+    except ParquetError as err:
+        raise InputFileError(
+            f"{err}; it may be truncated or not a Parquet file: replace it or remove it from the fileset",
+            transient=False,
+        ) from err
     except Exception as err:
         raise _open_error(path, err) from err
 
