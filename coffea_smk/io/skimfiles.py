@@ -37,7 +37,14 @@ import pyarrow.parquet as pq
 import uproot
 
 from coffea_smk.io.skimtable import BranchType as _Type
-from coffea_smk.io.skimtable import SkimSchemaError, branch_types, row_count, unify
+from coffea_smk.io.skimtable import (
+    SkimSchemaError,
+    arrow_type,
+    branch_types,
+    nanoaod_layout,
+    row_count,
+    unify,
+)
 from coffea_smk.spec.skims import SkimSettings
 
 __all__ = ["SkimFile", "SkimSchemaError", "compact", "read_branches", "write_piece"]
@@ -120,6 +127,8 @@ class _ParquetWriter:
         self.rows += rows
 
     def close(self) -> None:
+        if not self.rows:  # one empty row group: readers (ak.from_parquet) expect at least one
+            self.writer.write_table(self.schema.empty_table())
         self.writer.close()
 
 
@@ -140,31 +149,19 @@ class _RootTree:
 
     def __init__(self, file: Any, name: str, schema: dict[str, _Type]) -> None:
         self.types = schema
-        self.groups: dict[str, dict[str, str]] = {}  # prefix (or a branch) -> field -> branch
-        flat: list[str] = []
-        for branch, t in schema.items():
-            if t.option or t.inner_option:
-                raise SkimSchemaError(f"branch {branch!r} is {t}: ROOT has no missing values")
-            prefix, _, field = branch.partition("_")
-            if not t.jagged:
-                flat.append(branch)
-            elif field and prefix:
-                self.groups.setdefault(prefix, {})[field] = branch
-            else:  # LHEPdfWeight: a list of its own, counted by nLHEPdfWeight
-                self.groups.setdefault(branch, {})[""] = branch
-        self.implied = [b for b in flat if b[:1] == "n" and b[1:] in self.groups]  # nMuon beside Muon_*
-        self.flat = [b for b in flat if b not in self.implied]
-        clash = set(self.flat) & (set(self.groups) | {f"n{g}" for g in self.groups})
-        clash |= {key for key, members in self.groups.items() if "" in members and len(members) > 1}
-        if clash:
-            raise SkimSchemaError(f"branches {sorted(clash)} clash with a collection or its counter")
-        types: dict[str, Any] = {b: schema[b].dtype for b in self.flat}
-        for key, members in self.groups.items():
-            if "" in members:
-                types[key] = ak.types.ListType(_root_primitive(schema[key].dtype))
-            else:
-                contents = [_root_primitive(schema[b].dtype) for b in members.values()]
-                types[key] = ak.types.ListType(ak.types.RecordType(contents, list(members)))
+        layout = nanoaod_layout(schema)
+        self.flat, self.groups, self.implied = layout.flat, layout.groups, layout.implied
+        types: dict[str, Any] = {}
+        for key in layout.order:
+            members = self.groups.get(key)
+            if members is None:
+                types[key] = schema[key].dtype
+                continue
+            contents = [_root_primitive(schema[b].dtype) for b in members.values()]
+            one = "" in members  # LHEPdfWeight: a list of its own
+            types[key] = ak.types.ListType(
+                contents[0] if one else ak.types.RecordType(contents, list(members))
+            )
         self.tree = file.mktree(name, types)
         self.rows = 0
 
@@ -292,22 +289,13 @@ def _root_branches(tree: Any) -> dict[str, _Type]:
     return out
 
 
-def _arrow_type(field: Any) -> _Type:
-    value, jagged, inner_option = field.type, False, False
-    if pa.types.is_list(value) or pa.types.is_large_list(value):
-        value, jagged, inner_option = value.value_type, True, value.value_field.nullable
-    if not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
-        raise SkimSchemaError(f"column {field.name!r} is {field.type}: not written by write_piece")
-    return _Type(np.dtype(value.to_pandas_dtype()), jagged, field.nullable, inner_option)
-
-
 def _piece_schema(path: str) -> tuple[int, dict[str, _Type]]:
     if _is_root(path):
         with uproot.open(path) as file:
             tree = file["Events"]
             return int(tree.num_entries), _root_branches(tree)
     parquet = pq.ParquetFile(path)
-    return parquet.metadata.num_rows, {f.name: _arrow_type(f) for f in parquet.schema_arrow}
+    return parquet.metadata.num_rows, {f.name: arrow_type(f) for f in parquet.schema_arrow}
 
 
 def _iter_piece(path: str, step: int) -> Iterator[tuple[dict[str, ak.Array], int]]:

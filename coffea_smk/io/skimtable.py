@@ -18,6 +18,11 @@ branches and is only given when asked for by its exact name.
 
 This module reads forms, never a file: it works for coffea_smk's events, coffea's
 NanoEvents (virtual or eager), selections of them, single collections and plain arrays.
+
+Its second half describes branches for the files (:mod:`coffea_smk.io.skimfiles`): a
+:class:`BranchType` (numbers or lists of numbers, maybe missing), how two pieces' types
+unify (:func:`unify`), and how branches form NanoAOD collections in a ROOT tree
+(:func:`nanoaod_layout`).
 """
 
 from __future__ import annotations
@@ -31,8 +36,20 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+import pyarrow as pa
 
-__all__ = ["BranchType", "SkimColumnError", "SkimSchemaError", "branch_types", "skim_branches", "unify"]
+__all__ = [
+    "BranchType",
+    "NanoAODLayout",
+    "SkimColumnError",
+    "SkimSchemaError",
+    "arrow_type",
+    "branch_types",
+    "nanoaod_layout",
+    "row_count",
+    "skim_branches",
+    "unify",
+]
 
 _GLOBAL_INDEX = re.compile(r"Idx\w*G$")  # coffea's chunk-global indices: jetIdxG, genPartIdxMotherG
 _EVENTS_RECORD = "NanoEvents"
@@ -297,3 +314,54 @@ def unify(name: str, a: BranchType, a_piece: str, b: BranchType, b_piece: str, r
             + ("; ROOT has no missing values" if root and option else "")
         )
     return BranchType(dtype, a.jagged, a.option or b.option, a.inner_option or b.inner_option)
+
+
+def arrow_type(field: Any) -> BranchType:
+    """The type of a Parquet column (a ``pyarrow.Field``) as :func:`branch_types` gives it."""
+    value, jagged, inner_option = field.type, False, False
+    if pa.types.is_list(value) or pa.types.is_large_list(value):
+        value, jagged, inner_option = value.value_type, True, value.value_field.nullable
+    if not (pa.types.is_integer(value) or pa.types.is_floating(value) or pa.types.is_boolean(value)):
+        raise SkimSchemaError(f"column {field.name!r} is {field.type}: not numbers or lists of numbers")
+    return BranchType(np.dtype(value.to_pandas_dtype()), jagged, field.nullable, inner_option)
+
+
+@dataclass(frozen=True)
+class NanoAODLayout:
+    """How branches sit in a NanoAOD tree: jagged ``X_y`` share the counter ``nX``."""
+
+    flat: list[str]
+    groups: dict[str, dict[str, str]]
+    """Collection ``X`` (or a lone jagged branch) -> field ``y`` (``""`` for a lone one) -> branch."""
+    implied: list[str]
+    """Flat branches that are a collection's counter (``nMuon`` beside ``Muon_*``)."""
+    order: list[str]
+    """Flat branches and collections in the order the branches first name them."""
+
+
+def nanoaod_layout(schema: Mapping[str, BranchType]) -> NanoAODLayout:
+    """Group branches into NanoAOD collections (for a ROOT tree, which has no missing values).
+
+    Raises:
+        SkimSchemaError: A branch is optional, or names clash with a collection or its counter.
+    """
+    groups: dict[str, dict[str, str]] = {}
+    flat: list[str] = []
+    order: dict[str, None] = {}
+    for branch, t in schema.items():
+        if t.option or t.inner_option:
+            raise SkimSchemaError(f"branch {branch!r} is {t}: ROOT has no missing values")
+        prefix, _, field = branch.partition("_")
+        key = branch if not (t.jagged and prefix and field) else prefix
+        if not t.jagged:
+            flat.append(branch)
+        else:  # a lone jagged branch (LHEPdfWeight) is counted by its own nLHEPdfWeight
+            groups.setdefault(key, {})[field if key == prefix else ""] = branch
+        order.setdefault(key)
+    implied = [b for b in flat if b[:1] == "n" and b[1:] in groups]
+    flat = [b for b in flat if b not in implied]
+    clash = set(flat) & (set(groups) | {f"n{g}" for g in groups})
+    clash |= {key for key, members in groups.items() if "" in members and len(members) > 1}
+    if clash:
+        raise SkimSchemaError(f"branches {sorted(clash)} clash with a collection or its counter")
+    return NanoAODLayout(flat, groups, implied, [k for k in order if k not in implied])
