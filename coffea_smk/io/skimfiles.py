@@ -425,7 +425,7 @@ def compact(
             if rows[i]:
                 for chunk, n in _iter_piece(piece, settings.row_group_rows):
                     groups.add(output.writer.prepare(chunk, n), n)
-            filled += os.path.getsize(piece)
+            filled += os.path.getsize(piece) if rows[i] else 0  # an empty piece adds no rows
             if filled >= target or last:
                 groups.flush()
                 done.append(output.close())
