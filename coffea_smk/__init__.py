@@ -7,11 +7,12 @@ from typing import Any
 
 from coffea_smk._version import __version__
 
-__all__ = ["__version__", "accumulate", "load", "load_meta", "profile_dir", "snakefile"]
+__all__ = ["Skim", "__version__", "accumulate", "load", "load_meta", "profile_dir", "snakefile"]
 
 # Names are imported on first use: a job command (`python -m coffea_smk job`)
 # must start without importing numpy when a job server runs it.
 _WHERE = {
+    "Skim": "coffea_smk.skim",
     "accumulate": "coffea_smk.engine.accumulate",
     "load": "coffea_smk.results",
     "load_meta": "coffea_smk.results",

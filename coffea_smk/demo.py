@@ -20,6 +20,7 @@ import numpy as np
 import uproot
 
 from coffea_smk.results import PickledResultError, Stored, load_meta, load_stored
+from coffea_smk.skim import SkimOutput
 
 MUON_MASS = 0.1056583745
 
@@ -252,6 +253,26 @@ def _taken_on_records(result_path: Path, meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def skim_lines(result: Any, outdir: Path, config: dict[str, Any]) -> list[str]:
+    """A line per skim of a result: files, rows, bytes, the fraction of events kept, the format."""
+    lines = []
+    settings = config.get("skims") or {}
+    for name, skim in result.items() if isinstance(result, dict) else []:
+        if not isinstance(skim, SkimOutput):
+            continue
+        size = sum(f.bytes for f in skim.files)
+        kept = f"{100 * skim.rows / skim.events:.3g}%" if skim.events else "-"
+        how = f"{settings.get('format', 'parquet')}, {settings.get('compression', 'zstd')}"
+        lines.append(
+            f"skim {name}: {len(skim.files)} files, {skim.rows} of {skim.events} events kept ({kept}), "
+            f"{size / 1e6:.3g} MB ({how}; {size / max(skim.rows, 1):.0f} bytes per event)"
+        )
+        manifest = outdir / "skims" / str(name) / "fileset.json"
+        if manifest.exists():
+            lines.append(f"  fileset of the next analysis: {manifest}")
+    return lines
+
+
 def summary(result_path: str | Path, *, allow_pickle: bool = False) -> str:
     """A short human-readable summary of a global or per-dataset result, with its origin."""
     lines = [f"result: {result_path}"]
@@ -294,6 +315,7 @@ def summary(result_path: str | Path, *, allow_pickle: bool = False) -> str:
         if hists:
             lines.append(f"histograms ({', '.join(hists)}): coffea_smk.load({str(result_path)!r})")
     folder = Path(result_path).parent
+    lines.extend(skim_lines(result, folder, config))
     if (folder / "plots" / "latest").is_dir():
         lines.append(f"plots: {folder / 'plots' / 'latest'}/")
     for link in sorted(p for p in folder.glob("stat/*") if p.is_symlink()):  # the published models

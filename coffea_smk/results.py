@@ -26,6 +26,7 @@ import hist
 import hist.serialization
 import numpy as np
 
+from coffea_smk.skim import SkimOutput
 from coffea_smk.util import containers
 from coffea_smk.util.atomic import write_with
 
@@ -200,6 +201,8 @@ class _Encoder:
                 return {kind: [self.encode(v, f"{where}[{i}]") for i, v in enumerate(items)]}
         if _is_hist(obj):
             return {"hist": self._encode_hist(obj)}
+        if type(obj) is SkimOutput:
+            return {"skim": [obj.record(), self._ref(obj.lumis)]}
         return self._fallback(obj, where)
 
     def _encode_hist(self, h: Any) -> dict[str, Any]:
@@ -314,6 +317,9 @@ class _Decoder:
             return self.npz[value][()]
         if kind == "hist":
             return self._decode_hist(value)
+        if kind == "skim":
+            record, lumis = value
+            return SkimOutput.from_record(record, self.npz[lumis])
         if kind == "typed":
             name, default, inner = value
             try:

@@ -14,9 +14,12 @@ chunks to one piece file; per dataset the pieces are compacted, and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Skim"]
+import numpy as np
+
+__all__ = ["Skim", "SkimFile", "SkimOutput", "SkimPiece", "lumi_json", "unique_lumis"]
 
 
 class Skim:
@@ -40,3 +43,127 @@ class Skim:
     def __repr__(self) -> str:
         cols = "all fields" if self.columns is None else ", ".join(self.columns)
         return f"Skim({len(self.array)} rows; {cols})"
+
+
+@dataclass(frozen=True)
+class SkimPiece:
+    """The rows one work unit wrote (a file beside its partial result)."""
+
+    path: str
+    rows: int
+    bytes: int
+    ranges: tuple[tuple[str, int, int], ...]
+    """The entry ranges whose selected rows it holds: ``(file key, start, stop)``, in order."""
+
+
+@dataclass(frozen=True)
+class SkimFile:
+    """A compacted skim file of a dataset."""
+
+    path: str
+    rows: int
+    bytes: int
+
+
+@dataclass
+class SkimOutput:
+    """A skim in a result: where its rows are, and the totals of every event it saw.
+
+    A processor's :class:`Skim` becomes one of these per chunk; they add up through the
+    merge tree like histograms. The totals count all events of the chunks processed,
+    selected or not (a chunk that selects nothing still counts), so normalising after the
+    skim needs no access to the original files.
+    """
+
+    events: int = 0
+    """Events of the chunks processed (before the selection)."""
+    rows: int = 0
+    """Rows selected (written)."""
+    sumw: float | None = None
+    """Sum of ``genWeight`` over the events processed (None without that branch: data)."""
+    sumw2: float | None = None
+    """Sum of ``genWeight`` squared."""
+    lumis: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    """The ``(run, luminosityBlock)`` pairs of the events processed, unique and sorted."""
+    columns: tuple[str, ...] = ()
+    """The branches written."""
+    pieces: tuple[SkimPiece, ...] = ()
+    files: tuple[SkimFile, ...] = ()
+    """The dataset's compacted files (set by the per-dataset step; empty before)."""
+
+    def __add__(self, other: object) -> SkimOutput:
+        if not isinstance(other, SkimOutput):
+            return NotImplemented
+        return SkimOutput(
+            events=self.events + other.events,
+            rows=self.rows + other.rows,
+            sumw=_add_optional(self.sumw, other.sumw),
+            sumw2=_add_optional(self.sumw2, other.sumw2),
+            lumis=unique_lumis(np.concatenate([self.lumis, other.lumis])),
+            columns=self.columns or other.columns,
+            pieces=self.pieces + other.pieces,
+            files=self.files + other.files,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SkimOutput):
+            return NotImplemented
+        return (
+            (self.events, self.rows, self.sumw, self.sumw2, self.columns, self.pieces, self.files)
+            == (other.events, other.rows, other.sumw, other.sumw2, other.columns, other.pieces, other.files)
+        ) and np.array_equal(self.lumis, other.lumis)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def record(self) -> dict[str, Any]:
+        """Everything but :attr:`lumis`, as plain JSON values (how a result file stores it)."""
+        return {
+            "events": self.events,
+            "rows": self.rows,
+            "sumw": self.sumw,
+            "sumw2": self.sumw2,
+            "columns": list(self.columns),
+            "pieces": [[p.path, p.rows, p.bytes, [list(r) for r in p.ranges]] for p in self.pieces],
+            "files": [[f.path, f.rows, f.bytes] for f in self.files],
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], lumis: np.ndarray) -> SkimOutput:
+        """The inverse of :meth:`record`."""
+        return cls(
+            events=int(record["events"]),
+            rows=int(record["rows"]),
+            sumw=record["sumw"],
+            sumw2=record["sumw2"],
+            lumis=np.asarray(lumis, np.int64).reshape(-1, 2),
+            columns=tuple(record["columns"]),
+            pieces=tuple(
+                SkimPiece(str(p), int(r), int(b), tuple((str(k), int(s), int(e)) for k, s, e in ranges))
+                for p, r, b, ranges in record["pieces"]
+            ),
+            files=tuple(SkimFile(str(p), int(r), int(b)) for p, r, b in record["files"]),
+        )
+
+
+def _add_optional(a: float | None, b: float | None) -> float | None:
+    return None if a is None and b is None else (a or 0.0) + (b or 0.0)
+
+
+def unique_lumis(pairs: np.ndarray) -> np.ndarray:
+    """``(run, luminosityBlock)`` pairs, unique and sorted by run then lumi section."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if len(pairs) == 0:
+        return pairs
+    return np.unique(pairs, axis=0)
+
+
+def lumi_json(pairs: np.ndarray) -> dict[str, list[list[int]]]:
+    """The CMS luminosity JSON of ``(run, lumi)`` pairs: ``{"run": [[first, last], ...]}``."""
+    out: dict[str, list[list[int]]] = {}
+    for run, lumi in unique_lumis(pairs).tolist():
+        ranges = out.setdefault(str(run), [])
+        if ranges and ranges[-1][1] + 1 == lumi:
+            ranges[-1][1] = lumi
+        else:
+            ranges.append([lumi, lumi])
+    return out

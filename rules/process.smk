@@ -18,7 +18,8 @@ rule process:
         policy=analysis.get_policy,
         failures=analysis.layout.failure("partial"),
         events=analysis.get_events_options,
+        skims=analysis.get_skim_options,
         job=analysis.job("process"),
     shell:
         "{params.job} --plan {params.plan} --unit {wildcards.unit} {params.opts} --policy {params.policy}"
-        " --events {params.events} --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"
+        " --events {params.events} {params.skims} --failures {params.failures:q} --out {output:q} --log {log:q} {input:q}"

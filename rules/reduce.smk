@@ -28,9 +28,10 @@ rule dataset:
         plan=analysis.get_plan_path,
         opts=analysis.get_job_options,
         provenance=analysis.get_provenance,
+        skims=analysis.get_skim_options,
         job=analysis.job("dataset"),
     shell:
-        "{params.job} --plan {params.plan} --provenance {params.provenance} {params.opts}"
+        "{params.job} --plan {params.plan} --provenance {params.provenance} {params.opts} {params.skims}"
         " --out {output:q} --log {log:q} {input:q}"
 
 
@@ -44,9 +45,11 @@ rule result:
     params:
         opts=analysis.get_job_options,
         provenance=analysis.get_provenance,
+        skims=analysis.get_skim_options,
         job=analysis.job("result"),
     shell:
-        "{params.job} --provenance {params.provenance} {params.opts} --out {output:q} --log {log:q} {input:q}"
+        "{params.job} --provenance {params.provenance} {params.opts} {params.skims}"
+        " --out {output:q} --log {log:q} {input:q}"
 
 
 # The fixed names users read (result.npz, datasets/<dataset>.npz) are links to

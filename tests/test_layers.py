@@ -20,7 +20,7 @@ LAYERS = [
     ("events",),
     ("buffers",),
     ("io",),
-    ("results",),
+    ("results", "skim"),
     ("spec",),
     ("util", "examples", "_version"),
 ]

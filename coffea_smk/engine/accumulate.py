@@ -85,7 +85,13 @@ def add(a: Any, b: Any, *, path: str = "result") -> Any:
             return a
         return a + b
     except Exception as err:  # user types define their own __add__
-        raise AccumulateError(f"{path}: cannot add {_describe(a)} and {_describe(b)}: {err}") from err
+        hint = ""
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape != b.shape:
+            hint = (
+                f" (arrays of shapes {a.shape} and {b.shape}: values per event? Return them as "
+                "coffea_smk.Skim(array) to write them to files, or as coffea's column_accumulator)"
+            )
+        raise AccumulateError(f"{path}: cannot add {_describe(a)} and {_describe(b)}: {err}{hint}") from err
 
 
 def accumulate(items: Iterable[Any], start: Any = None) -> Any:

@@ -34,10 +34,12 @@ from coffea_smk.engine.policy import ChunkError, continues, retrying
 from coffea_smk.engine.preprocess import StaleRecordError
 from coffea_smk.engine.reading import ColumnHint, FileReader, UnitReader
 from coffea_smk.engine.records import Plan, PlanFile
+from coffea_smk.engine.skim import Rows, UnitSkims, chunk_skims
 from coffea_smk.io.faults import causes
 from coffea_smk.io.files import open_file
 from coffea_smk.spec.processor import Processor
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
+from coffea_smk.spec.skims import SkimSettings
 from coffea_smk.util.atomic import write_json
 from coffea_smk.util.ranges import coalesce, covered
 
@@ -55,6 +57,7 @@ class _UnitState:
     ranges: dict[str, list[list[int]]] = field(default_factory=dict)
     metrics: list[ChunkMetrics] = field(default_factory=list)
     failed: list[ChunkFailure] = field(default_factory=list)
+    skims: UnitSkims = field(default_factory=UnitSkims)
 
 
 def run_unit(
@@ -68,6 +71,7 @@ def run_unit(
     *,
     attempt: int = 0,
     hint: ColumnHint | None = None,
+    skims: UnitSkims | None = None,
 ) -> tuple[Any, UnitMeta]:
     """Process the chunks of a work unit that ``previous`` does not already cover.
 
@@ -81,6 +85,7 @@ def run_unit(
         events: How to build and read events.
         attempt: Which attempt this is (0 for the first run of the unit).
         hint: The columns earlier units of the dataset read (prefetched from the first chunk on).
+        skims: Where the rows of the chunks' skims go (a new one when not given).
 
     Returns:
         The accumulated output and the unit's meta record (events, entry ranges
@@ -88,7 +93,7 @@ def run_unit(
     """
     unit = plan.unit(unit_id)
     files = plan.files
-    state = _UnitState(plan, policy or ErrorPolicy(), tracebacks)
+    state = _UnitState(plan, policy or ErrorPolicy(), tracebacks, skims=skims or UnitSkims())
     done: dict[str, list[list[int]]] = {}
     if previous is not None:
         state.accumulator, before = previous
@@ -239,7 +244,7 @@ def _run_with_policy(
         _record_failure(state, record, start, stop, failure, tries + 1)
         return
     assert done is not None
-    output, metrics = done
+    output, metrics, rows = done
     try:
         state.accumulator = add(state.accumulator, output)
     except AccumulateError as acc_err:
@@ -248,6 +253,7 @@ def _run_with_policy(
             f"the processor's output cannot be accumulated: {acc_err}"
         ) from acc_err
     state.ranges.setdefault(record.key, []).append([start, stop])
+    state.skims.add(rows, record.key, start, stop)
     state.metrics.append(metrics.model_copy(update={"retries": tries}))
 
 
@@ -294,7 +300,7 @@ def _type_name(err: BaseException) -> str:
 
 def _run_chunk(
     plan: Plan, record: PlanFile, source: FileReader, start: int, stop: int, processor: Processor
-) -> tuple[Any, ChunkMetrics]:
+) -> tuple[Any, ChunkMetrics, dict[str, Rows]]:
     metadata = {
         **plan.metadata,
         "dataset": plan.dataset,
@@ -314,12 +320,14 @@ def _run_chunk(
                 f"processor {processor.spec} failed on dataset {plan.dataset!r}, file {record.path}, "
                 f"entries {start}-{stop}: {type(err).__name__}: {err}\n\nprocessor traceback:\n{tb}"
             ) from err
+        where = f"dataset {plan.dataset!r}, file {record.path}, entries {start}-{stop}"
+        output, rows = chunk_skims(output, chunk.events, where)
         gen_sumw = None if plan.runs_sumw is not None else _gen_sumw(chunk.events)
     t_process = time.perf_counter() - t0
     metrics = chunk.metrics(t_process, time.perf_counter() - t0)
     if gen_sumw is not None:
         metrics = metrics.model_copy(update={"gen_sumw": gen_sumw, "gen_weighted_events": stop - start})
-    return output, metrics
+    return output, metrics, rows
 
 
 def _gen_sumw(events: Any) -> float | None:
@@ -360,13 +368,15 @@ def process_unit_to_file(
     allow_pickle: bool = False,
     events: EventsOptions | None = None,
     hint: ColumnHint | None = None,
+    skim_settings: SkimSettings | None = None,
 ) -> UnitMeta:
     """Run a unit and write its partial result atomically; return the meta record.
 
     With failed chunks, the failure manifest is written first (at
     ``failures_path``), then the partial: the next run sees the manifest and
     schedules a retry of only those chunks. Tracebacks of failed chunks go to
-    ``tracebacks/`` beside the manifest, named after it.
+    ``tracebacks/`` beside the manifest, named after it. The rows of the output's skims
+    go to piece files beside ``out_path`` (see :mod:`coffea_smk.engine.skim`).
     """
     t0 = time.perf_counter()
     previous = load_previous(previous_path, allow_pickle=allow_pickle) if previous_path else None
@@ -374,9 +384,20 @@ def process_unit_to_file(
     if failures_path:
         manifest = Path(failures_path)
         tracebacks = manifest.parent / "tracebacks" / manifest.stem
+    skims = UnitSkims()
     result, meta = run_unit(
-        plan, unit_id, processor, policy, previous, tracebacks, events, attempt=attempt, hint=hint
+        plan,
+        unit_id,
+        processor,
+        policy,
+        previous,
+        tracebacks,
+        events,
+        attempt=attempt,
+        hint=hint,
+        skims=skims,
     )
+    result = skims.write(result, out_path, skim_settings or SkimSettings())
     meta = meta.model_copy(update={"wall_s": round(time.perf_counter() - t0, 6)})
     if meta.failed and failures_path:
         failures = UnitFailures(dataset=plan.dataset, unit=unit_id, failed=meta.failed)

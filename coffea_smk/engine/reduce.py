@@ -24,6 +24,8 @@ from coffea_smk.engine.meta import (
     ranges_of,
 )
 from coffea_smk.engine.records import Plan
+from coffea_smk.engine.skim import Skims, compact_skims, skims_of
+from coffea_smk.engine.skim_manifest import SkimManifests
 from coffea_smk.util.ranges import coalesce
 
 log = logging.getLogger("coffea_smk.engine.reduce")
@@ -134,6 +136,7 @@ def finish_dataset(
     provenance: Provenance | None = None,
     *,
     allow_pickle: bool = False,
+    skims: Skims | None = None,
 ) -> DatasetMeta:
     """The per-dataset result: merged partials plus events processed versus expected.
 
@@ -141,6 +144,12 @@ def finish_dataset(
     into the result's meta, with the plan's files and their identities.
     """
     result, merged = merge_stored(paths, allow_pickle=allow_pickle)
+    if skims_of(result):
+        if skims is None or skims.folder is None:
+            raise MergeError(
+                f"dataset {plan.dataset!r}: the result holds skims, and no folder was given for them"
+            )
+        result = compact_skims(result, skims.folder, skims.settings, f"dataset {plan.dataset!r}")
     expected = {f.key: f.entries for f in plan.files if f.entries > 0}
     covered = dict(merged.ranges)
     missing = [f.path for f in plan.files if f.entries > 0 and covered.get(f.key) != ((0, f.entries),)]
@@ -197,6 +206,7 @@ def finish_global(
     postprocess: Callable[[Any], Any] | None = None,
     *,
     allow_pickle: bool = False,
+    skims: Skims | None = None,
 ) -> GlobalMeta:
     """The global result: all datasets accumulated, then the processor's ``postprocess``.
 
@@ -205,9 +215,11 @@ def finish_global(
     """
     result: Any = None
     per_dataset: dict[str, DatasetSummary] = {}
+    manifests = SkimManifests()
     for path in paths:
         result, stored = _add_input(result, path, allow_pickle)
         m = _parsed(path, stored.meta, DatasetMeta.model_validate)
+        manifests.add(m, skims_of(stored.result))
         per_dataset[m.dataset] = DatasetSummary(
             analysis_key=m.analysis_key,
             metadata=m.metadata,
@@ -225,6 +237,8 @@ def finish_global(
             sumw=m.sumw,
             sumw_source=m.sumw_source,
         )
+    if manifests and skims is not None and skims.folder is not None:
+        manifests.write(skims.folder, skims.settings, provenance)
     if postprocess is not None:
         post = postprocess(result)
         if post is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk.post.manifest import MANIFEST, NOTES, Plot
+from coffea_smk.skim import SkimOutput
 from coffea_smk.spec.stat import FILES as STAT_FILES
 
 _STYLE = """
@@ -215,6 +216,31 @@ def _stat_html(models: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _skims_html(result: Any, meta: dict[str, Any]) -> str:
+    skims = (
+        [(k, v) for k, v in result.items() if isinstance(v, SkimOutput)] if isinstance(result, dict) else []
+    )
+    if not skims:
+        return "<p>No skims.</p>"
+    settings = (meta.get("config") or {}).get("skims") or {}
+    how = f"{settings.get('format', 'parquet')}, {settings.get('compression', 'zstd')}"
+    rows = [
+        [
+            name,
+            len(s.files),
+            f"{s.rows:,}",
+            f"{s.events:,}",
+            f"{100 * s.rows / s.events:.3g}%" if s.events else "-",
+            f"{sum(f.bytes for f in s.files) / 1e6:.3g}",
+            how,
+            f"skims/{name}/fileset.json",
+        ]
+        for name, s in skims
+    ]
+    header = ["skim", "files", "events kept", "events processed", "kept", "MB", "format", "fileset"]
+    return _table(header, rows)
+
+
 def _failures_html(failures: list[Failure]) -> str:
     if not failures:
         return '<p class="ok">No failed chunks or files.</p>'
@@ -249,6 +275,7 @@ def render(
         ("Cutflows", _cutflow_html(cutflows(result, list(meta.get("datasets", {}))))),
         ("Plots", _plots_html(plots)),
         ("Statistical models", _stat_html(models or [])),
+        ("Skims", _skims_html(result, meta)),
         ("Failed chunks and files", _failures_html(failures)),
         ("Metrics", _metrics_html(meta)),
         ("Configuration", f"<pre>{_e(config_text)}</pre>"),

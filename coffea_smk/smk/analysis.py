@@ -336,6 +336,16 @@ class Analysis:
         opts = ["--processor", self.cfg.processor, "--basedir", self.layout.basedir]
         return ShellArg(" ".join([*(shlex.quote(o) for o in opts), str(self.get_load_options())]).strip())
 
+    def get_skim_options(self, wildcards: Any = None) -> ShellArg:
+        """``--skims JSON`` (how skims are written) and ``--skim-dir`` (where the job's skim files go)."""
+        opts = [
+            "--skims",
+            self.cfg.skims.to_json(),
+            "--skim-dir",
+            self.layout.skim_dir(getattr(wildcards, "dataset", None)),
+        ]
+        return ShellArg(" ".join(shlex.quote(o) for o in opts))
+
     def get_load_options(self, wildcards: Any = None) -> ShellArg:
         """``--allow-pickle`` for every job that loads results, when the config allows it."""
         return ShellArg("--allow-pickle" if self.cfg.allow_pickle else "")

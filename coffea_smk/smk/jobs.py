@@ -30,12 +30,14 @@ from coffea_smk.engine.records import (
     UnusableFile,
 )
 from coffea_smk.engine.reduce import finish_dataset, finish_global, merge_to_file
+from coffea_smk.engine.skim import Skims
 from coffea_smk.io.basketmap import map_path
 from coffea_smk.io.faults import causes
 from coffea_smk.smk.names import Step, split_attempt
-from coffea_smk.smk.publish import publish
+from coffea_smk.smk.publish import publish, skim_aliases
 from coffea_smk.spec.processor import load_processor
 from coffea_smk.spec.settings import ErrorPolicy, EventsOptions
+from coffea_smk.spec.skims import SkimSettings
 from coffea_smk.spec.stat import FIT, StatModel
 from coffea_smk.util.atomic import write_json
 
@@ -127,6 +129,7 @@ def step_process(a: argparse.Namespace) -> None:
             allow_pickle=a.allow_pickle,
             events=EventsOptions.from_json(a.events),
             hint=hint,
+            skim_settings=SkimSettings.from_json(a.skims),
         )
     except Exception as err:
         stale = next((e for e in causes(err) if isinstance(e, StaleRecordError)), None)
@@ -151,13 +154,17 @@ def step_merge(a: argparse.Namespace) -> None:
 
 def step_dataset(a: argparse.Namespace) -> None:
     provenance = Provenance.model_validate_json(a.provenance)
-    finish_dataset(a.inputs, _plan(a.plan), a.out, provenance, allow_pickle=a.allow_pickle)
+    skims = Skims(SkimSettings.from_json(a.skims), a.skim_dir)
+    finish_dataset(a.inputs, _plan(a.plan), a.out, provenance, allow_pickle=a.allow_pickle, skims=skims)
 
 
 def step_result(a: argparse.Namespace) -> None:
     processor = load_processor(a.processor, a.basedir)
     provenance = Provenance.model_validate_json(a.provenance)
-    meta = finish_global(a.inputs, a.out, provenance, processor.postprocess, allow_pickle=a.allow_pickle)
+    skims = Skims(SkimSettings.from_json(a.skims), a.skim_dir)
+    meta = finish_global(
+        a.inputs, a.out, provenance, processor.postprocess, allow_pickle=a.allow_pickle, skims=skims
+    )
     log.info("global result: %d of %d events, complete=%s", meta.events, meta.events_expected, meta.complete)
 
 
@@ -195,7 +202,9 @@ def step_publish(a: argparse.Namespace) -> None:
     """Switch the fixed names (result.npz, datasets/<d>.npz, report.html, ...) to this analysis's
     outputs, then write the marker (a temporary output named after the state found at parse time)."""
     spec = json.loads(a.spec)
-    for line in publish(spec["outdir"], spec["aliases"]):
+    # the skims' manifests are written by the global result's job, after the workflow was parsed
+    aliases = {**spec["aliases"], **skim_aliases(spec["outdir"], spec["key"])}
+    for line in publish(spec["outdir"], aliases):
         log.info("%s", line)
     folder = Path(a.out).parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -261,6 +270,9 @@ def main(argv: list[str]) -> int:
         p.add_argument("--allow-pickle", action="store_true")
         if inputs:
             p.add_argument("inputs", nargs="*")
+        if name in (Step.PROCESS, Step.DATASET, Step.RESULT):
+            p.add_argument("--skims")  # SkimSettings as JSON (the defaults without)
+            p.add_argument("--skim-dir")  # where the step's skim files go: a template with {name}
         return p
 
     pre = add(Step.PREPROCESS, "files", "cache", "failures")

@@ -43,7 +43,7 @@ from coffea_smk.io.files import InputFileError, check_backends
 from coffea_smk.io.remote import RemoteStat
 from coffea_smk.smk.names import attempt_name, split_attempt
 from coffea_smk.smk.outputs import ALIASES, FAILURES, LOGS, PATHS, Kind
-from coffea_smk.smk.publish import links_to
+from coffea_smk.smk.publish import links_to, skim_aliases
 from coffea_smk.smk.remote import (
     RUN_RECORD,
     DownHost,
@@ -67,6 +67,7 @@ from coffea_smk.spec.config import (
 )
 from coffea_smk.spec.processor import ProcessorError, processor_tag
 from coffea_smk.spec.settings import PlanSettings
+from coffea_smk.spec.skims import SkimSettings
 from coffea_smk.spec.stat import dataset_problems
 from coffea_smk.util.atomic import write_json
 from coffea_smk.util.hashing import key_of
@@ -84,10 +85,19 @@ class DatasetKeys:
     """The per-dataset result: ``tag`` and ``plan`` together."""
 
     @classmethod
-    def of(cls, d: Dataset, files: list[FileIdentity], settings: PlanSettings, processor: str) -> DatasetKeys:
+    def of(
+        cls,
+        d: Dataset,
+        files: list[FileIdentity],
+        settings: PlanSettings,
+        processor: str,
+        skims: SkimSettings,
+    ) -> DatasetKeys:
         plan = key_of("plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], settings.model_dump())
-        tag = key_of("tag", processor, d.name, d.metadata)
-        return cls(plan, tag, key_of("dataset", tag, plan))
+        # the skim pieces are written by the process jobs, the skim files by the dataset job
+        pieces = skims.model_dump(exclude={"target_size_mb"})
+        tag = key_of("tag", processor, d.name, d.metadata, pieces)
+        return cls(plan, tag, key_of("dataset", tag, plan, skims.target_size_mb))
 
 
 @dataclass
@@ -173,7 +183,10 @@ class Layout:
         except ProcessorError as err:
             raise ConfigError(str(err)) from None
         settings = PlanSettings.from_config(cfg)
-        keys = {slug: DatasetKeys.of(d, identities[slug], settings, tag) for slug, d in datasets.items()}
+        keys = {
+            slug: DatasetKeys.of(d, identities[slug], settings, tag, cfg.skims)
+            for slug, d in datasets.items()
+        }
         analysis_key = key_of("analysis", tag, sorted((s, k.result) for s, k in keys.items()))
         stats = {url: answer for url, answer in remote.items() if isinstance(answer, RemoteStat)}
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -323,6 +336,13 @@ class Layout:
         return names
 
     # ---- results and the links that publish them ----------------------------------
+    def skim_dir(self, slug: str | None) -> str:
+        """Where a dataset's compacted skim files go, or (``slug`` None) the analysis's skim
+        manifests: a template with ``{name}``, the skim's name, keyed like the result it belongs to."""
+        if slug is None:
+            return f"{self.outdir}/skims/{{name}}/manifests/{self.analysis_key}"
+        return f"{self.outdir}/skims/{{name}}/{slug}/{self.keys[slug].result}"
+
     def plan_path(self, slug: str) -> str:
         return self.path(Kind.PLAN, dataset=slug, plan=self.keys[slug].plan)
 
@@ -374,7 +394,7 @@ class Layout:
             out[_fill(f"{self.outdir}/{ALIASES[Kind.DATASET]}", {"dataset": slug})] = self.dataset_result(
                 slug
             )
-        return out
+        return {**out, **skim_aliases(self.outdir, self.analysis_key)}
 
     def unpublished(self) -> list[str]:
         """Fixed names that do not lead to the current analysis's results (read-only: stats and readlinks)."""

@@ -1,11 +1,26 @@
 """Publishing: the fixed names users read (``result.npz``, ``datasets/<dataset>.npz``,
-``report.html``, ``plots/latest``) switched to the outputs of the analysis as configured now."""
+``report.html``, ``plots/latest``, ``skims/<name>/fileset.json``) switched to the outputs of
+the analysis as configured now."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+
+SKIM_FILES = ("fileset.json", "lumi.json", "lineage.json")
+"""What a skim's manifest folder holds (``skims/<name>/manifests/<analysis key>/``), each
+published as ``skims/<name>/<file>``."""
+
+
+def skim_aliases(outdir: str, analysis_key: str) -> dict[str, str]:
+    """The fixed names of the skims the analysis wrote (none before its global result exists)."""
+    out = {}
+    for folder in Path(outdir).glob(f"skims/*/manifests/{analysis_key}"):
+        for name in SKIM_FILES:
+            if (folder / name).exists():
+                out[str(folder.parent.parent / name)] = str(folder / name)
+    return out
 
 
 def publish(outdir: str, aliases: dict[str, str]) -> list[str]:
@@ -29,7 +44,8 @@ def publish(outdir: str, aliases: dict[str, str]) -> list[str]:
         if str(entry) not in aliases and entry.is_symlink() and (folder / entry.stem).is_dir():
             entry.unlink()
             done.append(f"{entry} removed (no longer in the analysis)")
-    for entry in (Path(outdir) / "stat").glob("*"):  # links of statistical models no longer configured
+    stale = [*(Path(outdir) / "stat").glob("*"), *(Path(outdir) / "skims").glob("*/*.json")]
+    for entry in stale:  # links of statistical models no longer configured, skims no longer written
         if str(entry) not in aliases and entry.is_symlink():
             entry.unlink()
             done.append(f"{entry} removed (no longer in the analysis)")

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coffea_smk.spec.plots import PlotSettings
+from coffea_smk.spec.skims import SkimSettings
 from coffea_smk.spec.stat import StatSettings, model_names
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -116,6 +117,11 @@ class AnalysisConfig(BaseModel):
         "",
         description="Free tag folded into the results' identity: change it to force re-processing "
         "(e.g. after editing a helper module the processor imports).",
+    )
+    skims: SkimSettings = Field(
+        default_factory=SkimSettings,
+        description="How the processor's coffea_smk.Skim outputs are written: format (parquet or "
+        "root), compression, compression_level, target_size_mb (per compacted file), row_group_rows.",
     )
     allow_pickle: bool = Field(
         False,

@@ -1,0 +1,62 @@
+"""Processors that write skims (tests/test_skims.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import awkward as ak
+
+import coffea_smk
+from coffea_smk.examples.dimuon import DimuonProcessor
+
+COLUMNS = ["Muon", "Jet_pt", "Jet_eta", "run", "luminosityBlock", "event"]
+MIN_MUONS = int(os.environ.get("SMK_TEST_MIN_MUONS", "2"))
+
+
+def columns_of(events: Any) -> list[str]:
+    """The skim's columns: genWeight where the events have it (MC)."""
+    return COLUMNS + (["genWeight"] if "genWeight" in events.fields else [])
+
+
+class DimuonSkim(DimuonProcessor):
+    """The dimuon histograms, and the events with two muons or more as the skim ``dimuon``."""
+
+    min_muons = 2
+
+    def process(self, events: Any) -> dict[str, Any]:
+        out = super().process(events)
+        selected = events[ak.num(events.Muon) >= self.min_muons]
+        out["dimuon"] = coffea_smk.Skim(selected, columns=columns_of(events))
+        return out
+
+
+class ThreeMuonSkim(DimuonSkim):
+    """A tighter selection (three muons or more)."""
+
+    min_muons = 3
+
+
+class OnlySkim:
+    """A run with only a skim (no histogram)."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        return {"dimuon": coffea_smk.Skim(events[ak.num(events.Muon) >= 2], columns=columns_of(events))}
+
+
+class BareArray:
+    """Returns a per-event array bare: a clear error, pointing at Skim."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        return {"pt": events.Muon.pt}
+
+
+class FailsWhileMarkedSkim(DimuonSkim):
+    """The dimuon skim, failing with ValueError on DY's entries from 20 while $SMK_TEST_FAIL_MARKER exists."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        md = events.metadata
+        marker = os.environ.get("SMK_TEST_FAIL_MARKER", "")
+        if marker and os.path.exists(marker) and md["dataset"] == "DY" and md["entrystart"] == 20:
+            raise ValueError("failing while marked")
+        return super().process(events)
