@@ -20,7 +20,7 @@ import numpy as np
 import uproot
 
 from coffea_smk.results import PickledResultError, Stored, load_meta, load_stored
-from coffea_smk.skim import SkimOutput
+from coffea_smk.skim import skim_name, skims_in
 
 MUON_MASS = 0.1056583745
 
@@ -257,9 +257,8 @@ def skim_lines(result: Any, outdir: Path, config: dict[str, Any]) -> list[str]:
     """A line per skim of a result: files, rows, bytes, the fraction of events kept, the format."""
     lines = []
     settings = config.get("skims") or {}
-    for name, skim in result.items() if isinstance(result, dict) else []:
-        if not isinstance(skim, SkimOutput):
-            continue
+    for at, skim in skims_in(result).items():
+        name = skim_name(at)
         size = sum(f.bytes for f in skim.files)
         kept = f"{100 * skim.rows / skim.events:.3g}%" if skim.events else "-"
         how = f"{settings.get('format', 'parquet')}, {settings.get('compression', 'zstd')}"

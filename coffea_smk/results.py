@@ -26,7 +26,7 @@ import hist
 import hist.serialization
 import numpy as np
 
-from coffea_smk.skim import SkimOutput
+from coffea_smk.skim import SkimOutput, column_values, set_at, skims_in
 from coffea_smk.util import containers
 from coffea_smk.util.atomic import write_with
 
@@ -86,6 +86,10 @@ def save(
 def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
     """Return the processor output stored in a coffea_smk result file.
 
+    A skim made from coffea's ``column_accumulator`` comes back as one, holding the values of
+    every event in file and entry order (read from the skim's files); other skims as
+    :class:`~coffea_smk.skim.SkimOutput` (their files, rows and totals).
+
     Args:
         path: A partial, per-dataset or global result (``.npz``) of coffea_smk.
         allow_pickle: Also decode objects that were stored with cloudpickle.
@@ -102,7 +106,13 @@ def load(path: str | os.PathLike[str], *, allow_pickle: bool = False) -> Any:
             ),
             stacklevel=2,
         )
-    return stored.result
+    result = stored.result
+    for at, skim in skims_in(result).items():
+        if skim.column:  # coffea's column_accumulator: the concatenated values, as coffea gives them
+            if not at:
+                return column_values(skim)
+            set_at(result, at, column_values(skim))
+    return result
 
 
 def load_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

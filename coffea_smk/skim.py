@@ -13,13 +13,25 @@ chunks to one piece file; per dataset the pieces are compacted, and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Skim", "SkimFile", "SkimOutput", "SkimPiece", "lumi_json", "unique_lumis"]
+__all__ = [
+    "Skim",
+    "SkimFile",
+    "SkimOutput",
+    "SkimPiece",
+    "column_values",
+    "get_at",
+    "lumi_json",
+    "set_at",
+    "skim_name",
+    "skims_in",
+    "unique_lumis",
+]
 
 
 class Skim:
@@ -90,6 +102,8 @@ class SkimOutput:
     pieces: tuple[SkimPiece, ...] = ()
     files: tuple[SkimFile, ...] = ()
     """The dataset's compacted files (set by the per-dataset step; empty before)."""
+    column: bool = False
+    """Made from coffea's ``column_accumulator``: loaded back as the concatenated array."""
 
     def __add__(self, other: object) -> SkimOutput:
         if not isinstance(other, SkimOutput):
@@ -103,6 +117,7 @@ class SkimOutput:
             columns=self.columns or other.columns,
             pieces=self.pieces + other.pieces,
             files=self.files + other.files,
+            column=self.column or other.column,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -125,6 +140,7 @@ class SkimOutput:
             "columns": list(self.columns),
             "pieces": [[p.path, p.rows, p.bytes, [list(r) for r in p.ranges]] for p in self.pieces],
             "files": [[f.path, f.rows, f.bytes] for f in self.files],
+            "column": self.column,
         }
 
     @classmethod
@@ -142,7 +158,65 @@ class SkimOutput:
                 for p, r, b, ranges in record["pieces"]
             ),
             files=tuple(SkimFile(str(p), int(r), int(b)) for p, r, b in record["files"]),
+            column=bool(record.get("column", False)),
         )
+
+
+def column_values(skim: SkimOutput) -> Any:
+    """The values of a skim made from coffea's ``column_accumulator``, concatenated in file and
+    entry order from its files (its pieces, for a unit's partial result), as a
+    ``column_accumulator`` (a numpy array without coffea)."""
+    paths = [f.path for f in skim.files] or [p.path for p in skim.pieces]
+    parts = []
+    for path in paths:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq  # noqa: PLC0415  only when loading such a skim
+
+            table = pq.read_table(path)
+            parts.append(table.column(0).to_numpy())
+        else:
+            import uproot  # noqa: PLC0415  with it
+
+            tree = uproot.open(path)["Events"]
+            parts.append(tree[tree.keys()[0]].array(library="np"))
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    try:
+        from coffea.processor import column_accumulator  # noqa: PLC0415  coffea is optional
+    except ImportError:
+        return values
+    return column_accumulator(values)
+
+
+def skims_in(result: Any) -> dict[tuple[Any, ...], SkimOutput]:
+    """The skims of a result, by where they sit (the keys leading to them, dicts at any depth)."""
+    found: dict[tuple[Any, ...], SkimOutput] = {}
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(node, SkimOutput):
+            found[path] = node
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                walk(value, (*path, key))
+
+    walk(result, ())
+    return found
+
+
+def skim_name(path: tuple[Any, ...]) -> str:
+    """A skim's name: the keys leading to it, joined by ``.`` (``dimuon``; ``columns.pt``)."""
+    return ".".join(str(k) for k in path)
+
+
+def get_at(result: Any, path: tuple[Any, ...]) -> Any:
+    """The value at ``path`` of nested dicts."""
+    for key in path:
+        result = result[key]
+    return result
+
+
+def set_at(result: Any, path: tuple[Any, ...], value: Any) -> None:
+    """Set the value at ``path`` (not empty) of nested dicts."""
+    get_at(result, path[:-1])[path[-1]] = value
 
 
 def _add_optional(a: float | None, b: float | None) -> float | None:

@@ -190,3 +190,27 @@ def test_a_bare_per_event_array_is_refused_with_a_pointer_to_skim(workflow: Work
     assert proc.returncode != 0
     assert "output['pt']" in proc.stderr and "coffea_smk.Skim" in proc.stderr, proc.stderr
     assert "nano_dy.root" in proc.stderr
+
+
+def test_column_accumulators_load_as_the_concatenated_values(workflow: Workflow, nanoaod: Path) -> None:
+    from coffea.processor import column_accumulator
+
+    fileset = _fileset(workflow.root, nanoaod)
+    workflow.write({"processor": "skim_processors:Columns", **SETTINGS}, fileset)
+    workflow.run()
+    out = coffea_smk.load(workflow.root / "results" / "result.npz")
+    assert isinstance(out["nmuon"], column_accumulator) and isinstance(
+        out["per_event"]["event"], column_accumulator
+    )
+    files = [f for spec in fileset.values() for f in spec["files"]]
+    want_n = np.concatenate([uproot.open(f)["Events"]["nMuon"].array(library="np") for f in files])
+    want_event = np.concatenate([uproot.open(f)["Events"]["event"].array(library="np") for f in files])
+    assert out["events"] == len(want_n) == 120
+    got = sorted(zip(out["per_event"]["event"].value, out["nmuon"].value, strict=True))
+    assert got == sorted(zip(want_event, want_n, strict=True))
+    for dataset, spec in fileset.items():  # per dataset: exactly in file and entry order
+        ds = coffea_smk.load(workflow.root / "results" / "datasets" / f"{dataset}.npz")
+        events = np.concatenate(
+            [uproot.open(f)["Events"]["event"].array(library="np") for f in spec["files"]]
+        )
+        assert ds["per_event"]["event"].value.tolist() == events.tolist()

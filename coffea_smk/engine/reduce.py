@@ -24,8 +24,9 @@ from coffea_smk.engine.meta import (
     ranges_of,
 )
 from coffea_smk.engine.records import Plan
-from coffea_smk.engine.skim import Skims, compact_skims, skims_of
+from coffea_smk.engine.skim import Skims, compact_skims
 from coffea_smk.engine.skim_manifest import SkimManifests
+from coffea_smk.skim import skim_name, skims_in
 from coffea_smk.util.ranges import coalesce
 
 log = logging.getLogger("coffea_smk.engine.reduce")
@@ -144,7 +145,7 @@ def finish_dataset(
     into the result's meta, with the plan's files and their identities.
     """
     result, merged = merge_stored(paths, allow_pickle=allow_pickle)
-    if skims_of(result):
+    if skims_in(result):
         if skims is None or skims.folder is None:
             raise MergeError(
                 f"dataset {plan.dataset!r}: the result holds skims, and no folder was given for them"
@@ -219,7 +220,7 @@ def finish_global(
     for path in paths:
         result, stored = _add_input(result, path, allow_pickle)
         m = _parsed(path, stored.meta, DatasetMeta.model_validate)
-        manifests.add(m, skims_of(stored.result))
+        manifests.add(m, {skim_name(at): s for at, s in skims_in(stored.result).items()})
         per_dataset[m.dataset] = DatasetSummary(
             analysis_key=m.analysis_key,
             metadata=m.metadata,

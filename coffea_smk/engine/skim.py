@@ -23,11 +23,22 @@ import numpy as np
 from coffea_smk.io.skimfiles import SkimFile as WrittenFile
 from coffea_smk.io.skimfiles import compact, write_piece
 from coffea_smk.io.skimtable import SkimColumnError, skim_branches
-from coffea_smk.skim import Skim, SkimFile, SkimOutput, SkimPiece, lumi_json, unique_lumis
+from coffea_smk.skim import (
+    Skim,
+    SkimFile,
+    SkimOutput,
+    SkimPiece,
+    get_at,
+    lumi_json,
+    set_at,
+    skim_name,
+    skims_in,
+    unique_lumis,
+)
 from coffea_smk.spec.skims import SkimSettings
 from coffea_smk.util.atomic import write_json
 
-__all__ = ["SkimError", "Skims", "UnitSkims", "chunk_skims", "compact_skims", "skims_of"]
+__all__ = ["SkimError", "Skims", "UnitSkims", "chunk_skims", "compact_skims"]
 
 log = logging.getLogger("coffea_smk.skim")
 
@@ -48,50 +59,56 @@ class Skims(NamedTuple):
 
 
 def chunk_skims(output: Any, events: Any, where: str) -> tuple[Any, dict[str, Rows]]:
-    """Replace each :class:`Skim` of ``output``'s top level by the chunk's totals; return its rows.
+    """Replace each :class:`Skim` (and coffea ``column_accumulator``) of ``output`` by the chunk's
+    totals; return their rows by skim name (the output's keys on the way, joined by ``.``).
 
     Args:
-        output: What the processor returned for the chunk (changed in place where it is a dict).
+        output: What the processor returned for the chunk (changed in place, dicts at any depth).
         events: The chunk's events (all of them: the totals count every event).
         where: The chunk, for messages (dataset, file, entry range).
 
     Raises:
-        SkimError: A Skim below the top level, or a bare awkward array anywhere: the message
+        SkimError: A bare awkward array, or a Skim whose columns do not exist: the message
             names its key and says what to return instead.
     """
     rows: dict[str, Rows] = {}
-    if not isinstance(output, Mapping):
-        _refuse_arrays(output, "the output", where)
-        return output, rows
-    for key, value in list(output.items()):
-        if isinstance(value, Skim):
-            try:
-                branches = skim_branches(value.array, value.columns, str(key))
-            except SkimColumnError as err:
-                raise SkimError(f"{where}: skim {key!r}: {err}") from err
-            rows[str(key)] = branches
-            assert isinstance(output, MutableMapping)
-            output[key] = _totals(events, branches)
-        else:
-            _refuse_arrays(value, f"output[{key!r}]", where)
+    _walk(output, (), events, where, rows)
+    if isinstance(output, Skim) or _is_column(output):
+        raise SkimError(f"{where}: the output is a skim itself; return it in a dict (its key names it)")
     return output, rows
 
 
-def _refuse_arrays(value: Any, path: str, where: str) -> None:
-    if isinstance(value, Skim):
+def _is_column(value: Any) -> bool:
+    kind = type(value)
+    return kind.__module__ == "coffea.processor.accumulator" and kind.__name__ == "column_accumulator"
+
+
+def _walk(node: Any, path: tuple[str, ...], events: Any, where: str, rows: dict[str, Rows]) -> None:
+    if isinstance(node, ak.Array):
         raise SkimError(
-            f"{where}: {path} is a coffea_smk.Skim below the top level of the output; return it "
-            "as a value of the output dict itself (its key is the skim's name)"
+            f"{where}: output{''.join(f'[{k!r}]' for k in path)} is an awkward array ({len(node)} rows), "
+            "which cannot be added up over chunks. To write per-event values to files, return "
+            "coffea_smk.Skim(array) (or coffea's column_accumulator); to count, histogram it or "
+            "return a number."
         )
-    if isinstance(value, ak.Array):
-        raise SkimError(
-            f"{where}: {path} is an awkward array ({len(value)} rows), which cannot be added up "
-            "over chunks. To write per-event values to files, return coffea_smk.Skim(array) (or "
-            "coffea's column_accumulator); to count, histogram it or return a number."
-        )
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _refuse_arrays(v, f"{path}[{k!r}]", where)
+    if not isinstance(node, Mapping):
+        return
+    for key, value in list(node.items()):
+        here = (*path, str(key))
+        name = ".".join(here)
+        if isinstance(value, Skim) or _is_column(value):
+            skim = value if isinstance(value, Skim) else Skim(ak.Array(value.value))
+            try:  # a column_accumulator's values: one branch, named by its key
+                branches = skim_branches(
+                    skim.array, skim.columns, name if isinstance(value, Skim) else here[-1]
+                )
+            except SkimColumnError as err:
+                raise SkimError(f"{where}: skim {name!r}: {err}") from err
+            rows[name] = branches
+            assert isinstance(node, MutableMapping)
+            node[key] = dataclasses.replace(_totals(events, branches), column=_is_column(value))
+        else:
+            _walk(value, here, events, where, rows)
 
 
 def _totals(events: Any, branches: Rows) -> SkimOutput:
@@ -142,7 +159,7 @@ class UnitSkims:
 
     def write(self, result: Any, out_path: str, settings: SkimSettings) -> Any:
         """Write one piece per skim with rows beside ``out_path``; record it in ``result``."""
-        out = Path(out_path)
+        out = Path(out_path).absolute()  # a result names its skim files absolutely: loadable from anywhere
         for name, chunks in self._rows.items():
             if not chunks:
                 continue  # nothing selected: no piece, the totals still count
@@ -150,7 +167,8 @@ class UnitSkims:
             path = out.with_name(f"{out.stem}.skim-{name}{settings.suffix}")
             written: WrittenFile = write_piece(str(path), branches, settings)
             piece = SkimPiece(str(path), written.rows, written.bytes, tuple(self._ranges[name]))
-            result[name] = result[name] + SkimOutput(pieces=(piece,))
+            where = next(p for p in skims_in(result) if skim_name(p) == name)
+            set_at(result, where, get_at(result, where) + SkimOutput(pieces=(piece,)))
         return result
 
 
@@ -165,13 +183,6 @@ def _concatenate(chunks: list[Rows], name: str, out_path: str) -> Rows:
     return {b: ak.concatenate([rows[b] for rows in chunks]) for b in names}
 
 
-def skims_of(result: Any) -> dict[str, SkimOutput]:
-    """The skims of a result (the :class:`SkimOutput` values of its top level)."""
-    if not isinstance(result, Mapping):
-        return {}
-    return {str(k): v for k, v in result.items() if isinstance(v, SkimOutput)}
-
-
 def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) -> Any:
     """Compact each skim's pieces into files in ``folder`` (a template with ``{name}``).
 
@@ -179,9 +190,10 @@ def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) 
         SkimError: Two pieces hold the same entries (an event would be written twice), or a
             piece is missing (its unit's partial was kept but the piece deleted).
     """
-    for name, pieces in skims_of(result).items():
+    for at, pieces in skims_in(result).items():
+        name = skim_name(at)
         _check_pieces(pieces, name, where)
-        target = folder.format(name=name)
+        target = str(Path(folder.format(name=name)).absolute())
         files = compact([p.path for p in pieces.pieces], target, settings) if pieces.pieces else []
         skim = dataclasses.replace(pieces, files=tuple(SkimFile(f.path, f.rows, f.bytes) for f in files))
         if sum(f.rows for f in skim.files) != skim.rows:
@@ -190,7 +202,7 @@ def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) 
             )
         if len(skim.lumis) and skim.sumw is None:  # data: no generator weights
             write_json(str(Path(target) / "lumi.json"), lumi_json(skim.lumis))
-        result[name] = skim
+        set_at(result, at, skim)
         log.info("skim %r: %d of %d events kept, %d files", name, skim.rows, skim.events, len(skim.files))
     return result
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coffea_smk.post.manifest import MANIFEST, NOTES, Plot
-from coffea_smk.skim import SkimOutput
+from coffea_smk.skim import skim_name, skims_in
 from coffea_smk.spec.stat import FILES as STAT_FILES
 
 _STYLE = """
@@ -217,9 +217,7 @@ def _stat_html(models: list[dict[str, Any]]) -> str:
 
 
 def _skims_html(result: Any, meta: dict[str, Any]) -> str:
-    skims = (
-        [(k, v) for k, v in result.items() if isinstance(v, SkimOutput)] if isinstance(result, dict) else []
-    )
+    skims = [(skim_name(at), s) for at, s in skims_in(result).items()]
     if not skims:
         return "<p>No skims.</p>"
     settings = (meta.get("config") or {}).get("skims") or {}

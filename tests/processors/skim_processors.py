@@ -60,3 +60,18 @@ class FailsWhileMarkedSkim(DimuonSkim):
         if marker and os.path.exists(marker) and md["dataset"] == "DY" and md["entrystart"] == 20:
             raise ValueError("failing while marked")
         return super().process(events)
+
+
+class Columns:
+    """coffea's column_accumulator, at the top level and in a dict: per-event values, concatenated."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        import numpy as np
+        from coffea.processor import column_accumulator
+
+        n = np.asarray(ak.num(events.Muon, axis=1))
+        return {
+            "nmuon": column_accumulator(n),
+            "per_event": {"event": column_accumulator(np.asarray(events.event))},
+            "events": len(events),
+        }
