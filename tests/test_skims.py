@@ -114,6 +114,16 @@ def test_a_skim_holds_the_selected_events_of_every_chunk(workflow: Workflow, nan
             assert skim["sumw"] == pytest.approx(want["sumw"], rel=1e-12)
             assert skim["sumw2"] == pytest.approx(want["sumw2"], rel=1e-12)
         assert all(Path(f).is_file() and f.endswith(f".{fmt}") for f in entry["files"])
+        if fmt == "root":  # the sources' Runs entries, once, in the first file
+            runs = [uproot.open(f).get("Runs") for f in entry["files"]]
+            assert runs[0] is not None and all(r is None for r in runs[1:])
+            sources = [uproot.open(f)["Runs"]["run"].array(library="np") for f in spec["files"]]
+            assert runs[0]["run"].array(library="np").tolist() == np.concatenate(sources).tolist()
+            if name == "DY":
+                want_sumw = sum(
+                    uproot.open(f)["Runs"]["genEventSumw_"].array(library="np").sum() for f in spec["files"]
+                )
+                assert runs[0]["genEventSumw_"].array(library="np").sum() == pytest.approx(want_sumw)
     # data (no genWeight): the lumi sections of every event processed, per dataset and combined
     lumis = lumi_json(_direct(fileset["Data"]["files"])["lumis"])
     assert len(lumis) >= 1 and sum(len(r) for r in lumis.values()) >= 1

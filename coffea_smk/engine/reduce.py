@@ -150,7 +150,8 @@ def finish_dataset(
             raise MergeError(
                 f"dataset {plan.dataset!r}: the result holds skims, and no folder was given for them"
             )
-        result = compact_skims(result, skims.folder, skims.settings, f"dataset {plan.dataset!r}")
+        sources = [f.path for f in plan.files if f.entries > 0]
+        result = compact_skims(result, skims.folder, skims.settings, f"dataset {plan.dataset!r}", sources)
     expected = {f.key: f.entries for f in plan.files if f.entries > 0}
     covered = dict(merged.ranges)
     missing = [f.path for f in plan.files if f.entries > 0 and covered.get(f.key) != ((0, f.entries),)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -183,8 +183,13 @@ def _concatenate(chunks: list[Rows], name: str, out_path: str) -> Rows:
     return {b: ak.concatenate([rows[b] for rows in chunks]) for b in names}
 
 
-def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) -> Any:
+def compact_skims(
+    result: Any, folder: str, settings: SkimSettings, where: str, sources: Sequence[str] = ()
+) -> Any:
     """Compact each skim's pieces into files in ``folder`` (a template with ``{name}``).
+
+    ROOT skims get the ``Runs`` trees of the dataset's ``sources`` (concatenated) in their first
+    file only, so that summing ``genEventSumw`` over a skim's files counts each source once.
 
     Raises:
         SkimError: Two pieces hold the same entries (an event would be written twice), or a
@@ -194,7 +199,8 @@ def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) 
         name = skim_name(at)
         _check_pieces(pieces, name, where)
         target = str(Path(folder.format(name=name)).absolute())
-        files = compact([p.path for p in pieces.pieces], target, settings) if pieces.pieces else []
+        runs = _runs(sources) if settings.format == "root" and pieces.pieces else None
+        files = compact([p.path for p in pieces.pieces], target, settings, runs=runs) if pieces.pieces else []
         skim = dataclasses.replace(pieces, files=tuple(SkimFile(f.path, f.rows, f.bytes) for f in files))
         if sum(f.rows for f in skim.files) != skim.rows:
             raise SkimError(
@@ -205,6 +211,23 @@ def compact_skims(result: Any, folder: str, settings: SkimSettings, where: str) 
         set_at(result, at, skim)
         log.info("skim %r: %d of %d events kept, %d files", name, skim.rows, skim.events, len(skim.files))
     return result
+
+
+def _runs(sources: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The ``Runs`` trees of the source files, concatenated (None when none has one)."""
+    import uproot  # noqa: PLC0415  only ROOT skims need it here
+
+    parts: list[dict[str, np.ndarray]] = []
+    for path in sources:
+        if path.endswith((".parquet", ".parq")):  # no Runs tree in a Parquet input
+            continue
+        with uproot.open(path) as f:
+            if "Runs" in f:
+                parts.append(f["Runs"].arrays(library="np"))
+    if not parts:
+        return None
+    names = [n for n in parts[0] if all(n in p for p in parts)]
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
 
 def _check_pieces(skim: SkimOutput, name: str, where: str) -> None:
