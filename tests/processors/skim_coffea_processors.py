@@ -10,7 +10,8 @@ from coffea import processor
 
 import coffea_smk
 
-COLUMNS = ["Muon", "Jet_pt", "run", "luminosityBlock", "event"]
+# Jet's four coordinates: coffea's NanoAODSchema cannot build events.Jet from Jet_pt alone
+COLUMNS = ["Muon", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "run", "luminosityBlock", "event"]
 
 
 def columns_of(events: Any) -> list[str]:
