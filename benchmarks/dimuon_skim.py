@@ -11,9 +11,9 @@ import coffea_smk
 
 COLUMNS = [
     *(f"Muon_{f}" for f in ("pt", "eta", "phi", "mass", "charge", "pfRelIso04_all", "tightId", "dxy", "dz")),
-    *(f"Jet_{f}" for f in ("pt", "eta", "phi", "mass", "btagDeepFlavB", "jetId")),
-    "MET_pt",
-    "MET_phi",
+    *(f"Jet_{f}" for f in ("pt", "eta", "phi", "mass", "btagDeepFlavB", "nConstituents")),
+    "PuppiMET_pt",
+    "PuppiMET_phi",
     "run",
     "luminosityBlock",
     "event",
@@ -22,8 +22,8 @@ COLUMNS = [
 
 
 def selected(events: Any) -> Any:
-    """Events with two muons above 5 GeV."""
-    return events[ak.num(events.Muon[events.Muon.pt > 5], axis=1) >= 2]
+    """Events with two muons above 15 GeV (about 10% of the benchmark's events)."""
+    return events[ak.num(events.Muon[events.Muon.pt > 15], axis=1) >= 2]
 
 
 class SelectedDimuon:

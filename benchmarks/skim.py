@@ -50,6 +50,25 @@ def run(work: Path, fileset: Any, processor: str, fmt: str) -> float:
     return dt
 
 
+def job_seconds(work: Path) -> tuple[float, float]:
+    """The processing jobs' wall time (summed over units) and the per-dataset jobs' (from their logs)."""
+    import datetime
+
+    import coffea_smk
+
+    results = work / "results"
+    units = sum(coffea_smk.load_meta(p)["wall_s"] for p in results.glob("partials/*/*/*.npz"))
+    datasets = 0.0
+    for log in results.glob("logs/dataset/*/*.log"):
+        stamps = [line[:23] for line in log.read_text().splitlines() if line[:4].isdigit()]
+        if stamps:
+            first, last = (
+                datetime.datetime.strptime(x, "%Y-%m-%d %H:%M:%S,%f") for x in (stamps[0], stamps[-1])
+            )
+            datasets += (last - first).total_seconds()
+    return units, datasets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
@@ -86,6 +105,15 @@ def main() -> None:
     print(
         f"the analysis over the skim, cold:             {t_after:6.1f} s  ({speed:.1f}x faster, target >= 5x)"
     )
+    for label, run_dir in (("originals", "plain"), ("writing the skim", "skim"), ("over the skim", "after")):
+        units, datasets = job_seconds(work / run_dir)
+        print(f"  inside the jobs, {label:17}: processing {units:5.1f} s (sum over units), ", end="")
+        print(f"per-dataset jobs {datasets:4.1f} s")
+    u_plain, _ = job_seconds(work / "plain")
+    u_skim, _ = job_seconds(work / "skim")
+    u_after, _ = job_seconds(work / "after")
+    extra_jobs, speed_jobs = 100 * (u_skim / u_plain - 1), u_plain / u_after
+    print(f"  processing with the skim written: +{extra_jobs:.0f}%; over the skim: {speed_jobs:.1f}x faster")
     print(f"histograms over the skim equal the originals' bin for bin: {same}")
 
 
