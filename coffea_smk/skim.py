@@ -228,7 +228,11 @@ def unique_lumis(pairs: np.ndarray) -> np.ndarray:
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         return pairs
-    return np.unique(pairs, axis=0)
+    if (pairs < 0).any() or (pairs >= 2**31).any():  # not run and lumi numbers: the general way
+        return np.unique(pairs, axis=0)
+    # one integer per pair (run in the high bits): a 1-d unique, ~100x faster than axis=0
+    keys = np.unique((pairs[:, 0] << 32) | pairs[:, 1])
+    return np.stack([keys >> 32, keys & 0xFFFFFFFF], axis=1)
 
 
 def lumi_json(pairs: np.ndarray) -> dict[str, list[list[int]]]:
