@@ -8,14 +8,15 @@ key that is not current, belongs to an earlier variant. An earlier variant is id
 its global result (``global/<key>.npz``): its meta names its per-dataset results, theirs
 name their plans and processor, and a plan names its work units, merges, preprocessing
 batches and records. Outputs that no finished variant names (an interrupted run, a retried
-attempt's leftovers of another plan) are earlier too.
+attempt's leftovers of another plan) are earlier too. Skims go with what they belong to
+(:mod:`coffea_smk.smk.clean_skims`).
 
 Never removed: what the current configuration uses (a re-run after ``clean`` has nothing to
 do), the targets of the fixed names (``result.npz`` and the others, even when they still show
-an earlier variant), Snakemake's run logs, the notes of replaced files, what the storage said
-at earlier runs' starts (``cache/remote/``: a run whose storage is down takes its files on
-them), and anything whose path the layout does not know. Nothing is removed while a
-Snakemake run holds a lock here.
+an earlier variant; the files a published skim fileset lists), Snakemake's run logs, the notes
+of replaced files, what the storage said at earlier runs' starts (``cache/remote/``: a run
+whose storage is down takes its files on them), and anything whose path the layout does not
+know. Nothing is removed while a Snakemake run holds a lock here.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from pydantic import ValidationError
 from coffea_smk.engine.meta import DatasetMeta, GlobalMeta
 from coffea_smk.engine.records import Plan
 from coffea_smk.results import ResultFileError, load_meta
+from coffea_smk.smk import clean_skims
 from coffea_smk.smk.layout import Layout
 from coffea_smk.spec.config import ConfigError, parse_config
-from coffea_smk.util.hashing import KEY_LENGTH, key_of
+from coffea_smk.util.hashing import KEY_LENGTH
 
 _KEY = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}")
 ANY_TAG = "*"
@@ -74,6 +76,8 @@ class Keys:
     def holds(self, ref: Ref) -> bool:
         if ref in self.refs:
             return True
+        if ref[0] == "skim":
+            return clean_skims.holds(self.refs, ref)
         if ref[0] in ("unit", "node"):
             kind, slug, tag, key = ref
             return (kind, slug, ANY_TAG, key) in self.refs or (kind, slug, tag) in self.open_groups
@@ -86,7 +90,8 @@ class Entry:
 
     path: Path
     kind: str
-    """``preprocessing``, ``plans``, ``units``, ``merges``, ``results``, ``logs``, ``cache`` or ``other``."""
+    """``preprocessing``, ``plans``, ``units``, ``merges``, ``results``, ``skims``, ``skim pieces``, ``logs``,
+    ``cache`` or ``other``."""
     files: int
     size: int
     use: Use
@@ -115,9 +120,9 @@ class DiskUse:
     unplanned: list[str] = field(default_factory=list)
     """Datasets whose current plan is not made yet: their units and merges are all kept."""
 
-    def total(self, *uses: Use) -> tuple[int, int]:
-        """``(files, bytes)`` of the entries of these uses."""
-        chosen = [e for e in self.entries if e.use in uses]
+    def total(self, *uses: Use, kinds: tuple[str, ...] | None = None) -> tuple[int, int]:
+        """``(files, bytes)`` of the entries of these uses (and of these kinds, when given)."""
+        chosen = [e for e in self.entries if e.use in uses and (kinds is None or e.kind in kinds)]
         return sum(e.files for e in chosen), sum(e.size for e in chosen)
 
     @property
@@ -194,9 +199,7 @@ def variant_keys(layout: Layout, result: Path) -> tuple[Keys, dict[str, Any] | N
         if d.plan_key is None:
             continue
         keys.refs.add(("plan", slug, d.plan_key))
-        tag = key_of("tag", d.processor_key, d.dataset, d.metadata)
-        if key_of("dataset", tag, d.plan_key) != key:
-            tag = ANY_TAG
+        tag = clean_skims.tag_of(d, key) or ANY_TAG
         keys.refs.add(("columns", slug, tag))
         try:
             plan = Plan.read(Path(layout.outdir) / "plan" / slug / f"{d.plan_key}.json")
@@ -257,6 +260,9 @@ def _ref(parts: tuple[str, ...]) -> tuple[str, Ref | None]:
         return ("logs", _ref(rest)[1] if step != "process" else _ref(("partials", *parts[2:]))[1])
     if not k:
         return "other", None
+    skim = clean_skims.ref(parts, k)
+    if skim is not None:
+        return skim
     if top == "failures" and n == 4:
         return "logs", ("batch", parts[1], k) if parts[2] == "preprocess" else ("unit", parts[1], parts[2], k)
     if (top, n) in _PATHS:
@@ -278,12 +284,13 @@ def _size(path: Path) -> tuple[int, int]:
 
 
 def _outputs(outdir: Path) -> list[tuple[Path, tuple[str, ...]]]:
-    """Every file under outdir, and every folder of plots or of a statistical model as one."""
+    """Every file under outdir, and every folder of plots, of a statistical model or of skim
+    files as one."""
     out: list[tuple[Path, tuple[str, ...]]] = []
     for root, dirs, files in os.walk(outdir):
         here = Path(root)
         rel = here.relative_to(outdir).parts
-        if rel in (("plots",), ("stat",)):
+        if rel in (("plots",), ("stat",)) or clean_skims.skim_folders_in(rel):
             for d in list(dirs):
                 out.append((here / d, (*rel, d)))
             dirs.clear()
@@ -309,7 +316,9 @@ def disk_use(layout: Layout, keep: int = 0) -> DiskUse:
         chains.append(keys)
         variants.append(Variant(path.stem, path.stat().st_mtime, _changes(config, now)))
     outputs = _outputs(outdir) if outdir.is_dir() else []
-    shown = [path.resolve() for path, _ in outputs if path.is_symlink()]  # what the fixed names show
+    shown = {path.resolve() for path, _ in outputs if path.is_symlink()}  # what the fixed names show
+    shown |= clean_skims.published_files(outdir)
+    around = shown | {p for s in shown for p in s.parents}  # a folder holding a shown file is kept whole
     entries = []
     for path, parts in outputs:
         kind, ref = _ref(parts)
@@ -319,7 +328,7 @@ def disk_use(layout: Layout, keep: int = 0) -> DiskUse:
             use, variant = Use.OTHER, None
         elif current.holds(ref):
             use, variant = Use.CURRENT, None
-        elif any(c.holds(ref) for c in chains[:keep]) or any(real == s or s in real.parents for s in shown):
+        elif any(c.holds(ref) for c in chains[:keep]) or real in around or not shown.isdisjoint(real.parents):
             use, variant = Use.KEPT, None
         else:
             owner = next((v.key for v, c in zip(variants, chains, strict=True) if c.holds(ref)), None)
@@ -379,16 +388,22 @@ def _amount(files: int, size: int) -> str:
 def summary(usage: DiskUse) -> str:
     """Disk use in one line per use, for ``coffea-smk status``."""
     lines = [f"disk use of {usage.outdir}:"]
-    lines.append(f"  current analysis:  {_amount(*usage.total(Use.CURRENT))}")
-    earlier = usage.total(Use.EARLIER, Use.KEPT)
+    now, before = (Use.CURRENT,), (Use.EARLIER, Use.KEPT)
+    skims = [usage.total(*uses, kinds=clean_skims.KINDS) for uses in (now, before)]
+    lines.append(f"  current analysis:  {_amount(*usage.total(*now))}" + _share(skims[0], " (skims {})"))
     n = len(usage.variants)
     lines.append(
-        f"  earlier variants:  {_amount(*earlier)} ({n} finished variant{'s' if n != 1 else ''}"
+        f"  earlier variants:  {_amount(*usage.total(*before))} ({n} finished variant{'s' if n != 1 else ''}"
         + (", and outputs of no finished one" if any(e.variant is None for e in usage.removable) else "")
+        + _share(skims[1], "; skims {}")
         + ")"
     )
     lines.append(f"  other:             {_amount(*usage.total(Use.OTHER))} (run logs, links, notes)")
     return "\n".join(lines)
+
+
+def _share(amount: tuple[int, int], text: str) -> str:
+    return text.format(_amount(*amount)) if amount[0] else ""
 
 
 def listing(usage: DiskUse, keep: int) -> str:
