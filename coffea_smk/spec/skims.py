@@ -28,7 +28,7 @@ class SkimSettings(BaseModel):
     """The compression of the skim files (ROOT: ZLIB, LZ4 or ZSTD; Parquet: the same codecs)."""
     compression_level: Annotated[int, Field(ge=1, le=22)] | None = None
     """The codec's level; the library's default when not given."""
-    target_size_mb: Annotated[float, Field(gt=0)] = 512
+    target_size_mb: Annotated[float, Field(gt=0)] = 512.0
     """A dataset's pieces are merged into files of about this size (never split inside a piece)."""
     row_group_rows: Annotated[int, Field(gt=0)] = 100_000
     """Rows per Parquet row group (and per ROOT basket write): the chunk size of a later read."""
