@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import awkward as ak
@@ -46,6 +44,7 @@ from coffea_smk.io.skimtable import (
     unify,
 )
 from coffea_smk.spec.skims import SkimSettings
+from coffea_smk.util.atomic import atomic_path
 
 __all__ = ["SkimFile", "SkimSchemaError", "compact", "read_branches", "write_piece"]
 
@@ -61,25 +60,6 @@ class SkimFile:
     rows: int
     bytes: int
     """Its size on disk."""
-
-
-# ---- atomic files -----------------------------------------------------------------------------
-@contextlib.contextmanager
-def _atomic_path(path: str) -> Iterator[str]:
-    """A temporary path beside ``path``, fsynced and renamed over it when the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ---- writers ----------------------------------------------------------------------------------
@@ -223,7 +203,7 @@ class _Output:
         self.path = path
         self._stack = contextlib.ExitStack()
         try:
-            tmp = self._stack.enter_context(_atomic_path(path))
+            tmp = self._stack.enter_context(atomic_path(path))
             self.writer: _ParquetWriter | _RootTree
             if settings.format == "parquet":
                 self.writer = _ParquetWriter(tmp, schema, settings)
