@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from coffea_smk.spec.config import AnalysisConfig, ConfigError, load_fileset, parse_config, read_fileset_file
 
@@ -157,7 +158,10 @@ def commented_config(values: dict[str, Any]) -> str:
             lines.append(yaml.safe_dump({key: values[key]}, default_flow_style=False).strip())
         else:
             default = info.get_default(call_default_factory=True)
-            lines.append("# " + yaml.safe_dump({key: default}, default_flow_style=False).strip())
+            if isinstance(default, BaseModel):  # a block of settings (skims:)
+                default = default.model_dump(mode="json")
+            text = yaml.safe_dump({key: default}, default_flow_style=False).strip()
+            lines.extend(f"# {line}" for line in text.splitlines())
         lines.append("")
     return "\n".join(lines)
 
