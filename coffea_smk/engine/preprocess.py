@@ -41,9 +41,10 @@ from coffea_smk.engine.records import (
     UnusableFile,
 )
 from coffea_smk.io.basketmap import READER_VERSION, TreeMap, map_path
-from coffea_smk.io.files import InputFileError, StaleRecordError, open_file, runs_sumw
+from coffea_smk.io.files import InputFileError, StaleRecordError, open_file, rntuple_of, runs_sumw
 from coffea_smk.io.parquet import ParquetInput
 from coffea_smk.io.remote import host_of, probe_hosts
+from coffea_smk.io.rntuple import FieldMap, RNTupleInput
 from coffea_smk.spec.settings import ErrorPolicy
 from coffea_smk.util.atomic import write_json
 
@@ -118,6 +119,10 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
     if isinstance(rootfile, ParquetInput):
         with rootfile:
             return _parquet_record(identity, rootfile, t0)
+    rinput = rntuple_of(rootfile, identity.path, identity.treename)
+    if rinput is not None:
+        with rinput:
+            return _rntuple_record(identity, rinput, t0)
     with rootfile:
         uuid = str(rootfile.file.uuid)
         tmap = TreeMap.read(rootfile, identity.path, identity.treename, uuid)
@@ -138,6 +143,26 @@ def inspect_file(identity: FileIdentity, map_to: Path | None = None) -> FileReco
         )
 
 
+def _rntuple_record(identity: FileIdentity, rinput: RNTupleInput, t0: float) -> FileRecord:
+    """An RNTuple's record: the file's UUID, its clusters, its field map's hash and the anchor's
+    checksum; no basket map (a processing job reads the header and footer as it opens the file)."""
+    fmap = FieldMap(rinput)
+    return FileRecord(
+        version=RECORD_VERSION,
+        reader=READER_VERSION,
+        **asdict(identity),
+        key=identity.key,
+        uuid=str(rinput.file.uuid),
+        format="rntuple",
+        entries=rinput.entries,
+        clusters=rinput.clusters,
+        nbranches=len(fmap.types),
+        branches_hash=f"{fmap.fields_hash()}:{rinput.anchor}",
+        seconds=round(time.perf_counter() - t0, 4),
+        gen_sumw=runs_sumw(rinput.rootfile),
+    )
+
+
 def _parquet_record(identity: FileIdentity, pinput: ParquetInput, t0: float) -> FileRecord:
     """A Parquet file's record: its footer's hash, its row groups as clusters; no basket map
     (a processing job reads the footer again as it opens the file: nothing more to keep)."""
@@ -147,6 +172,7 @@ def _parquet_record(identity: FileIdentity, pinput: ParquetInput, t0: float) -> 
         **asdict(identity),
         key=identity.key,
         uuid=pinput.uuid,
+        format="parquet",
         entries=pinput.entries,
         clusters=pinput.clusters,
         nbranches=len(pinput.schema),

@@ -36,9 +36,10 @@ from coffea_smk.engine.meta import ChunkMetrics
 from coffea_smk.events.coffea import CoffeaSource, schema_class
 from coffea_smk.events.nanoevents import TreeLayout
 from coffea_smk.io.basketmap import BasketMapError, TreeMap, map_path
-from coffea_smk.io.files import InputFileError, tree_of
+from coffea_smk.io.files import InputFileError, rntuple_of, tree_of
 from coffea_smk.io.parquet import ParquetInput, ParquetReader
 from coffea_smk.io.reader import BasketReader, local_fetch, source_fetch, source_fetch_many, uproot_fallback
+from coffea_smk.io.rntuple import RNTupleInput, RNTupleReader
 from coffea_smk.spec.settings import EventsOptions
 from coffea_smk.util.atomic import write_json
 
@@ -157,8 +158,11 @@ class UnitReader:
         """The reader of one open file (its record in the plan); ``ranges`` are the unit's
         chunks in it, in order."""
         if isinstance(rootfile, ParquetInput):
-            return self._open_parquet(rootfile, file, ranges)
+            return self._open_columnar(rootfile, ParquetReader(rootfile), file, ranges)
         path, treename = file.path, file.treename
+        rinput = rntuple_of(rootfile, path, treename)
+        if rinput is not None:
+            return self._open_columnar(rinput, RNTupleReader(rinput), file, ranges)
         closing: Callable[[], None] | None = None
         tmap = _basket_map(file)
         if tmap is None:  # no usable map: read the tree's metadata here
@@ -185,25 +189,30 @@ class UnitReader:
             source = CoffeaSource(rootfile, tree, treename, self.schemaclass, reader)
         return FileReader(self, source, file.key, ranges, closing)
 
-    def _open_parquet(
-        self, pinput: ParquetInput, file: SourceFile, ranges: list[tuple[int, int]]
+    def _open_columnar(
+        self,
+        opened: ParquetInput | RNTupleInput,
+        columnar: ParquetReader | RNTupleReader,
+        file: SourceFile,
+        ranges: list[tuple[int, int]],
     ) -> FileReader:
-        # the Parquet reader has the basket reader's interface (map, read, basket_bytes, ...)
-        reader = cast(BasketReader, ParquetReader(pinput))
+        """A Parquet file's or an RNTuple's reader: it has the basket reader's interface (map,
+        read, basket_bytes, ...), and every column it reads is in its map (no tree to ask)."""
+        reader = cast(BasketReader, columnar)
         if self.schemaclass is None:
-            source: Any = TreeLayout(pinput, reader)
+            source: Any = TreeLayout(opened, reader)
         else:
-            source = CoffeaSource(
-                pinput, partial(_no_tree, pinput.path), file.treename, self.schemaclass, reader
-            )
+            no_tree = partial(_no_tree, opened.path)
+            source = CoffeaSource(opened, no_tree, file.treename, self.schemaclass, reader)
         return FileReader(self, source, file.key, ranges)
 
 
 def _no_tree(path: str) -> Any:
-    """What coffea's mapping gets for a column not in a Parquet file (there is no tree to ask)."""
+    """What coffea's mapping gets for a column not in a Parquet file's or an RNTuple's map."""
     raise InputFileError(
-        f"{path}: coffea's NanoEvents ask for a column this Parquet file does not hold (it has no "
-        "TTree to read it from): write the file with that column, or use schema: nanoaod"
+        f"{path}: coffea's NanoEvents ask for a column this file does not hold as numbers (it is "
+        "a Parquet file or an RNTuple, with no TTree to read it from): write the file with that "
+        "column, or use schema: nanoaod"
     )
 
 

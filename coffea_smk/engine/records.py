@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +20,7 @@ from coffea_smk.io.faults import not_found, transient
 from coffea_smk.io.files import InputFileError
 from coffea_smk.io.parquet import PARQUET_READER_VERSION, has_parquet_suffix
 from coffea_smk.io.remote import RemoteStat
+from coffea_smk.io.rntuple import RNTUPLE_READER_VERSION
 from coffea_smk.spec.config import InputFile
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
@@ -54,6 +55,7 @@ class FileIdentity:
     def key(self) -> str:
         """The file's cache key; also of every chunk of it, so a reader fix redoes what it read."""
         parts = [self.path, self.treename, self.size, self.mtime_ns, RECORD_VERSION, READER_VERSION]
+        parts.append(f"rntuple:{RNTUPLE_READER_VERSION}")  # which reader reads it is known only once opened
         extra = [*([self.replaced] if self.replaced else []), *([f"etag:{self.etag}"] if self.etag else [])]
         if has_parquet_suffix(self.path):  # read by the Parquet reader: its fixes redo what it read
             extra.append(f"parquet:{PARQUET_READER_VERSION}")
@@ -123,6 +125,8 @@ class FileRecord(Record):
     uuid: str
     """The ROOT file's UUID, or a hash of a Parquet file's footer (checked when a processing
     job opens the file)."""
+    format: Literal["ttree", "rntuple", "parquet"] = "ttree"
+    """``ttree``, ``rntuple`` or ``parquet`` (a default: records written before it stay valid)."""
     entries: int
     clusters: tuple[int, ...]
     """Cluster boundaries ``[0, ..., entries]``, a Parquet file's row group boundaries

@@ -46,6 +46,7 @@ from coffea_smk.events.nanoevents import basket_bytes
 from coffea_smk.io.basketmap import FLAT, JAGGED
 from coffea_smk.io.parquet import ParquetInput
 from coffea_smk.io.reader import BasketReader
+from coffea_smk.io.rntuple import RNTupleInput
 
 DEFAULT_COFFEA_SCHEMA = "coffea.nanoevents.NanoAODSchema"
 
@@ -151,10 +152,10 @@ class CoffeaSource:
         self._tree_getter = tree_getter
         self._tree: Any = None
         self._tree_lock = threading.Lock()
-        parquet = isinstance(rootfile, ParquetInput)
-        self.object_path = rootfile.object_path if parquet else _object_path(rootfile, treename)
+        columnar = isinstance(rootfile, ParquetInput | RNTupleInput)
+        self.object_path = rootfile.object_path if columnar else _object_path(rootfile, treename)
         """The tree's path as uproot names it (``/Events;1``), in coffea's partition keys (a
-        Parquet input names its own)."""
+        Parquet input or an RNTuple names its own)."""
         self._mapping = _mapping(self)
         self._base_form: dict[str, Any] | None = None
         self._schema: Any = None

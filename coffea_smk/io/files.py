@@ -16,6 +16,7 @@ from typing import Any
 from coffea_smk.io.faults import IOFault, causes, io_fault, not_found, transient
 from coffea_smk.io.parquet import ParquetError, is_parquet, open_parquet
 from coffea_smk.io.remote import prepare_xrootd
+from coffea_smk.io.rntuple import RNTupleError, RNTupleInput, is_rntuple
 from coffea_smk.spec.config import ConfigError
 
 
@@ -186,6 +187,22 @@ def tree_of(rootfile: Any, path: str, treename: str) -> Any:
         rootfile.close()
         raise InputFileError(f"{path}: {treename!r} is not a TTree")
     return tree
+
+
+def rntuple_of(rootfile: Any, path: str, treename: str) -> RNTupleInput | None:
+    """The RNTuple ``treename`` of an open ROOT file (its header and footer read), or None
+    when it is not an RNTuple (then :func:`tree_of` reads it as a TTree).
+
+    Raises:
+        InputFileError: Its header or footer cannot be read (the file is closed).
+    """
+    if not is_rntuple(rootfile, treename):
+        return None
+    try:
+        return RNTupleInput(rootfile, path, treename)
+    except RNTupleError as err:
+        rootfile.close()
+        raise InputFileError(str(err)) from err
 
 
 GEN_SUMW_BRANCHES = ("genEventSumw", "genEventSumw_")
