@@ -13,6 +13,13 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+from rntuple_files import (  # noqa: F401  (fixtures: the RNTuple test files)
+    rntuple_converted,
+    rntuple_file,
+    rntuple_files,
+    rntuple_multicluster,
+    rntuple_native,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PROCESSORS = Path(__file__).resolve().parent / "processors"
