@@ -47,3 +47,26 @@ class MatchedJets(processor.ProcessorABC):  # type: ignore[misc]
 
     def postprocess(self, accumulator: Any) -> Any:
         return accumulator
+
+
+class MuonPairs(processor.ProcessorABC):  # type: ignore[misc]
+    """Reads only muons (``pt``, ``eta``, ``phi``, ``mass``, ``charge``): for files that hold nothing else."""
+
+    def process(self, events: Any) -> dict[str, Any]:
+        dataset = events.metadata["dataset"]
+        muons = events.Muon
+        pairs = ak.combinations(muons, 2)
+        opposite = pairs[pairs["0"].charge != pairs["1"].charge]
+        mass = (opposite["0"] + opposite["1"]).mass
+        m = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(120, 0, 120, name="mass").Double()
+        m.fill(dataset=dataset, mass=ak.flatten(mass))
+        pt = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(50, 0, 100, name="pt").Double()
+        pt.fill(dataset=dataset, pt=ak.flatten(muons.pt))
+        return {
+            "mass": m,
+            "pt": pt,
+            "counts": {dataset: {"events": len(events), "muons": int(ak.sum(ak.num(muons)))}},
+        }
+
+    def postprocess(self, accumulator: Any) -> Any:
+        return accumulator
