@@ -27,11 +27,12 @@ CONFIG = {
 }
 
 
-def _fileset(nanoaod: Path, root: Path) -> dict:
+def _fileset(nanoaod: Path, root: Path, dy: Path | None = None) -> dict:
+    """Two DY files (``nano_dy.root``, or ``dy``: its RNTuple twin) and a TT file."""
     data = root / "data"
     data.mkdir()
     for i in range(2):
-        (data / f"dy{i}.root").write_bytes((nanoaod / "nano_dy.root").read_bytes())
+        (data / f"dy{i}.root").write_bytes((dy or nanoaod / "nano_dy.root").read_bytes())
     (data / "tt.root").write_bytes((nanoaod / "nano_tt_v15.root").read_bytes())
     return {"DY": {"files": ["data/dy0.root", "data/dy1.root"]}, "TT": {"files": ["data/tt.root"]}}
 
@@ -161,4 +162,31 @@ def test_kill_a_single_job(workflow: Workflow, nanoaod: Path, reference: object,
     assert proc.wait(timeout=300) != 0, "a killed job must fail the run visibly"
     _wait_idle(workflow.root)
     assert not (workflow.root / "results" / "result.npz").exists()
+    _finish_and_compare(workflow, reference)
+
+
+RNTUPLE_DY = Path(__file__).resolve().parents[2] / "shared" / "data" / "rntuple" / "nano_dy_rntuple.root"
+
+
+@pytest.mark.parametrize("victim", ["process", "snakemake"])
+def test_kill_on_rntuple_inputs(workflow: Workflow, nanoaod: Path, reference: object, victim: str) -> None:
+    """The DY files as RNTuples (the same events): killed mid-run, resumed, the TTree run's result."""
+    workflow.write(CONFIG, _fileset(nanoaod, workflow.root, RNTUPLE_DY))
+    proc = _start(workflow)
+    deadline = time.monotonic() + 300
+    partials = workflow.root / "results" / "partials"
+    while True:
+        assert proc.poll() is None, f"the run ended before its {victim} was killed"
+        assert time.monotonic() < deadline
+        if victim == "process" and (pids := _procs(workflow.root, _is_job("process"))):
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            break
+        if victim == "snakemake" and len(list(partials.glob("*/*/*.npz"))) >= 1:
+            for pid in _procs(workflow.root, _is_snakemake):
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=300)
+    _wait_idle(workflow.root)
     _finish_and_compare(workflow, reference)

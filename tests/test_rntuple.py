@@ -9,6 +9,7 @@ fields added after the first clusters).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from conftest import PROCESSORS, REPO, Workflow, assert_same_result, run_coffea
+from conftest import PROCESSORS, REPO, Workflow, XRootD, assert_same_result, run_coffea
 
 import coffea_smk
 from coffea_smk.engine.preprocess import preprocess_files
@@ -288,3 +289,28 @@ def test_a_replaced_rntuple_file_is_processed_anew(workflow: Workflow) -> None:
     assert second["muons"] == int(
         np.sum(_reader(RNTUPLES / "nano_dimuon_rntuple.root").read("nMuon", 0, 40)[0])
     )
+
+
+def test_rntuple_over_root_equals_the_local_ttrees(
+    workflow: Workflow, xrootd: XRootD, nanoaod: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    folder = xrootd.data / f"rntuple-{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        for twin in TWINS.values():
+            shutil.copyfile(RNTUPLES / twin, folder / twin)
+        settings = {"processor": DIMUON, "chunksize": 10, "events_per_job": 40, "retries": 1}
+        workflow.write(
+            settings, {"Mixed": {"files": [xrootd.url(f"{folder.name}/{twin}") for twin in TWINS.values()]}}
+        )
+        workflow.run()
+        assert workflow.opened() == []  # no local ROOT file: everything came over root://
+        local = Workflow(tmp_path_factory.mktemp("local-ttrees"))
+        local.write(settings, {"Mixed": {"files": [str(nanoaod / ttree) for ttree in TWINS]}})
+        local.run()
+        ours = coffea_smk.load(workflow.root / "results" / "result.npz")
+        assert_same_result(ours, coffea_smk.load(local.root / "results" / "result.npz"))
+        assert ours["cutflow"]["Mixed"]["events"] == 80
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
