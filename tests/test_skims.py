@@ -7,7 +7,6 @@ units per dataset; every number is checked against uproot reading the source fil
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import uproot
 from conftest import Workflow, assert_same_result
+from skim_data import copied_fileset
 
 import coffea_smk
 from coffea_smk.skim import lumi_json
@@ -30,23 +30,13 @@ BRANCHES = [
     "Muon_charge",
     "Jet_pt",
     "Jet_eta",
+    "Jet_phi",
+    "Jet_mass",
     "run",
     "luminosityBlock",
     "event",
 ]
 SETTINGS = {"chunksize": 10, "events_per_job": 20}
-
-
-def _fileset(root: Path, nanoaod: Path) -> dict[str, Any]:
-    data = root / "data"
-    data.mkdir(exist_ok=True)
-    for name in ("nano_dy.root", "nano_dimuon.root"):
-        shutil.copyfile(nanoaod / name, data / name)
-    shutil.copyfile(nanoaod / "nano_dy.root", data / "nano_dy2.root")
-    return {
-        "DY": {"files": [str(data / "nano_dy.root"), str(data / "nano_dy2.root")], "metadata": {"xsec": 2.5}},
-        "Data": {"files": [str(data / "nano_dimuon.root")], "metadata": {"is_data": True}},
-    }
 
 
 def _direct(files: list[str], min_muons: int = 2) -> dict[str, Any]:
@@ -91,7 +81,7 @@ def _read(files: dict[str, str], fmt: str) -> dict[str, ak.Array]:
 
 @pytest.mark.parametrize("fmt", ["parquet", "root"])
 def test_a_skim_holds_the_selected_events_of_every_chunk(workflow: Workflow, nanoaod: Path, fmt: str) -> None:
-    fileset = _fileset(workflow.root, nanoaod)
+    fileset = copied_fileset(workflow.root, nanoaod)
     workflow.write({"processor": SKIM, **SETTINGS, "skims": {"format": fmt, "target_size_mb": 0.01}}, fileset)
     workflow.run()
     results = workflow.root / "results"
@@ -134,7 +124,7 @@ def test_a_skim_holds_the_selected_events_of_every_chunk(workflow: Workflow, nan
 
 
 def test_the_skim_is_the_fileset_of_the_next_analysis(workflow: Workflow, nanoaod: Path) -> None:
-    fileset = _fileset(workflow.root, nanoaod)
+    fileset = copied_fileset(workflow.root, nanoaod)
     workflow.write({"processor": SKIM, **SETTINGS, "skims": {"format": "root"}}, fileset)
     workflow.run()
     first = coffea_smk.load(workflow.root / "results" / "result.npz")
@@ -154,7 +144,7 @@ def test_the_skim_is_the_fileset_of_the_next_analysis(workflow: Workflow, nanoao
 
 
 def test_a_changed_selection_writes_a_new_skim(workflow: Workflow, nanoaod: Path) -> None:
-    fileset = _fileset(workflow.root, nanoaod)
+    fileset = copied_fileset(workflow.root, nanoaod)
     workflow.write({"processor": SKIM, **SETTINGS}, fileset)
     workflow.run()
     published = workflow.root / "results" / "skims" / "dimuon" / "fileset.json"
@@ -175,7 +165,7 @@ def test_a_changed_selection_writes_a_new_skim(workflow: Workflow, nanoaod: Path
 
 
 def test_failed_chunks_rerun_write_each_event_once(workflow: Workflow, nanoaod: Path) -> None:
-    fileset = _fileset(workflow.root, nanoaod)
+    fileset = copied_fileset(workflow.root, nanoaod)
     marker = workflow.root / "fail"
     marker.touch()
     env = {"SMK_TEST_FAIL_MARKER": str(marker)}
@@ -205,7 +195,7 @@ def test_a_bare_per_event_array_is_refused_with_a_pointer_to_skim(workflow: Work
 def test_column_accumulators_load_as_the_concatenated_values(workflow: Workflow, nanoaod: Path) -> None:
     from coffea.processor import column_accumulator
 
-    fileset = _fileset(workflow.root, nanoaod)
+    fileset = copied_fileset(workflow.root, nanoaod)
     workflow.write({"processor": "skim_processors:Columns", **SETTINGS}, fileset)
     workflow.run()
     out = coffea_smk.load(workflow.root / "results" / "result.npz")

@@ -7,47 +7,21 @@ from typing import Any
 import awkward as ak
 import hist
 from coffea import processor
+from skim_processors import columns_of
 
 import coffea_smk
-
-# Jet's four coordinates: coffea's NanoAODSchema cannot build events.Jet from Jet_pt alone
-COLUMNS = ["Muon", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "run", "luminosityBlock", "event"]
-
-
-def columns_of(events: Any) -> list[str]:
-    """The skim's columns: genWeight where the events have it (MC)."""
-    return COLUMNS + (["genWeight"] if "genWeight" in events.fields else [])
+from coffea_smk.examples.dimuon import DimuonProcessor
 
 
 class CoffeaDimuonHists(processor.ProcessorABC):  # type: ignore[misc]
-    """Histograms with coffea's candidates; the mass binned as coffea_smk.examples.dimuon's."""
+    """coffea_smk.examples.dimuon's histograms (with coffea's candidates), and a weighted one."""
 
     def histograms(self, events: Any) -> dict[str, Any]:
-        dataset = events.metadata["dataset"]
-        muons = events.Muon
-        mu1, mu2 = ak.unzip(ak.combinations(muons, 2))
-        dimuon = (mu1 + mu2)[mu1.charge != mu2.charge]
-        mass = (
-            hist.Hist.new.StrCat([], growth=True, name="dataset")
-            .Reg(120, 0.0, 150.0, name="mass", label=r"$m_{\mu\mu}$ [GeV]")
-            .Double()
-        )
-        mass.fill(dataset=dataset, mass=ak.flatten(dimuon.mass))
-        muon_pt = (
-            hist.Hist.new.StrCat([], growth=True, name="dataset")
-            .Reg(50, 0.0, 100.0, name="pt", label=r"muon $p_T$ [GeV]")
-            .Double()
-        )
-        muon_pt.fill(dataset=dataset, pt=ak.flatten(muons.pt))
+        out = DimuonProcessor().process(events)
         weighted = hist.Hist.new.StrCat([], growth=True, name="dataset").Reg(40, 0, 200, name="ht").Weight()
         weights = events.genWeight if "genWeight" in events.fields else ak.ones_like(events.run, dtype="f8")
-        weighted.fill(dataset=dataset, ht=ak.sum(events.Jet.pt, axis=1), weight=weights)
-        return {
-            "mass": mass,
-            "muon_pt": muon_pt,
-            "jet_ht_weighted": weighted,
-            "counts": {dataset: {"events": len(events), "pairs": int(ak.sum(ak.num(dimuon, axis=1)))}},
-        }
+        weighted.fill(dataset=events.metadata["dataset"], ht=ak.sum(events.Jet.pt, axis=1), weight=weights)
+        return {**out, "jet_ht_weighted": weighted}
 
     def process(self, events: Any) -> dict[str, Any]:
         return self.histograms(events)

@@ -1,4 +1,5 @@
-"""Processors that write skims (tests/test_skims.py)."""
+"""Processors that write skims (tests/test_skims.py, test_chain.py); their columns and histograms are
+those of skim_coffea_processors too."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import awkward as ak
 import coffea_smk
 from coffea_smk.examples.dimuon import DimuonProcessor
 
-COLUMNS = ["Muon", "Jet_pt", "Jet_eta", "run", "luminosityBlock", "event"]
-MIN_MUONS = int(os.environ.get("SMK_TEST_MIN_MUONS", "2"))
+# Jet's four coordinates: coffea's NanoAODSchema cannot build events.Jet from Jet_pt alone
+COLUMNS = ["Muon", "Jet_pt", "Jet_eta", "Jet_phi", "Jet_mass", "run", "luminosityBlock", "event"]
 
 
 def columns_of(events: Any) -> list[str]:
