@@ -7,16 +7,28 @@ from typing import Any
 
 from coffea_smk._version import __version__
 
-__all__ = ["Skim", "__version__", "accumulate", "load", "load_meta", "profile_dir", "snakefile"]
+__all__ = [
+    "Chain",
+    "Skim",
+    "__version__",
+    "accumulate",
+    "load",
+    "load_meta",
+    "profile_dir",
+    "skim_fileset",
+    "snakefile",
+]
 
 # Names are imported on first use: a job command (`python -m coffea_smk job`)
 # must start without importing numpy when a job server runs it.
 _WHERE = {
+    "Chain": "coffea_smk.smk.chain",
     "Skim": "coffea_smk.skim",
     "accumulate": "coffea_smk.engine.accumulate",
     "load": "coffea_smk.results",
     "load_meta": "coffea_smk.results",
     "profile_dir": "coffea_smk.smk.paths",
+    "skim_fileset": "coffea_smk.smk.chain",
     "snakefile": "coffea_smk.smk.paths",
 }
 

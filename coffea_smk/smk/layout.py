@@ -42,7 +42,7 @@ from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
 from coffea_smk.io.remote import RemoteStat
 from coffea_smk.smk.names import attempt_name, split_attempt
-from coffea_smk.smk.outputs import ALIASES, FAILURES, LOGS, PATHS, Kind
+from coffea_smk.smk.outputs import ALIASES, FAILURES, LOGS, PATHS, SKIM_MANIFEST, Kind
 from coffea_smk.smk.publish import links_to, skim_aliases
 from coffea_smk.smk.remote import (
     RUN_RECORD,
@@ -340,7 +340,7 @@ class Layout:
         """Where a dataset's compacted skim files go, or (``slug`` None) the analysis's skim
         manifests: a template with ``{name}``, the skim's name, keyed like the result it belongs to."""
         if slug is None:
-            return f"{self.outdir}/skims/{{name}}/manifests/{self.analysis_key}"
+            return f"{self.outdir}/{_fill(SKIM_MANIFEST, {'key': self.analysis_key})}"
         return f"{self.outdir}/skims/{{name}}/{slug}/{self.keys[slug].result}"
 
     def plan_path(self, slug: str) -> str:

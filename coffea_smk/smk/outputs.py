@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["ALIASES", "FAILURES", "LOGS", "PATHS", "Kind"]
+__all__ = ["ALIASES", "FAILURES", "LOGS", "PATHS", "SKIM_MANIFEST", "Kind"]
 
 
 class Kind(str, Enum):
@@ -34,6 +34,9 @@ PATHS = {
     Kind.REPORT: "report/{key}.html",
     Kind.STAT: "stat/{key}",
 }
+SKIM_MANIFEST = "skims/{name}/manifests/{key}"
+"""The folder of skim ``name``'s manifest (``fileset.json``, ``lineage.json``, ``lumi.json``) that
+the global result with that key writes: the fileset of a next analysis."""
 ALIASES = {
     Kind.DATASET: "datasets/{dataset}.npz",
     Kind.RESULT: "result.npz",

@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+from coffea_smk.smk.outputs import SKIM_MANIFEST
+
 SKIM_FILES = ("fileset.json", "lumi.json", "lineage.json")
 """What a skim's manifest folder holds (``skims/<name>/manifests/<analysis key>/``), each
 published as ``skims/<name>/<file>``."""
@@ -16,7 +18,7 @@ published as ``skims/<name>/<file>``."""
 def skim_aliases(outdir: str, analysis_key: str) -> dict[str, str]:
     """The fixed names of the skims the analysis wrote (none before its global result exists)."""
     out = {}
-    for folder in Path(outdir).glob(f"skims/*/manifests/{analysis_key}"):
+    for folder in Path(outdir).glob(SKIM_MANIFEST.format(name="*", key=analysis_key)):
         for name in SKIM_FILES:
             if (folder / name).exists():
                 out[str(folder.parent.parent / name)] = str(folder / name)
