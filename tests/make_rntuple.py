@@ -331,7 +331,7 @@ def write_native(ROOT: Any, spec: dict[str, Any], twin: Path, out: Path) -> None
 def twin_for(spec: dict[str, Any], nanoaod: Path, outdir: Path) -> Path:
     """The TTree with the spec's events: a real sample, or its replica (written once, with uproot)."""
     if not spec["events"]:
-        return nanoaod / spec["source"]
+        return nanoaod / str(spec["source"])
     sys.path.insert(0, str(HERE.parent / "benchmarks"))
     import replicate
 
