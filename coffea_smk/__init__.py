@@ -9,6 +9,7 @@ from coffea_smk._version import __version__
 
 __all__ = [
     "Chain",
+    "Runner",
     "Skim",
     "__version__",
     "accumulate",
@@ -23,6 +24,7 @@ __all__ = [
 # must start without importing numpy when a job server runs it.
 _WHERE = {
     "Chain": "coffea_smk.smk.chain",
+    "Runner": "coffea_smk.compute.runner",
     "Skim": "coffea_smk.skim",
     "accumulate": "coffea_smk.engine.accumulate",
     "load": "coffea_smk.results",

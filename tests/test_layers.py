@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "coffea_smk"
 
 # From the top down: a module may import its own layer's modules and those of any layer below.
 LAYERS = [
-    ("cli", "demo", "__main__"),
+    ("cli", "demo", "__main__", "compute"),
     ("smk",),
     ("post",),
     ("engine",),

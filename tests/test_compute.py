@@ -1,0 +1,123 @@
+"""The Python API (issue 23): ``coffea_smk.Runner`` and ``coffea_smk.compute`` on real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import PROCESSORS, REPO, assert_same_result, run_coffea
+
+import coffea_smk
+from coffea_smk.examples.dimuon import DimuonProcessor
+
+
+def _fileset(nanoaod: Path) -> dict[str, dict[str, dict[str, str]]]:
+    return {
+        "DY": {
+            "files": {str(nanoaod / "nano_dy.root"): "Events", str(nanoaod / "nano_tt_v15.root"): "Events"}
+        },
+        "Mu": {"files": {str(nanoaod / "nano_dimuon.root"): "Events"}},
+    }
+
+
+def test_runner_equals_coffeas_runner_bin_for_bin(nanoaod: Path, tmp_path: Path) -> None:
+    fileset = _fileset(nanoaod)
+    runner = coffea_smk.Runner(chunksize=30, outdir=tmp_path / "out", cores=2, events_per_job=90)
+    ours = runner(fileset, processor_instance=DimuonProcessor(), treename="Events")
+    assert_same_result(ours, run_coffea(fileset, DimuonProcessor, 30))
+    config = (tmp_path / "out" / "python" / "analysis.yaml").read_text()
+    assert "processor: coffea_smk.examples.dimuon:DimuonProcessor" in config  # by name, not pickled
+
+
+def test_a_coffea_processor_instance_runs_as_in_coffea(nanoaod: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(PROCESSORS))
+    try:
+        from coffea_test_processors import MuonPairs  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(PROCESSORS))
+    fileset = {"DY": [str(nanoaod / "nano_dy.root")], "Mu": [str(nanoaod / "nano_dimuon.root")]}
+    ours = coffea_smk.Runner(chunksize=13, outdir=tmp_path / "out")(fileset, processor_instance=MuonPairs())
+    coffeas = {name: {"files": {files[0]: "Events"}} for name, files in fileset.items()}
+    assert_same_result(ours, run_coffea(coffeas, MuonPairs(), 13))
+
+
+_SCRIPT = """
+import json, sys
+import awkward as ak
+import coffea_smk
+
+SCALE = float(sys.argv[2])
+
+
+class Sums:  # defined in __main__: the jobs cannot import it, so it is shipped with cloudpickle
+    def process(self, events):
+        return {"events": len(events), "pt": float(ak.sum(events.Muon.pt)) * SCALE}
+
+    def postprocess(self, accumulator):
+        accumulator["post"] = True
+        return accumulator
+
+
+out = coffea_smk.Runner(chunksize=9, outdir=sys.argv[1], cores=2)(
+    {"DY": [sys.argv[3]]}, processor_instance=Sums()
+)
+print(json.dumps(out))
+"""
+
+
+def _script(tmp_path: Path, scale: float, nanoaod: Path) -> dict[str, object]:
+    script = tmp_path / "analysis_script.py"
+    script.write_text(textwrap.dedent(_SCRIPT))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out"), str(scale), str(nanoaod / "nano_dy.root")],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+def _partials(outdir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (outdir / "partials").rglob("*.npz")}
+
+
+def test_a_processor_from_main_is_shipped_resumed_in_a_new_process_and_rekeyed(
+    nanoaod: Path, tmp_path: Path
+) -> None:
+    first = _script(tmp_path, 1.0, nanoaod)
+    assert first["events"] == 40 and first["post"] is True
+    folder = tmp_path / "out" / "python"
+    assert len(list(folder.glob("processor_*.pkl"))) == 1
+    before = _partials(tmp_path / "out")
+    assert len(before) >= 1
+
+    again = _script(tmp_path, 1.0, nanoaod)  # a new process: the same pickled bytes, the same keys
+    assert again == first
+    assert _partials(tmp_path / "out") == before
+    assert "Nothing to be done" in (folder / "run.log").read_text()
+
+    changed = _script(tmp_path, 2.0, nanoaod)  # another function: another key, no old output reused
+    assert changed["pt"] == pytest.approx(2 * float(str(first["pt"])))
+    assert len(list(folder.glob("processor_*.pkl"))) == 2
+    after = _partials(tmp_path / "out")
+    assert set(before) < set(after)
+    assert all(after[p] == t for p, t in before.items())
+
+
+def test_a_pickle_from_another_python_version_says_so(tmp_path: Path) -> None:
+    from coffea_smk.spec.pickled import load_pickled
+    from coffea_smk.spec.processor import ProcessorError
+
+    with pytest.raises(ProcessorError, match=r"Python 2\.7.*same Python version"):
+        load_pickled(str(tmp_path / "m.py"), "p.pkl", sha256="0" * 64, python="2.7")
