@@ -111,8 +111,8 @@ class RNTupleInput:
             ) from err
         self.object_path = str(self.ntuple.object_path)
         """What stands for the tree's path in coffea's buffer keys (``/Events;1``)."""
-        self.boundaries = np.array([*starts, self.entries] if starts else [0, self.entries], np.int64)
-        """Cluster boundaries ``[0, ..., entries]``."""
+        self.boundaries = np.array([*starts, self.entries] if starts else [0], np.int64)
+        """Cluster boundaries ``[0, ..., entries]`` (``[0]``: no cluster, no entry)."""
         self.anchor = f"{int(getattr(self.ntuple, '_anchor_checksum', 0) or 0):016x}"
         """The anchor's checksum (it covers the header's and footer's locators and lengths)."""
 
@@ -307,8 +307,8 @@ def _column_sizes(ntuple: Any, clusters: int) -> dict[int, tuple[np.ndarray, np.
 class RNTupleReader:
     """Reads entry ranges of an RNTuple's flat branches, with the basket reader's interface.
 
-    Keeps the last clusters read of each column: a chunk that ends inside a cluster leaves
-    the rest of it for the next chunk (a cluster is decompressed once).
+    Reads and keeps each column cluster by cluster: a chunk that ends inside a cluster leaves
+    the rest of it for the next chunk, so no cluster is decompressed twice.
     """
 
     def __init__(self, rinput: RNTupleInput, fmap: FieldMap | None = None) -> None:
@@ -317,43 +317,52 @@ class RNTupleReader:
         self.where = rinput.path
         self.slow: dict[str, str] = {}
         """Fields found unreadable while reading (none: kept for the basket reader's interface)."""
-        self._last: dict[int, tuple[range, np.ndarray]] = {}
+        self._kept: dict[tuple[int, int], np.ndarray] = {}
+        self._reading: dict[tuple[int, int], threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def _held(self, column: int, clusters: range, exact: bool = False) -> tuple[np.ndarray, range]:
-        """A column's values over a kept read covering ``clusters`` (``exact``: over exactly
-        those clusters), with the clusters the values start at; read anew when none is kept."""
+    def _cluster(self, column: int, cluster: int) -> np.ndarray:
+        """A column's values in one cluster (offsets from 0), read once and kept (a prefetch
+        thread asking for a cluster being read waits for that read)."""
+        key = (column, cluster)
         with self._lock:
-            last = self._last.get(column)
-        if last is not None:
-            held = last[0]
-            covers = held.start <= clusters.start and clusters.stop <= held.stop
-            if held == clusters or (covers and not exact):
-                return last[1], held
-        values = self.input.read_column(column, clusters)
+            values = self._kept.get(key)
+            if values is not None:
+                return values
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:
+            with self._lock:
+                values = self._kept.get(key)
+            if values is None:
+                values = self.input.read_column(column, range(cluster, cluster + 1))
+                with self._lock:
+                    self._kept[key] = values
         with self._lock:
-            self._last[column] = (clusters, values)
-        return values, clusters
+            self._reading.pop(key, None)
+        return values
 
     def read(self, name: str, start: int, stop: int) -> tuple[np.ndarray, int, int]:
         """Values of ``name`` for entries ``[start, stop)`` (a jagged branch gives its flat
         content, a counter the list lengths), with the bytes of the clusters read."""
         t, source = self.map.types[name], self.map.sources[name]
+        if stop <= start:
+            return np.zeros(0, np.dtype(t.dtype)), 0, 0
         clusters = self.input.cluster_range(start, stop)
-        if source.offsets is None:
-            assert source.data is not None
-            column, held = self._held(source.data, clusters)
-            base = int(self.input.boundaries[held.start])
-            values = column[start - base : stop - base]
-        else:
-            offsets, held = self._held(source.offsets, clusters)
-            base = int(self.input.boundaries[held.start])
-            lo, hi = start - base, stop - base
+        bounds = self.input.boundaries
+        pieces = []
+        for k in clusters:
+            first = int(bounds[k])
+            lo, hi = max(start, first) - first, min(stop, int(bounds[k + 1])) - first
+            if source.offsets is None:
+                assert source.data is not None
+                pieces.append(self._cluster(source.data, k)[lo:hi])
+                continue
+            offsets = self._cluster(source.offsets, k)
             if source.data is None:
-                values = np.diff(offsets[lo : hi + 1])
-            else:  # the content read over the offsets' clusters, so that they index it
-                content, _ = self._held(source.data, held, exact=True)
-                values = content[int(offsets[lo]) : int(offsets[hi])]
+                pieces.append(np.diff(offsets[lo : hi + 1]))
+            else:
+                pieces.append(self._cluster(source.data, k)[int(offsets[lo]) : int(offsets[hi])])
+        values = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         compressed, uncompressed = self.map.nbytes(name, clusters)
         return np.asarray(values, dtype=np.dtype(t.dtype)), compressed, uncompressed
 
@@ -371,7 +380,7 @@ class RNTupleReader:
 
     def forget(self, stop: int) -> None:
         """Drop the clusters kept that end at or before ``stop`` (a chunk is done)."""
+        bounds = self.input.boundaries
         with self._lock:
-            for column, (clusters, _) in list(self._last.items()):
-                if int(self.input.boundaries[clusters.stop]) <= stop:
-                    del self._last[column]
+            for key in [k for k in self._kept if int(bounds[k[1] + 1]) <= stop]:
+                del self._kept[key]
