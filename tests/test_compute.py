@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,53 @@ def test_a_pickle_from_another_python_version_says_so(tmp_path: Path) -> None:
 
     with pytest.raises(ProcessorError, match=r"Python 2\.7.*same Python version"):
         load_pickled(str(tmp_path / "m.py"), "p.pkl", sha256="0" * 64, python="2.7")
+
+
+def test_compute_returns_at_once_and_gives_the_runners_result(nanoaod: Path, tmp_path: Path) -> None:
+    from coffea_smk.compute import DataGroup, SnakemakeBackend
+
+    fileset = {"DY": [str(nanoaod / "nano_dy.root")], "Mu": [str(nanoaod / "nano_dimuon.root")]}
+    group = DataGroup.from_fileset(fileset)
+    with SnakemakeBackend(outdir=tmp_path / "out", cores=2, chunksize=11) as backend:
+        began = time.monotonic()
+        task = backend.compute(group.map_steps(DimuonProcessor()))
+        assert time.monotonic() - began < 5 and not task.done()
+        assert task.progress.running
+        assert task.wait(timeout=600)
+        grouped = task.result()
+    assert task.progress.done == 2 and not task.progress.running
+    assert set(grouped) == {"DY", "Mu"}
+    for name in fileset:
+        theirs = run_coffea({name: {"files": {fileset[name][0]: "Events"}}}, DimuonProcessor, 11)
+        assert_same_result(grouped[name], theirs, name)
+    attached = SnakemakeBackend.attach(tmp_path / "out")
+    assert attached.done()
+    assert set(attached.result()) == {"DY", "Mu"}
+
+
+def test_continue_on_partial_result_and_the_rest_after_the_fix(nanoaod: Path, tmp_path: Path) -> None:
+    from coffea_smk.compute import DataGroup, ErrorPolicy, IncompleteResultError, SnakemakeBackend
+
+    sys.path.insert(0, str(PROCESSORS))
+    try:
+        from compute_processors import BrokenWhileFlagged  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(PROCESSORS))
+    flag = tmp_path / "broken.flag"
+    flag.write_text("")
+    fileset = {"DY": [str(nanoaod / "nano_dy.root")], "Mu": [str(nanoaod / "nano_dimuon.root")]}
+    group = DataGroup.from_fileset(fileset)
+    processor = BrokenWhileFlagged(str(flag), "nano_dimuon")
+    policy = ErrorPolicy(continue_on=(OSError, ValueError), retries=0)
+    with SnakemakeBackend(outdir=tmp_path / "out", cores=2, chunksize=15) as backend:
+        task = backend.compute(group.map_steps(processor), error_policy=policy)
+        with pytest.raises(IncompleteResultError, match=r"(?s)Mu.*nano_dimuon.*partial_result"):
+            task.result()
+        part, rest = task.partial_result()
+        assert set(part) == {"DY"} and rest is not None and rest.dataset_names == ("Mu",)
+        flag.unlink()  # the input is fixed
+        more = backend.compute(rest, error_policy=policy).result()
+    assert set(more) == {"Mu"}
+    with SnakemakeBackend(outdir=tmp_path / "full", cores=2, chunksize=15) as backend:
+        full = backend.compute(group.map_steps(processor)).result()
+    assert {**part, **more} == full

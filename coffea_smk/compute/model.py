@@ -1,0 +1,82 @@
+"""What to compute, in the shapes of ``coffea.compute``: files, datasets, groups, computables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class File:
+    """One input file."""
+
+    path: str
+    """A local path or a URL (``root://``, ``https://``)."""
+    tree: str = "Events"
+    """The tree (``object_path`` in coffea's fileset)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dataset:
+    """A named set of files with its metadata."""
+
+    name: str
+    files: tuple[File, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def fileset_entry(self) -> dict[str, Any]:
+        """The dataset in coffea's fileset shape."""
+        entry: dict[str, Any] = {"files": {f.path: f.tree for f in self.files}}
+        if self.metadata:
+            entry["metadata"] = dict(self.metadata)
+        return entry
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataGroup:
+    """Several datasets; computing on one gives a result per dataset."""
+
+    datasets: tuple[Dataset, ...]
+
+    @classmethod
+    def from_fileset(cls, fileset: Mapping[str, Any], treename: str = "Events") -> DataGroup:
+        """A group from coffea's fileset (plain, preprocessed, or ``{dataset: [files]}``)."""
+        from coffea_smk.compute.workflow import normalise_fileset  # noqa: PLC0415  (json/yaml only)
+
+        datasets = []
+        for name, entry in normalise_fileset(fileset).items():
+            default = entry.get("treename") or treename
+            files = tuple(File(path=p, tree=t or default) for p, t in entry["files"].items())
+            datasets.append(Dataset(name=name, files=files, metadata=entry.get("metadata", {})))
+        return cls(datasets=tuple(datasets))
+
+    def fileset(self) -> dict[str, Any]:
+        """The group in coffea's fileset shape."""
+        return {d.name: d.fileset_entry() for d in self.datasets}
+
+    def only(self, names: set[str]) -> DataGroup:
+        """The datasets named in ``names``."""
+        return replace(self, datasets=tuple(d for d in self.datasets if d.name in names))
+
+    def map_steps(self, processor: Any) -> Computable:
+        """``processor`` (an object with ``process(events)``, a class, or a function
+        ``events -> result``) over every chunk of every dataset."""
+        return Computable(data=self, processor=processor)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Computable:
+    """A processor mapped over a group's chunks: what ``SnakemakeBackend.compute`` runs."""
+
+    data: DataGroup
+    processor: Any
+
+    @property
+    def dataset_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.data.datasets)
+
+
+def group_of(data: DataGroup | Dataset) -> DataGroup:
+    """A dataset as a group of one."""
+    return data if isinstance(data, DataGroup) else DataGroup(datasets=(data,))

@@ -1,0 +1,184 @@
+"""A computation running as a ``coffea-smk run`` in the background: coffea.compute's ``Task``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coffea_smk.compute.model import Computable
+from coffea_smk.compute.workflow import RunError, failure
+
+
+class IncompleteResultError(RuntimeError):
+    """Some steps of the computation failed or are missing."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a task is, counted in datasets and failed chunks."""
+
+    datasets: int
+    """Datasets in the computation."""
+    done: int
+    """Datasets whose result exists and is complete."""
+    incomplete: int
+    """Datasets whose result exists but lacks failed chunks."""
+    failed_chunks: int
+    """Chunks in the failure manifests of the current run."""
+    running: bool
+
+
+@dataclass(frozen=True)
+class FailedStep:
+    """A chunk that failed, as its failure manifest says."""
+
+    dataset: str
+    file: str
+    start: int | None
+    stop: int | None
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.dataset}: {self.file} entries {self.start}-{self.stop}: {self.error}"
+
+
+class Task:
+    """The run of a computable: returned at once by ``SnakemakeBackend.compute``."""
+
+    def __init__(
+        self,
+        computable: Computable,
+        outdir: Path,
+        configfile: Path,
+        process: subprocess.Popen[bytes] | None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.computable = computable
+        self.outdir = outdir
+        self.configfile = configfile
+        self._process = process
+        self._allow_pickle = allow_pickle
+
+    def done(self) -> bool:
+        """Whether the run has ended (successfully or not)."""
+        return self._process is None or self._process.poll() is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end (at most ``timeout`` seconds); whether it has."""
+        if self._process is None:
+            return True
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def cancel(self) -> None:
+        """Stop the run (Snakemake stops its jobs; finished work stays and is reused)."""
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait()
+
+    def _check_run(self) -> None:
+        self.wait()
+        code = 0 if self._process is None else self._process.returncode
+        if code != 0:
+            raise failure(self.configfile, code)
+
+    def _results(self) -> tuple[dict[str, Any], set[str]]:
+        """The per-dataset results that exist, and the names of the incomplete ones."""
+        from coffea_smk.results import IncompleteResultWarning, load, load_meta  # noqa: PLC0415  numpy
+        from coffea_smk.spec.config import slugify  # noqa: PLC0415  pydantic
+
+        found: dict[str, Any] = {}
+        incomplete: set[str] = set()
+        for name in self.computable.dataset_names:
+            path = self.outdir / "datasets" / f"{slugify(name)}.npz"
+            if not path.exists():  # published when the run ends: then the current one
+                continue
+            if load_meta(path).get("complete") is False:
+                incomplete.add(name)
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", IncompleteResultWarning)
+                found[name] = load(path, allow_pickle=self._allow_pickle)
+        return found, incomplete
+
+    def failed_steps(self) -> list[FailedStep]:
+        """The chunks that failed in the current run (from its failure manifests)."""
+        out = []
+        names = set(self.computable.dataset_names)
+        for path in sorted((self.outdir / "failures").rglob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for entry in data.get("failed", []) if isinstance(data, dict) else []:
+                step = _step(entry)
+                if step is not None and step.dataset in names:
+                    out.append(step)
+        return out
+
+    @property
+    def progress(self) -> Progress:
+        found, incomplete = self._results() if self.done() else ({}, set())
+        return Progress(
+            datasets=len(self.computable.dataset_names),
+            done=len(found),
+            incomplete=len(incomplete),
+            failed_chunks=len(self.failed_steps()) if self.done() else 0,
+            running=not self.done(),
+        )
+
+    def result(self) -> dict[str, Any]:
+        """The result of each dataset, once the run has ended.
+
+        Raises:
+            RunError: The run failed as a whole.
+            IncompleteResultError: Some steps failed (named in the message).
+        """
+        self._check_run()
+        found, _ = self._results()
+        missing = [n for n in self.computable.dataset_names if n not in found]
+        if missing:
+            steps = "\n  ".join(str(s) for s in self.failed_steps()) or "(no failure manifest)"
+            raise IncompleteResultError(
+                f"the result is incomplete: datasets {', '.join(missing)} lack failed or missing steps:\n  "
+                f"{steps}\nuse task.partial_result() for what finished and a computable of the rest"
+            )
+        return found
+
+    def partial_result(self) -> tuple[dict[str, Any], Computable | None]:
+        """What finished (complete datasets), and a computable of the rest (None: nothing left).
+
+        Computing the rest on the same outdir redoes only its failed and missing chunks.
+        """
+        self._check_run()
+        found, _ = self._results()
+        rest = {n for n in self.computable.dataset_names if n not in found}
+        if not rest:
+            return found, None
+        data = self.computable.data.only(rest)
+        return found, Computable(data=data, processor=self.computable.processor)
+
+
+def _step(entry: Any) -> FailedStep | None:
+    if not isinstance(entry, dict) or "dataset" not in entry:
+        return None
+    start, stop = entry.get("entrystart", entry.get("start")), entry.get("entrystop", entry.get("stop"))
+    return FailedStep(
+        dataset=str(entry["dataset"]),
+        file=str(entry.get("file", entry.get("filename", "?"))),
+        start=start if isinstance(start, int) else None,
+        stop=stop if isinstance(stop, int) else None,
+        error=str(entry.get("exception", entry.get("type", ""))) + ": " + str(entry.get("message", "")),
+    )
+
+
+__all__ = ["FailedStep", "IncompleteResultError", "Progress", "RunError", "Task"]
