@@ -192,7 +192,8 @@ class FieldMap:
             if self._has_columns(i):
                 self._add_top(i)
         self._boundaries = rinput.boundaries
-        self._sizes = _column_sizes(nt, len(rinput.boundaries) - 1)
+        self._ntuple = nt
+        self._sizes_found: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
         self._built: dict[str, BranchMap] = {}
 
     def _has_columns(self, i: int) -> bool:
@@ -266,6 +267,14 @@ class FieldMap:
                 name, self.types[name], np.arange(clusters, dtype=np.int64), compressed, self._boundaries
             )
         return b
+
+    @property
+    def _sizes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Page bytes per column and cluster, from the page lists (read on first use:
+        preprocessing needs none of them)."""
+        if self._sizes_found is None:
+            self._sizes_found = _column_sizes(self._ntuple, len(self._boundaries) - 1)
+        return self._sizes_found
 
     def _columns_of(self, name: str) -> list[int]:
         s = self.sources[name]
