@@ -32,6 +32,10 @@ class Dataset:
             entry["metadata"] = dict(self.metadata)
         return entry
 
+    def map_steps(self, processor: Any) -> Computable:
+        """``processor`` over every chunk of this dataset (its result: ``{name: result}``)."""
+        return DataGroup(datasets=(self,)).map_steps(processor)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataGroup:
@@ -75,8 +79,3 @@ class Computable:
     @property
     def dataset_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.data.datasets)
-
-
-def group_of(data: DataGroup | Dataset) -> DataGroup:
-    """A dataset as a group of one."""
-    return data if isinstance(data, DataGroup) else DataGroup(datasets=(data,))
