@@ -207,3 +207,19 @@ def test_the_example_script_runs(nanoaod: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per dataset: {'DY': 40, 'Mu': 40} left: None" in proc.stdout
+
+
+def test_a_lambda_is_a_processor_and_one_run_at_a_time(nanoaod: Path, tmp_path: Path) -> None:
+    from coffea_smk.compute import DataGroup, SnakemakeBackend
+
+    fileset = {"DY": [str(nanoaod / "nano_dy.root")]}
+    out = coffea_smk.Runner(chunksize=15, outdir=tmp_path / "out")(
+        fileset, processor_instance=lambda events: {"n": len(events)}
+    )
+    assert out == {"n": 40}
+    with SnakemakeBackend(outdir=tmp_path / "out", chunksize=15) as backend:
+        computable = DataGroup.from_fileset(fileset).map_steps(lambda events: {"n": 2 * len(events)})
+        task = backend.compute(computable)
+        with pytest.raises(RuntimeError, match="still running"):
+            backend.compute(computable)
+        assert task.result() == {"DY": {"n": 80}}

@@ -51,7 +51,16 @@ class SnakemakeBackend:
                 task.cancel()
 
     def compute(self, computable: Computable, error_policy: ErrorPolicy | None = None) -> Task:
-        """Start computing ``computable``; returns at once."""
+        """Start computing ``computable``; returns at once.
+
+        Raises:
+            RuntimeError: A task of this backend is still running (one run at a time in an outdir).
+        """
+        if any(not task.done() for task in self._tasks):
+            raise RuntimeError(
+                f"a computation is still running in {self.outdir}: wait() for it or cancel() it first "
+                "(its finished work is kept either way)"
+            )
         policy = error_policy or ErrorPolicy()
         runner = Runner(**self._runner, continue_on=policy.continue_on, retries=policy.retries)
         configfile = runner.write(computable.data.fileset(), computable.processor)
