@@ -193,7 +193,7 @@ class FieldMap:
                 self._add_top(i)
         self._boundaries = rinput.boundaries
         self._ntuple = nt
-        self._sizes_found: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._sizes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._built: dict[str, BranchMap] = {}
 
     def _has_columns(self, i: int) -> bool:
@@ -262,19 +262,19 @@ class FieldMap:
             clusters = len(self._boundaries) - 1
             compressed = np.zeros(clusters, np.int64)
             for c in self._columns_of(name):
-                compressed += self._sizes[c][0][:clusters]
+                compressed += self._size(c)[0][:clusters]
             b = self._built[name] = BranchMap(
                 name, self.types[name], np.arange(clusters, dtype=np.int64), compressed, self._boundaries
             )
         return b
 
-    @property
-    def _sizes(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Page bytes per column and cluster, from the page lists (read on first use:
-        preprocessing needs none of them)."""
-        if self._sizes_found is None:
-            self._sizes_found = _column_sizes(self._ntuple, len(self._boundaries) - 1)
-        return self._sizes_found
+    def _size(self, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """Compressed and uncompressed page bytes of a column per cluster, from the page lists
+        (on first use: preprocessing needs none, a job those of the columns it reads)."""
+        found = self._sizes.get(column)
+        if found is None:
+            found = self._sizes[column] = _column_size(self._ntuple, column, len(self._boundaries) - 1)
+        return found
 
     def _columns_of(self, name: str) -> list[int]:
         s = self.sources[name]
@@ -284,8 +284,9 @@ class FieldMap:
         """Compressed and uncompressed bytes of the pages of ``name`` in ``clusters``."""
         compressed = uncompressed = 0
         for c in self._columns_of(name):
-            compressed += int(self._sizes[c][0][clusters.start : clusters.stop].sum())
-            uncompressed += int(self._sizes[c][1][clusters.start : clusters.stop].sum())
+            sizes = self._size(c)
+            compressed += int(sizes[0][clusters.start : clusters.stop].sum())
+            uncompressed += int(sizes[1][clusters.start : clusters.stop].sum())
         return compressed, uncompressed
 
     def fields_hash(self) -> str:
@@ -294,23 +295,19 @@ class FieldMap:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _column_sizes(ntuple: Any, clusters: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """``{column: (compressed bytes per cluster, uncompressed bytes per cluster)}`` from the page lists."""
+def _column_size(ntuple: Any, column: int, clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """A column's (compressed, uncompressed) page bytes per cluster, from the page lists."""
     import uproot  # noqa: PLC0415
 
-    bits = uproot.const.rntuple_col_num_to_size_dict
-    sizes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    bits = uproot.const.rntuple_col_num_to_size_dict.get(int(ntuple.column_records[column].type), 64)
     links = ntuple.page_link_list
-    for record in ntuple.column_records:
-        col = int(record.idx)
-        compressed, uncompressed = np.zeros(clusters, np.int64), np.zeros(clusters, np.int64)
-        for k in range(min(clusters, len(links))):
-            if col < len(links[k]):
-                for page in links[k][col].pages:
-                    compressed[k] += abs(int(page.locator.num_bytes))
-                    uncompressed[k] += (int(page.num_elements) * bits.get(int(record.type), 64) + 7) // 8
-        sizes[col] = (compressed, uncompressed)
-    return sizes
+    compressed, uncompressed = np.zeros(clusters, np.int64), np.zeros(clusters, np.int64)
+    for k in range(min(clusters, len(links))):
+        if column < len(links[k]):
+            for page in links[k][column].pages:
+                compressed[k] += abs(int(page.locator.num_bytes))
+                uncompressed[k] += (int(page.num_elements) * bits + 7) // 8
+    return compressed, uncompressed
 
 
 class RNTupleReader:
