@@ -122,6 +122,17 @@ def workflow(tmp_path: Path) -> Workflow:
     return Workflow(tmp_path)
 
 
+class UnplannedFile:
+    """What reading needs of a plan's file, for a file opened outside a planned analysis."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.treename = "Events"
+        self.key = "test"
+        self.uuid = ""
+        self.record_path = None
+
+
 def run_coffea(fileset: dict[str, Any], processor_factory: Callable[[], Any] | Any, chunksize: int) -> Any:
     """Run coffea's own Runner (iterative executor, NanoAODSchema) on a fileset.
 

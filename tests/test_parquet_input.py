@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
-from conftest import Workflow, assert_same_result
+from conftest import UnplannedFile, Workflow, assert_same_result
 
 import coffea_smk
 from coffea_smk.engine.preprocess import preprocess_files
@@ -135,17 +135,6 @@ def test_format_is_found_by_suffix_or_magic(twins: dict[str, Path], nanoaod: Pat
         assert isinstance(opened, ParquetInput) and opened.entries == 40
 
 
-class _File:
-    """What reading needs of a plan's file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.treename = "Events"
-        self.key = "test"
-        self.uuid = ""
-        self.record_path = None
-
-
 @pytest.mark.parametrize("kind", ["counters", "lists"])
 def test_only_the_touched_columns_are_read_per_row_group(
     twins: dict[str, Path], kind: str, monkeypatch: pytest.MonkeyPatch
@@ -159,7 +148,8 @@ def test_only_the_touched_columns_are_read_per_row_group(
 
     monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
     with UnitReader(EventsOptions(schema="nanoaod")) as unit, open_file(str(twins[kind])) as opened:
-        with unit.open(opened, _File(twins[kind]), [(10, 30)]) as reader, reader.chunk(10, 30, {}) as chunk:
+        file = UnplannedFile(twins[kind])
+        with unit.open(opened, file, [(10, 30)]) as reader, reader.chunk(10, 30, {}) as chunk:
             events = chunk.events
             pt = ak.sum(events.Muon.pt) + ak.sum(events.MET.pt)
             assert float(pt) > 0 and ak.all(events.run == 1)
@@ -177,8 +167,8 @@ def test_events_have_the_root_events_structure(twins: dict[str, Path], nanoaod: 
     with UnitReader(EventsOptions(schema="nanoaod")) as unit:
         root_file = open_file(str(nanoaod / "nano_dy.root"))
         with open_file(str(twins["lists"])) as opened, root_file:
-            root_reader = unit.open(root_file, _File(nanoaod / "nano_dy.root"), [(5, 35)])
-            with unit.open(opened, _File(twins["lists"]), [(5, 35)]) as reader, root_reader:
+            root_reader = unit.open(root_file, UnplannedFile(nanoaod / "nano_dy.root"), [(5, 35)])
+            with unit.open(opened, UnplannedFile(twins["lists"]), [(5, 35)]) as reader, root_reader:
                 with reader.chunk(5, 35, {"dataset": "DY"}) as ours, root_reader.chunk(5, 35, {}) as theirs:
                     a, b = ours.events, theirs.events
                     assert type(a) is type(b) and type(a.Muon) is type(b.Muon)

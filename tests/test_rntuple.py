@@ -19,7 +19,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from conftest import PROCESSORS, REPO, Workflow, XRootD, assert_same_result, run_coffea
+from conftest import PROCESSORS, REPO, UnplannedFile, Workflow, XRootD, assert_same_result, run_coffea
 
 import coffea_smk
 from coffea_smk.engine.preprocess import preprocess_files
@@ -178,23 +178,12 @@ def test_only_the_touched_fields_are_read(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(RNTupleInput, "read_column", spy)
     with UnitReader(EventsOptions(schema="nanoaod")) as unit, open_file(str(path)) as opened:
-        with unit.open(opened, _File(path), [(0, 20), (20, 40)]) as reader:
+        with unit.open(opened, UnplannedFile(path), [(0, 20), (20, 40)]) as reader:
             for start, stop in [(0, 20), (20, 40)]:
                 with reader.chunk(start, stop, {}) as chunk:
                     assert float(ak.sum(chunk.events.Muon.pt) + ak.sum(chunk.events.MET.pt)) > 0
     # Muon_pt, the muons' offsets (the collection holding them), MET_pt; each once: one cluster
     assert sorted(read) == sorted(["Muon_pt", "_collection" + _muon_collection(path), "MET_pt"])
-
-
-class _File:
-    """What reading needs of a plan's file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.treename = "Events"
-        self.key = "test"
-        self.uuid = ""
-        self.record_path = None
 
 
 def _muon_collection(path: Path) -> str:

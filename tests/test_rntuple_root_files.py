@@ -14,7 +14,7 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from conftest import Workflow, assert_same_result
+from conftest import UnplannedFile, Workflow, assert_same_result
 from rntuple_files import RNTupleFile
 
 import coffea_smk
@@ -116,19 +116,8 @@ def test_no_cluster_is_decompressed_twice(
     entries = rntuple_files["dy_zstd"].entries
     ranges = [(b, min(b + 170, entries)) for b in range(0, entries, 170)]  # clusters of ~300
     with UnitReader(EventsOptions(schema="nanoaod")) as unit, open_file(str(path)) as opened:
-        with unit.open(opened, _File(path), ranges) as reader:
+        with unit.open(opened, UnplannedFile(path), ranges) as reader:
             for start, stop in ranges:
                 with reader.chunk(start, stop, {}) as chunk:
                     assert float(ak.sum(chunk.events.Muon.pt)) >= 0
     assert reads and len(reads) == len(set(reads))  # every (column, cluster) once
-
-
-class _File:
-    """What reading needs of a plan's file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.treename = "Events"
-        self.key = "test"
-        self.uuid = ""
-        self.record_path = None
