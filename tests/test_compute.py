@@ -223,3 +223,57 @@ def test_a_lambda_is_a_processor_and_one_run_at_a_time(nanoaod: Path, tmp_path: 
         with pytest.raises(RuntimeError, match="still running"):
             backend.compute(computable)
         assert task.result() == {"DY": {"n": 80}}
+
+
+_STARTER = """
+import sys, time
+from pathlib import Path
+from coffea_smk.compute import DataGroup, SnakemakeBackend
+from coffea_smk.examples.dimuon import DimuonProcessor
+
+group = DataGroup.from_fileset({"TT": [sys.argv[2]], "DY": [sys.argv[3]]})
+backend = SnakemakeBackend(outdir=sys.argv[1], cores=1, chunksize=20, events_per_job=20)
+task = backend.compute(group.map_steps(DimuonProcessor()))
+print("started", flush=True)
+time.sleep(600)  # killed before this ends
+"""
+
+
+def test_a_killed_python_process_leaves_a_task_that_a_new_one_attaches_to(
+    nanoaod: Path, tmp_path: Path
+) -> None:
+    from coffea_smk.compute import DataGroup, SnakemakeBackend
+
+    outdir = tmp_path / "out"
+    files = [str(nanoaod / "nano_tt_v15.root"), str(nanoaod / "nano_dy.root")]
+    script = tmp_path / "starter.py"
+    script.write_text(textwrap.dedent(_STARTER))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    kernel = subprocess.Popen(
+        [sys.executable, str(script), str(outdir), *files], cwd=tmp_path, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert kernel.stdout is not None and kernel.stdout.readline() == b"started\n"
+        deadline = time.monotonic() + 300
+        while not _partials(outdir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kernel.kill()  # the kernel dies (SIGKILL); the run it started goes on
+    finally:
+        kernel.kill()
+        kernel.wait()
+    task = SnakemakeBackend.attach(outdir)
+    assert not task.done(), "the run did not outlive the process that started it"
+    group = DataGroup.from_fileset({"TT": [files[0]], "DY": [files[1]]})
+    with SnakemakeBackend(outdir=outdir, cores=1, chunksize=20, events_per_job=20) as backend:
+        with pytest.raises(RuntimeError, match=r"another Python process.*attach"):
+            backend.compute(group.map_steps(DimuonProcessor()))
+        assert task.wait(timeout=600) and task.done()
+        first = task.result()
+        before = _partials(outdir)
+        again = backend.compute(group.map_steps(DimuonProcessor())).result()
+    assert _partials(outdir) == before  # nothing redone
+    assert "Nothing to be done" in (outdir / "python" / "run.log").read_text()
+    assert set(first) == set(again) == {"TT", "DY"}
+    for name, path in (("TT", files[0]), ("DY", files[1])):
+        assert_same_result(again[name], run_coffea({name: {"files": {path: "Events"}}}, DimuonProcessor, 20))
+        assert_same_result(first[name], again[name], name)

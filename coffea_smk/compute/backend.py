@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -11,7 +12,7 @@ from typing import Any
 from coffea_smk.compute.model import Computable, DataGroup
 from coffea_smk.compute.runner import Runner
 from coffea_smk.compute.task import Task
-from coffea_smk.compute.workflow import folder_of, start
+from coffea_smk.compute.workflow import folder_of, running_pid, start
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,13 @@ class SnakemakeBackend:
                 f"a computation is still running in {self.outdir}: wait() for it or cancel() it first "
                 "(its finished work is kept either way)"
             )
+        other = running_pid(folder_of(self.outdir) / "analysis.yaml")
+        if other is not None:
+            raise RuntimeError(
+                f"a computation started by another Python process is still running in {self.outdir} "
+                f"(process {other}): SnakemakeBackend.attach({str(self.outdir)!r}) gives it back, "
+                "wait() for it or cancel() it first"
+            )
         policy = error_policy or ErrorPolicy()
         runner = Runner(**self._runner, continue_on=policy.continue_on, retries=policy.retries)
         configfile = runner.write(computable.data.fileset(), computable.processor)
@@ -91,17 +99,14 @@ class SnakemakeBackend:
 class _Attached(Task):
     """A task started by another process: running while its process id lives."""
 
-    def _pid(self) -> int | None:
-        path = self.configfile.parent / "run.pid"
-        try:
-            pid = int(path.read_text())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
-
     def done(self) -> bool:
-        return self._pid() is None
+        return running_pid(self.configfile) is None
+
+    def cancel(self) -> None:
+        pid = running_pid(self.configfile)
+        if pid is not None:  # the run leads its own process group (started with a new session)
+            os.killpg(pid, signal.SIGTERM)
+            self.wait()
 
     def wait(self, timeout: float | None = None) -> bool:
         import time  # noqa: PLC0415

@@ -162,6 +162,24 @@ def start(configfile: Path, profile: str, cores: int, extra: Sequence[str] = ())
         log.close()
 
 
+def running_pid(configfile: Path) -> int | None:
+    """The process id of the run of ``configfile`` while it lives (``run.pid`` beside it), else None."""
+    try:
+        pid = int((configfile.parent / "run.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    proc = Path(f"/proc/{pid}")
+    try:  # where /proc tells: not a finished child (a zombie) nor another program with a reused id
+        if proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+        if str(configfile).encode() not in proc.joinpath("cmdline").read_bytes():
+            return None
+    except (OSError, IndexError):
+        pass
+    return pid
+
+
 class RunError(RuntimeError):
     """The workflow run failed; the message holds the end of its log."""
 
