@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PROCESSORS, REPO, assert_same_result, run_coffea
@@ -228,6 +229,7 @@ def test_a_lambda_is_a_processor_and_one_run_at_a_time(nanoaod: Path, tmp_path: 
 _STARTER = """
 import sys, time
 from pathlib import Path
+from typing import Any
 from coffea_smk.compute import DataGroup, SnakemakeBackend
 from coffea_smk.examples.dimuon import DimuonProcessor
 
@@ -277,3 +279,31 @@ def test_a_killed_python_process_leaves_a_task_that_a_new_one_attaches_to(
     for name, path in (("TT", files[0]), ("DY", files[1])):
         assert_same_result(again[name], run_coffea({name: {"files": {path: "Events"}}}, DimuonProcessor, 20))
         assert_same_result(first[name], again[name], name)
+
+
+def test_map_files_calls_a_function_once_per_file_with_entries(nanoaod: Path, tmp_path: Path) -> None:
+    import uproot
+
+    from coffea_smk.compute import DataGroup, SnakemakeBackend
+
+    fileset = {
+        "DY": [str(nanoaod / "nano_dy.root"), str(nanoaod / "nano_tt_v15.root")],
+        "Mu": [str(nanoaod / "nano_dimuon.root")],
+    }
+    seen = "defined in the test: shipped with cloudpickle, with this closure"
+
+    def per_file(directory: Any) -> dict[str, Any]:
+        tree = directory["Events"]
+        return {"files": 1, "entries": tree.num_entries, "branches": len(tree.keys()), "note": {seen: 1}}
+
+    with SnakemakeBackend(outdir=tmp_path / "out", chunksize=7, events_per_job=14) as backend:
+        grouped = backend.compute(DataGroup.from_fileset(fileset).map_files(per_file)).result()
+    assert set(grouped) == {"DY", "Mu"}
+    for name, paths in fileset.items():
+        trees = [uproot.open(p)["Events"] for p in paths]
+        assert grouped[name]["files"] == len(paths)  # once per file, though each has several chunks
+        assert grouped[name]["entries"] == sum(t.num_entries for t in trees)
+        assert grouped[name]["branches"] == sum(len(t.keys()) for t in trees)
+        assert grouped[name]["note"] == {seen: len(paths)}
+    units = list((tmp_path / "out" / "partials").rglob("*.npz"))
+    assert len(units) > 3  # several units: the first chunk of a file is in one of them only

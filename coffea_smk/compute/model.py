@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +36,10 @@ class Dataset:
         """``processor`` over every chunk of this dataset (its result: ``{name: result}``)."""
         return DataGroup(datasets=(self,)).map_steps(processor)
 
+    def map_files(self, func: Callable[[Any], Any]) -> Computable:
+        """``func(directory)`` on every file of this dataset (its result: ``{name: sum}``)."""
+        return DataGroup(datasets=(self,)).map_files(func)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DataGroup:
@@ -67,6 +71,13 @@ class DataGroup:
         """``processor`` (an object with ``process(events)``, a class, or a function
         ``events -> result``) over every chunk of every dataset."""
         return Computable(data=self, processor=processor)
+
+    def map_files(self, func: Callable[[Any], Any]) -> Computable:
+        """``func`` of each file's uproot directory (``ReadOnlyDirectory``), once per file
+        with entries; a dataset's result is the sum over its files."""
+        from coffea_smk.compute.files import FileFunction  # noqa: PLC0415  (uproot)
+
+        return Computable(data=self, processor=FileFunction(func))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -159,6 +159,10 @@ def _stable(data: bytes) -> bytes:
     return data
 
 
-def _classes(obj: Any) -> list[type]:
+def _classes(obj: Any) -> list[Any]:
+    """The classes of ``obj``, and the functions and classes it holds (one level down): what
+    cloudpickle may pickle by reference, so the jobs must import their modules."""
     cls = obj if isinstance(obj, type) else type(obj)
-    return [c for c in cls.__mro__ if c.__module__ not in ("builtins", "__main__")]
+    held = [v for v in getattr(obj, "__dict__", {}).values() if isinstance(v, type) or inspect.isroutine(v)]
+    skip = (None, "builtins", "__main__")
+    return [c for c in [*cls.__mro__, *held] if getattr(c, "__module__", None) not in skip]
