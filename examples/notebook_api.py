@@ -47,7 +47,12 @@ group = DataGroup.from_fileset(fileset)
 with SnakemakeBackend(outdir="example_out", cores=2, chunksize=10) as backend:
     task = backend.compute(group.map_steps(MuonPt()), error_policy=ErrorPolicy(continue_on=(OSError,)))
     print("started; done:", task.done())
-    task.wait()
+    task.watch()  # a live bar (a widget in Jupyter with ipywidgets) until the run ends
     print(task.progress)
     part, rest = task.partial_result()
     print("per dataset:", {name: result["events"] for name, result in part.items()}, "left:", rest)
+
+# %% per-file work: a function of each file's uproot directory, summed per dataset
+with SnakemakeBackend(outdir="example_out", cores=2, chunksize=10) as backend:
+    entries = backend.compute(group.map_files(lambda f: {"entries": f["Events"].num_entries})).result()
+    print("entries per dataset:", {name: result["entries"] for name, result in entries.items()})

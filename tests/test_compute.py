@@ -208,6 +208,7 @@ def test_the_example_script_runs(nanoaod: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "per dataset: {'DY': 40, 'Mu': 40} left: None" in proc.stdout
+    assert "entries per dataset: {'DY': 40, 'Mu': 40}" in proc.stdout
 
 
 def test_a_lambda_is_a_processor_and_one_run_at_a_time(nanoaod: Path, tmp_path: Path) -> None:
@@ -307,3 +308,31 @@ def test_map_files_calls_a_function_once_per_file_with_entries(nanoaod: Path, tm
         assert grouped[name]["note"] == {seen: len(paths)}
     units = list((tmp_path / "out" / "partials").rglob("*.npz"))
     assert len(units) > 3  # several units: the first chunk of a file is in one of them only
+
+
+def test_progress_counts_events_and_watch_draws_a_bar_to_the_end(nanoaod: Path, tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from coffea_smk.compute import DataGroup, SnakemakeBackend
+
+    group = DataGroup.from_fileset(
+        {"TT": [str(nanoaod / "nano_tt_v15.root")], "DY": [str(nanoaod / "nano_dy.root")]}
+    )
+    with SnakemakeBackend(outdir=tmp_path / "out", cores=1, chunksize=20, events_per_job=40) as backend:
+        task = backend.compute(group.map_steps(DimuonProcessor()))
+        seen = []
+        while not task.done() and len(seen) < 200:
+            p = task.progress
+            seen.append(p.events_done)
+            assert p.events_expected in (None, 240) and p.events_done <= 240
+            assert p.running or task.done()
+            time.sleep(0.05)
+        assert seen == sorted(seen)  # never backwards
+        screen = io.StringIO()
+        last = task.watch(interval=0.1, console=Console(file=screen, width=120))
+    assert not last.running and last.events_done == last.events_expected == 240 and last.fraction == 1.0
+    assert last.chunks_done == 12 and last.chunks_pending == 0 and last.failed_chunks == 0
+    assert last.done == 2 and "240 events, 0 failed chunks" in screen.getvalue()
+    assert "100%" in str(task.progress) and "datasets 2/2 done" in str(task.progress)

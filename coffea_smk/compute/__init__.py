@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from coffea_smk.compute.backend import ErrorPolicy, SnakemakeBackend
 from coffea_smk.compute.model import Computable, DataGroup, Dataset, File
+from coffea_smk.compute.progress import Progress
 from coffea_smk.compute.runner import Runner
-from coffea_smk.compute.task import FailedStep, IncompleteResultError, Progress, Task
+from coffea_smk.compute.task import FailedStep, IncompleteResultError, Task
 from coffea_smk.compute.workflow import RunError
 
 __all__ = [

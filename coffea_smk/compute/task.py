@@ -9,29 +9,20 @@ import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coffea_smk.compute.model import Computable
+from coffea_smk.compute.progress import Progress, Rate, count, watch
 from coffea_smk.compute.workflow import RunError, failure
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from coffea_smk.smk.layout import Layout
 
 
 class IncompleteResultError(RuntimeError):
     """Some steps of the computation failed or are missing."""
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a task is, counted in datasets and failed chunks."""
-
-    datasets: int
-    """Datasets in the computation."""
-    done: int
-    """Datasets whose result exists and is complete."""
-    incomplete: int
-    """Datasets whose result exists but lacks failed chunks."""
-    failed_chunks: int
-    """Chunks in the failure manifests of the current run."""
-    running: bool
 
 
 @dataclass(frozen=True)
@@ -64,6 +55,8 @@ class Task:
         self.configfile = configfile
         self._process = process
         self._allow_pickle = allow_pickle
+        self._layout_cache: Layout | None = None
+        self._rate = Rate()
 
     def done(self) -> bool:
         """Whether the run has ended (successfully or not)."""
@@ -127,14 +120,38 @@ class Task:
 
     @property
     def progress(self) -> Progress:
-        found, incomplete = self._results() if self.done() else ({}, set())
+        """Counts of datasets, chunks and events (from the workflow's files), and the rate."""
+        running = not self.done()
+        found, incomplete = ({}, set()) if running else self._results()
+        counts = count(self._layout(), set(self.computable.dataset_names))
         return Progress(
             datasets=len(self.computable.dataset_names),
             done=len(found),
             incomplete=len(incomplete),
-            failed_chunks=len(self.failed_steps()) if self.done() else 0,
-            running=not self.done(),
+            failed_chunks=counts.failed_chunks,
+            running=running,
+            events_done=counts.events_done,
+            events_expected=counts.events_expected,
+            chunks_done=counts.chunks_done,
+            chunks_pending=counts.chunks_pending,
+            events_per_second=self._rate(counts.events_done),
         )
+
+    def watch(self, interval: float = 1.0, console: Console | None = None) -> Progress:
+        """Show a live progress bar until the run ends (in a terminal, or a widget in Jupyter
+        with ``ipywidgets``); the last :attr:`progress`. ``result()`` then returns at once."""
+        return watch(lambda: self.progress, interval, console)
+
+    def _layout(self) -> Layout:
+        """The analysis as the run sees it (read once: the config does not change under a task)."""
+        if self._layout_cache is None:
+            import yaml  # noqa: PLC0415
+
+            from coffea_smk.smk.layout import Layout  # noqa: PLC0415  (pydantic)
+
+            config = yaml.safe_load(self.configfile.read_text())
+            self._layout_cache = Layout.from_config(config, str(self.configfile), unknown_ok=True)
+        return self._layout_cache
 
     def result(self) -> dict[str, Any]:
         """The result of each dataset, once the run has ended.
