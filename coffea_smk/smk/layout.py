@@ -26,6 +26,7 @@ redoes exactly the failed chunks and the merges they feed, and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from coffea_smk.engine.preprocess import FileIdentity, replaced_files
 from coffea_smk.engine.records import PLAN_VERSION, MergeTree, Plan
 from coffea_smk.io.files import InputFileError, check_backends
 from coffea_smk.io.remote import RemoteStat
-from coffea_smk.smk.names import attempt_name, split_attempt
+from coffea_smk.smk.names import attempt_name, next_attempts
 from coffea_smk.smk.outputs import ALIASES, FAILURES, LOGS, PATHS, SKIM_MANIFEST, Kind
 from coffea_smk.smk.publish import links_to, skim_aliases
 from coffea_smk.smk.remote import (
@@ -275,45 +276,27 @@ class Layout:
     # ---- preprocessing batches -------------------------------------------------
     def batches(self, slug: str) -> dict[str, list[FileIdentity]]:
         """Batches of files preprocessed by one job, by content key."""
+        return self._batches[slug]
+
+    @functools.cached_property
+    def _batches(self) -> dict[str, dict[str, list[FileIdentity]]]:
+        """Every dataset's batches, keyed once: each preprocessing job asks for its own batch, and
+        keying all files per job made the DAG quadratic in the number of files."""
         n = self.cfg.files_per_preprocess_job
-        ids = self.identities[slug]
-        groups = [ids[i : i + n] for i in range(0, len(ids), n)]
-        return {key_of("batch", [g.key for g in group]): group for group in groups}
+        out = {}
+        for slug, ids in self.identities.items():
+            groups = [ids[i : i + n] for i in range(0, len(ids), n)]
+            out[slug] = {key_of("batch", [g.key for g in group]): group for group in groups}
+        return out
 
     def batch_names(self, slug: str) -> list[str]:
-        tried = self.attempts(self.failure(Kind.PREPROCESS, dataset=slug, batch="x"))
+        tried = next_attempts(Path(self.failure(Kind.PREPROCESS, dataset=slug, batch="x")).parent)
         return [attempt_name(b, tried.get(b, 0)) for b in self.batches(slug)]
 
     # ---- attempts ------------------------------------------------------------
-    def attempts(self, manifest_pattern: str) -> dict[str, int]:
-        """``{id: next attempt}`` from the failure manifests in a directory.
-
-        Attempt ``k`` of an id is due when manifests exist for attempts ``0..k-1``.
-        """
-        directory = Path(manifest_pattern).parent
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return {}
-        failed: dict[str, set[int]] = {}
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            try:
-                ident, k = split_attempt(name[: -len(".json")])
-            except ValueError:
-                continue
-            failed.setdefault(ident, set()).add(k)
-        out = {}
-        for ident, ks in failed.items():
-            k = 0
-            while k in ks:
-                k += 1
-            out[ident] = k
-        return out
-
     def unit_attempts(self, slug: str) -> dict[str, int]:
-        return self.attempts(self.failure(Kind.PARTIAL, dataset=slug, tag=self.keys[slug].tag, unit="x"))
+        failure = self.failure(Kind.PARTIAL, dataset=slug, tag=self.keys[slug].tag, unit="x")
+        return next_attempts(Path(failure).parent)
 
     def node_names(self, merge: MergeTree, unit_attempts: dict[str, int]) -> dict[str, str]:
         """Names of merge nodes and units: a node is renamed when a unit below it has a new attempt."""
@@ -365,7 +348,7 @@ class Layout:
         key = self.plots_key
         return None if key is None else self.path(Kind.PLOTS, key=key)
 
-    @property
+    @functools.cached_property
     def stat_keys(self) -> dict[str, str]:
         """``{model: key}``: each model's key holds the result's, its settings and the luminosity."""
         return {
@@ -402,18 +385,24 @@ class Layout:
 
     def provenance(self, slug: str | None = None) -> Provenance:
         """What a per-dataset (``slug``) or the global result records about its origin."""
-        config = self.cfg.model_dump(mode="json", by_alias=True)
-        if isinstance(self.cfg.fileset, dict):
-            config["fileset"] = "(inline)"
         return Provenance(
             analysis_key=self.analysis_key if slug is None else self.keys[slug].result,
             processor_key=self.processor_key,
             coffea_smk_version=__version__,
             configfile=str(Path(self.configfile).resolve()) if self.configfile else None,
-            config=config,
+            config=self._config_record,
             plan_key=None if slug is None else self.keys[slug].plan,
             taken_on_records=self.taken_on_records(slug),
         )
+
+    @functools.cached_property
+    def _config_record(self) -> dict[str, Any]:
+        """The config as results record it (an inline fileset as ``"(inline)"``), dumped once
+        rather than by every dataset job's parameters."""
+        config = self.cfg.model_dump(mode="json", by_alias=True)
+        if isinstance(self.cfg.fileset, dict):
+            config["fileset"] = "(inline)"
+        return config
 
     def read_plan(self, slug: str) -> Plan | None:
         """The current plan of a dataset, if it was made (read only: a damaged one raises).

@@ -9,6 +9,7 @@ engine gets the id and the attempt apart.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import Enum
 
@@ -57,3 +58,26 @@ def split_attempt(name: str) -> tuple[str, int]:
 def attempt_name(ident: str, attempt: int) -> str:
     """The job name of attempt ``attempt`` of ``ident``."""
     return ident if attempt == 0 else f"{ident}-a{attempt}"
+
+
+def next_attempts(directory: str | os.PathLike[str]) -> dict[str, int]:
+    """``{id: next attempt}`` from the failure manifests (``<name>.json``) in a directory.
+
+    Attempt ``k`` of an id is due when manifests exist for attempts ``0..k-1``.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return {}
+    failed: dict[str, set[int]] = {}
+    for name in names:
+        m = _ATTEMPT.match(name.removesuffix(".json")) if name.endswith(".json") else None
+        if m:
+            failed.setdefault(m[1], set()).add(int(m[2] or 0))
+    out = {}
+    for ident, ks in failed.items():
+        k = 0
+        while k in ks:
+            k += 1
+        out[ident] = k
+    return out
