@@ -148,7 +148,7 @@ def test_compute_returns_at_once_and_gives_the_runners_result(nanoaod: Path, tmp
 
 
 def test_continue_on_partial_result_and_the_rest_after_the_fix(nanoaod: Path, tmp_path: Path) -> None:
-    from coffea_smk.compute import DataGroup, ErrorPolicy, IncompleteResultError, SnakemakeBackend
+    from coffea_smk.compute import DataGroup, ErrorPolicy, File, IncompleteResultError, SnakemakeBackend
 
     sys.path.insert(0, str(PROCESSORS))
     try:
@@ -157,22 +157,27 @@ def test_continue_on_partial_result_and_the_rest_after_the_fix(nanoaod: Path, tm
         sys.path.remove(str(PROCESSORS))
     flag = tmp_path / "broken.flag"
     flag.write_text("")
-    fileset = {"DY": [str(nanoaod / "nano_dy.root")], "Mu": [str(nanoaod / "nano_dimuon.root")]}
+    tt = str(nanoaod / "nano_tt_v15.root")  # 200 entries: chunks of 15, those from entry 100 on fail
+    fileset = {"DY": [str(nanoaod / "nano_dy.root"), tt], "Mu": [str(nanoaod / "nano_dimuon.root")]}
     group = DataGroup.from_fileset(fileset)
-    processor = BrokenWhileFlagged(str(flag), "nano_dimuon")
+    processor = BrokenWhileFlagged(str(flag), "nano_tt", from_entry=100)
     policy = ErrorPolicy(continue_on=(OSError, ValueError), retries=0)
-    with SnakemakeBackend(outdir=tmp_path / "out", cores=2, chunksize=15) as backend:
+    with SnakemakeBackend(outdir=tmp_path / "out", cores=2, chunksize=15, events_per_job=60) as backend:
         task = backend.compute(group.map_steps(processor), error_policy=policy)
-        with pytest.raises(IncompleteResultError, match=r"(?s)Mu.*nano_dimuon.*partial_result"):
+        with pytest.raises(IncompleteResultError, match=r"(?s)DY.*nano_tt.*partial_result"):
             task.result()
         part, rest = task.partial_result()
-        assert set(part) == {"DY"} and rest is not None and rest.dataset_names == ("Mu",)
+        assert set(part) == {"DY", "Mu"}  # the finished chunks of DY too
+        assert part["DY"]["events"] == 40 + 105  # nano_dy, and nano_tt up to the first broken chunk
+        assert rest is not None and rest.dataset_names == ("DY",)
+        assert rest.data.datasets[0].files == (File(path=tt, tree="Events", steps=((105, 200),)),)
         flag.unlink()  # the input is fixed
         more = backend.compute(rest, error_policy=policy).result()
-    assert set(more) == {"Mu"}
+        assert more["DY"]["events"] == 95
+        assert task.partial_result() == (part, rest)  # the first task still reads its own results
     with SnakemakeBackend(outdir=tmp_path / "full", cores=2, chunksize=15) as backend:
         full = backend.compute(group.map_steps(processor)).result()
-    assert {**part, **more} == full
+    assert coffea_smk.accumulate([part, more]) == full  # no event twice, none lost
 
 
 def test_a_cancelled_task_resumes_without_redoing_a_finished_unit(nanoaod: Path, tmp_path: Path) -> None:

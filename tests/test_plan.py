@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
+
 from coffea_smk.engine.plan import PlanSettings, chunk_boundaries, make_plan, merge_tree
 from coffea_smk.engine.records import PLAN_VERSION, RECORD_VERSION, Plan, PreprocessedFile
 
@@ -122,6 +124,7 @@ def test_a_plan_file_keeps_its_shape() -> None:
             "size": 1,
             "mtime_ns": 1,
             "gen_sumw": None,  # PLAN_VERSION 2: the Runs tree's sum of generator weights
+            "steps": None,  # no new PLAN_VERSION: a plan made before steps existed means whole files, as now
             "record_path": "/cache/a.json",
             "batch_output": None,
         }
@@ -130,3 +133,27 @@ def test_a_plan_file_keeps_its_shape() -> None:
     assert unit["chunks"] == [[0, 0, 15], [0, 15, 30]] and unit["events"] == 30
     assert data["merge"] == {"nodes": {}, "top": [unit["id"]]}
     assert Plan.model_validate_json(plan.model_dump_json()) == plan
+
+
+def test_steps_are_chunked_alone_and_one_beyond_the_file_is_an_error() -> None:
+    from coffea_smk.spec.config import ConfigError
+
+    settings = PlanSettings(chunksize=4, events_per_job=100)
+    steps = {"/a.root": [(0, 6), (6, 10), (25, 30)]}
+    plan = make_plan("ds", "ds", {}, [_record("a", 30), _record("b", 5)], settings, key="k", steps=steps)
+    (unit,) = plan.units
+    assert [tuple(c) for c in unit.chunks] == [
+        (0, 0, 4),
+        (0, 4, 8),
+        (0, 8, 10),
+        (0, 25, 28),
+        (0, 28, 30),
+        (1, 0, 3),
+        (1, 3, 5),
+    ]
+    assert plan.expected_events == unit.events == 15 + 5
+    assert plan.files[0].ranges() == ((0, 10), (25, 30)) and plan.files[1].steps is None
+    with pytest.raises(
+        ConfigError, match=r"/a.root: the fileset asks for entries \[25, 31\).*has 30 entries"
+    ):
+        make_plan("ds", "ds", {}, [_record("a", 30)], settings, key="k", steps={"/a.root": [(25, 31)]})

@@ -15,6 +15,14 @@ class File:
     """A local path or a URL (``root://``, ``https://``)."""
     tree: str = "Events"
     """The tree (``object_path`` in coffea's fileset)."""
+    steps: tuple[tuple[int, int], ...] | None = None
+    """Only these entry ranges ``[start, stop)``, sorted (coffea's ``steps``); None: all entries."""
+
+    def entry(self) -> str | dict[str, Any]:
+        """The file's value in coffea's fileset shape."""
+        if self.steps is None:
+            return self.tree
+        return {"object_path": self.tree, "steps": [list(s) for s in self.steps]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +35,7 @@ class Dataset:
 
     def fileset_entry(self) -> dict[str, Any]:
         """The dataset in coffea's fileset shape."""
-        entry: dict[str, Any] = {"files": {f.path: f.tree for f in self.files}}
+        entry: dict[str, Any] = {"files": {f.path: f.entry() for f in self.files}}
         if self.metadata:
             entry["metadata"] = dict(self.metadata)
         return entry
@@ -55,7 +63,7 @@ class DataGroup:
         datasets = []
         for name, entry in normalise_fileset(fileset).items():
             default = entry.get("treename") or treename
-            files = tuple(File(path=p, tree=t or default) for p, t in entry["files"].items())
+            files = tuple(_file(p, t, default) for p, t in entry["files"].items())
             datasets.append(Dataset(name=name, files=files, metadata=entry.get("metadata", {})))
         return cls(datasets=tuple(datasets))
 
@@ -90,3 +98,12 @@ class Computable:
     @property
     def dataset_names(self) -> tuple[str, ...]:
         return tuple(d.name for d in self.data.datasets)
+
+
+def _file(path: str, value: Any, default: str) -> File:
+    """A file from its value in a normalised fileset: a tree name, or ``{object_path, steps}``."""
+    if isinstance(value, Mapping):
+        steps = value.get("steps")
+        tree = value.get("object_path") or default
+        return File(path=path, tree=tree, steps=None if steps is None else tuple((a, b) for a, b in steps))
+    return File(path=path, tree=value or default)

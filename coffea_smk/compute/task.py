@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from coffea_smk.compute.workflow import RunError, failure
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from coffea_smk.engine.meta import DatasetMeta
     from coffea_smk.smk.layout import Layout
 
 
@@ -56,6 +57,7 @@ class Task:
         self._process = process
         self._allow_pickle = allow_pickle
         self._layout_cache: Layout | None = None
+        self._config = _snapshot(configfile)  # a later computation in the outdir rewrites the files
         self._rate = Rate()
 
     def done(self) -> bool:
@@ -84,24 +86,32 @@ class Task:
         if code != 0:
             raise failure(self.configfile, code)
 
-    def _results(self) -> tuple[dict[str, Any], set[str]]:
-        """The per-dataset results that exist, and the names of the incomplete ones."""
-        from coffea_smk.results import IncompleteResultWarning, load, load_meta  # noqa: PLC0415  numpy
-        from coffea_smk.spec.config import slugify  # noqa: PLC0415  pydantic
+    def _stored(self) -> dict[str, tuple[DatasetMeta, Path]]:
+        """The per-dataset results of this computation that exist (by their keyed paths, so
+        another computation in the same outdir never stands in for this one's): meta and path."""
+        from coffea_smk.engine.meta import DatasetMeta  # noqa: PLC0415  pydantic
+        from coffea_smk.results import load_meta  # noqa: PLC0415  numpy
 
-        found: dict[str, Any] = {}
-        incomplete: set[str] = set()
-        for name in self.computable.dataset_names:
-            path = self.outdir / "datasets" / f"{slugify(name)}.npz"
-            if not path.exists():  # published when the run ends: then the current one
-                continue
-            if load_meta(path).get("complete") is False:
-                incomplete.add(name)
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", IncompleteResultWarning)
-                found[name] = load(path, allow_pickle=self._allow_pickle)
-        return found, incomplete
+        layout = self._layout()
+        out = {}
+        for slug, d in layout.datasets.items():
+            path = Path(layout.dataset_result(slug))
+            if path.exists():
+                out[d.name] = (DatasetMeta.model_validate(load_meta(path)), path)
+        return out
+
+    def _load(self, path: Path) -> Any:
+        from coffea_smk.results import IncompleteResultWarning, load  # noqa: PLC0415  numpy
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IncompleteResultWarning)
+            return load(path, allow_pickle=self._allow_pickle)
+
+    def _results(self) -> tuple[dict[str, Any], set[str]]:
+        """The complete per-dataset results, and the names of the incomplete ones."""
+        stored = self._stored()
+        found = {name: self._load(path) for name, (meta, path) in stored.items() if meta.complete}
+        return found, {name for name, (meta, _) in stored.items() if not meta.complete}
 
     def failed_steps(self) -> list[FailedStep]:
         """The chunks that failed in the current run (from its failure manifests)."""
@@ -145,12 +155,9 @@ class Task:
     def _layout(self) -> Layout:
         """The analysis as the run sees it (read once: the config does not change under a task)."""
         if self._layout_cache is None:
-            import yaml  # noqa: PLC0415
-
             from coffea_smk.smk.layout import Layout  # noqa: PLC0415  (pydantic)
 
-            config = yaml.safe_load(self.configfile.read_text())
-            self._layout_cache = Layout.from_config(config, str(self.configfile), unknown_ok=True)
+            self._layout_cache = Layout.from_config(self._config, str(self.configfile), unknown_ok=True)
         return self._layout_cache
 
     def result(self) -> dict[str, Any]:
@@ -172,17 +179,36 @@ class Task:
         return found
 
     def partial_result(self) -> tuple[dict[str, Any], Computable | None]:
-        """What finished (complete datasets), and a computable of the rest (None: nothing left).
+        """What finished (per dataset, incomplete ones included), and a computable of exactly
+        the entry ranges that did not (None: nothing left), once the run has ended.
 
-        Computing the rest on the same outdir redoes only its failed and missing chunks.
+        ``coffea_smk.accumulate([part, backend.compute(rest).result()])`` is the full result:
+        no event twice, none lost. Computing the rest redoes no finished chunk.
         """
-        self._check_run()
-        found, _ = self._results()
-        rest = {n for n in self.computable.dataset_names if n not in found}
-        if not rest:
-            return found, None
-        data = self.computable.data.only(rest)
-        return found, Computable(data=data, processor=self.computable.processor)
+        from coffea_smk.compute.rest import rest_of  # noqa: PLC0415  (pydantic)
+
+        self.wait()  # a failed run still leaves what finished
+        stored = self._stored()
+        part = {name: self._load(path) for name, (_, path) in stored.items()}
+        left = []
+        for dataset in self.computable.data.datasets:
+            rest = rest_of(dataset, stored[dataset.name][0] if dataset.name in stored else None)
+            if rest is not None:
+                left.append(rest)
+        if not left:
+            return part, None
+        data = replace(self.computable.data, datasets=tuple(left))
+        return part, Computable(data=data, processor=self.computable.processor)
+
+
+def _snapshot(configfile: Path) -> dict[str, Any]:
+    """The analysis as written now: its config with the fileset inline."""
+    import yaml  # noqa: PLC0415
+
+    config: dict[str, Any] = yaml.safe_load(configfile.read_text())
+    if isinstance(config.get("fileset"), str):
+        config["fileset"] = json.loads((configfile.parent / config["fileset"]).read_text())
+    return config
 
 
 def _step(entry: Any) -> FailedStep | None:

@@ -41,13 +41,17 @@ class Settings:
     """Further ``analysis.yaml`` keys, as they are written there."""
 
 
-def _tree(value: Any, default: str | None) -> str | None:
-    if isinstance(value, str):
+def _file_value(value: Any) -> str | dict[str, Any] | None:
+    """A file's value as the workflow reads it: its tree, or ``{object_path, steps}``."""
+    if isinstance(value, str) or value is None:
         return value
     if isinstance(value, Mapping):
         tree = value.get("object_path", value.get("treename"))
-        return str(tree) if tree else default
-    return default
+        steps = value.get("steps")
+        if steps is None:
+            return str(tree) if tree else None
+        return {"object_path": str(tree) if tree else None, "steps": [[int(a), int(b)] for a, b in steps]}
+    return None
 
 
 def normalise_fileset(fileset: Mapping[str, Any], base: Path | None = None) -> dict[str, Any]:
@@ -60,12 +64,12 @@ def normalise_fileset(fileset: Mapping[str, Any], base: Path | None = None) -> d
         tree = spec.get("treename")
         raw = spec["files"]
         entries = raw.items() if isinstance(raw, Mapping) else ((f, None) for f in raw)
-        files: dict[str, str | None] = {}
+        files: dict[str, str | dict[str, Any] | None] = {}
         for path, value in entries:
             text = str(path)
             if "://" not in text and not os.path.isabs(text):
                 text = str((base / text).resolve())
-            files[text] = _tree(value, None)
+            files[text] = _file_value(value)
         entry: dict[str, Any] = {"files": files}
         if tree:
             entry["treename"] = str(tree)

@@ -25,6 +25,7 @@ from coffea_smk.engine.records import (
     UnusableFile,
     WorkUnit,
 )
+from coffea_smk.spec.config import ConfigError
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
 
@@ -68,6 +69,7 @@ def make_plan(
     *,
     key: str | None = None,
     batch_outputs: Sequence[str | None] | None = None,
+    steps: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> Plan:
     """The plan of one dataset: files, work units and the merge tree.
 
@@ -78,7 +80,12 @@ def make_plan(
         settings: How to cut the files into chunks and units.
         key: The plan's content key (its path's).
         batch_outputs: For each record, the preprocessing output it came from.
+        steps: The entry ranges of the files (by path) that are processed in part.
+
+    Raises:
+        ConfigError: A step goes beyond its file's entries (the message names both).
     """
+    steps = steps or {}
     sources = list(batch_outputs) if batch_outputs is not None else [None] * len(records)
     bad = [
         BadFile(path=r.path, treename=r.treename, error=r.error)
@@ -98,10 +105,11 @@ def make_plan(
             gen_sumw=r.gen_sumw,
             record_path=r.record_path,
             batch_output=src,
+            steps=_steps(r, steps.get(r.path)),
         )
         for r, src in usable
     )
-    units = _units([r for r, _ in usable], settings)
+    units = _units(files, [r.clusters for r, _ in usable], settings)
     nodes, top = merge_tree([u.id for u in units], settings.merge_fanin)
     return Plan(
         version=PLAN_VERSION,
@@ -112,14 +120,38 @@ def make_plan(
         files=files,
         units=tuple(units),
         merge=MergeTree(nodes={k: tuple(v) for k, v in nodes.items()}, top=tuple(top)),
-        expected_events=sum(f.entries for f in files),
+        expected_events=sum(f.events for f in files),
         empty_files=tuple(f.path for f in files if f.entries == 0),
         bad_files=tuple(bad),
         key=key,
     )
 
 
-def _units(records: Sequence[PreprocessedFile], s: PlanSettings) -> list[WorkUnit]:
+def _steps(
+    record: PreprocessedFile, steps: Sequence[tuple[int, int]] | None
+) -> tuple[tuple[int, int], ...] | None:
+    if steps is None:
+        return None
+    for start, stop in steps:
+        if stop > record.entries:
+            raise ConfigError(
+                f"{record.path}: the fileset asks for entries [{start}, {stop}) of tree {record.treename!r}, "
+                f"which has {record.entries} entries: correct the file's 'steps'"
+            )
+    return tuple((int(a), int(b)) for a, b in steps)
+
+
+def _chunks(file: PlanFile, clusters: Sequence[int], s: PlanSettings) -> list[tuple[int, int]]:
+    """The chunks of a file: the whole file cut as coffea does, or each of its steps cut alike."""
+    if file.steps is None:
+        return list(pairwise(chunk_boundaries(file.entries, s.chunksize, clusters, s.align_chunks)))
+    out = []
+    for start, stop in file.ranges():
+        out += [(start + a, start + b) for a, b in pairwise(chunk_boundaries(stop - start, s.chunksize))]
+    return out
+
+
+def _units(files: Sequence[PlanFile], clusters: Sequence[Sequence[int]], s: PlanSettings) -> list[WorkUnit]:
     """Group consecutive chunks into units of about ``events_per_job`` events.
 
     A small file goes whole into the open unit when it fits; a large file is
@@ -132,17 +164,17 @@ def _units(records: Sequence[PreprocessedFile], s: PlanSettings) -> list[WorkUni
     def close() -> None:
         nonlocal current, events
         if current:
-            chunks_key = [[records[c.file].key, records[c.file].uuid, c.start, c.stop] for c in current]
+            chunks_key = [[files[c.file].key, files[c.file].uuid, c.start, c.stop] for c in current]
             units.append(WorkUnit(id=key_of("unit", chunks_key), events=events, chunks=tuple(current)))
         current, events = [], 0
 
-    for index, record in enumerate(records):
-        bounds = chunk_boundaries(record.entries, s.chunksize, record.clusters, s.align_chunks)
-        if len(bounds) < 2:
+    for index, file in enumerate(files):
+        chunks = _chunks(file, clusters[index], s)
+        if not chunks:
             continue
-        if events and events + record.entries > s.events_per_job:
+        if events and events + file.events > s.events_per_job:
             close()
-        for start, stop in pairwise(bounds):
+        for start, stop in chunks:
             if events and events + (stop - start) > s.events_per_job:
                 close()
             current.append(Chunk(index, start, stop))

@@ -24,6 +24,7 @@ from coffea_smk.io.rntuple import RNTUPLE_READER_VERSION
 from coffea_smk.spec.config import InputFile
 from coffea_smk.spec.settings import PlanSettings
 from coffea_smk.util.hashing import key_of
+from coffea_smk.util.ranges import coalesce
 
 RECORD_VERSION = 3
 """The shape of :class:`FileRecord` and :class:`Batch` (part of every file's key)."""
@@ -189,6 +190,18 @@ class FileSummary(Record):
     mtime_ns: int | None
     gen_sumw: float | None = None
     """See :attr:`FileRecord.gen_sumw`."""
+    steps: tuple[tuple[int, int], ...] | None = None
+    """The entry ranges asked for (the fileset's ``steps``); None: the whole file."""
+
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The entry ranges to process, those that touch made one (none for an empty file)."""
+        steps = self.steps if self.steps is not None else ((0, self.entries),)
+        return tuple((a, b) for a, b in coalesce([[a, b] for a, b in steps if a < b]))
+
+    @property
+    def events(self) -> int:
+        """Entries to process: of the steps, or the whole file's."""
+        return sum(stop - start for start, stop in self.ranges())
 
 
 class PlanFile(FileSummary):
@@ -241,6 +254,8 @@ class PlanRequest(Record):
     """The plan's content key."""
     metadata: dict[str, Any]
     settings: PlanSettings
+    steps: dict[str, tuple[tuple[int, int], ...]] = {}
+    """The entry ranges of the files that the fileset gives ``steps`` for (by path)."""
 
 
 class Plan(Record):

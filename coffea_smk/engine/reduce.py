@@ -152,9 +152,9 @@ def finish_dataset(
             )
         sources = [f.path for f in plan.files if f.entries > 0]
         result = compact_skims(result, skims.folder, skims.settings, f"dataset {plan.dataset!r}", sources)
-    expected = {f.key: f.entries for f in plan.files if f.entries > 0}
+    expected = {f.key: f.ranges() for f in plan.files if f.events > 0}
     covered = dict(merged.ranges)
-    missing = [f.path for f in plan.files if f.entries > 0 and covered.get(f.key) != ((0, f.entries),)]
+    missing = [f.path for f in plan.files if f.events > 0 and covered.get(f.key) != expected[f.key]]
     unexpected = sorted(set(covered) - set(expected))
     bad = plan.bad_files
     meta = DatasetMeta(

@@ -204,9 +204,11 @@ class Analysis:
             key=wildcards.plan,
             metadata=d.metadata,
             settings=PlanSettings.from_config(self.cfg),
+            steps={f.path: f.steps for f in d.files if f.steps is not None},
         )
         # json.dumps' spacing, as before: Snakemake records this param and redoes the plan if it changes
-        return json.dumps(request.model_dump(mode="json"))
+        # (no "steps" when no file has any: the param of every existing plan stays as it was)
+        return json.dumps(request.model_dump(mode="json", exclude=None if request.steps else {"steps"}))
 
     def get_plan_path(self, wildcards: Any) -> ShellArg:
         """The current plan of the job's dataset (a param: the checkpoint is known to exist).

@@ -90,6 +90,7 @@ def step_plan(a: argparse.Namespace) -> None:
         request.settings,
         key=request.key,
         batch_outputs=sources,
+        steps=request.steps,
     )
     write_json(a.out, plan.model_dump(mode="json"))
     log.info(

@@ -94,7 +94,11 @@ class DatasetKeys:
         processor: str,
         skims: SkimSettings,
     ) -> DatasetKeys:
-        plan = key_of("plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], settings.model_dump())
+        # a file's steps join the key; without any, the key is what it was before steps existed
+        steps = [[f.path, f.steps] for f in d.files if f.steps is not None]
+        plan = key_of(
+            "plan", PLAN_VERSION, d.name, d.metadata, [f.key for f in files], settings.model_dump(), *steps
+        )
         # the skim pieces are written by the process jobs, the skim files by the dataset job
         pieces = skims.model_dump(exclude={"target_size_mb"})
         tag = key_of("tag", processor, d.name, d.metadata, pieces)

@@ -189,6 +189,8 @@ class InputFile:
     path: str
     """Absolute local path or a remote URL (``root://``, ``https://`` ...)."""
     treename: str
+    steps: tuple[tuple[int, int], ...] | None = None
+    """Only these entry ranges ``[start, stop)`` (coffea's ``steps``); None: the whole file."""
 
     @property
     def is_remote(self) -> bool:
@@ -207,10 +209,30 @@ class Dataset:
     metadata: dict[str, Any]
 
 
+class _FileSpec(BaseModel):
+    """A file's entry in coffea's object form (``num_entries``, ``uuid``... are coffea's own)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    object_path: str | None = None
+    treename: str | None = None
+    steps: list[tuple[int, int]] | None = None
+
+
+def _step_problem(steps: Sequence[tuple[int, int]]) -> str | None:
+    """What is wrong with a file's ``steps`` (None: ordered ranges that do not overlap)."""
+    for i, (start, stop) in enumerate(steps):
+        if not 0 <= start < stop:
+            return f"step [{start}, {stop}] is not a range of entries (0 <= start < stop)"
+        if i and start < steps[i - 1][1]:
+            return f"step [{start}, {stop}] overlaps or precedes the step before it: sort them"
+    return None
+
+
 class _DatasetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    files: dict[str, str | None] | list[str]
+    files: dict[str, str | _FileSpec | None] | list[str]
     treename: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -378,7 +400,16 @@ def load_fileset(spec: str | dict[str, Any], basedir: Path, default_tree: str) -
                     "remove one of them"
                 )
             seen[resolved] = raw_path
-            files.append(InputFile(resolved, tree or default))
+            if isinstance(tree, _FileSpec):
+                steps = None if tree.steps is None else tuple(tree.steps)
+                problem = _step_problem(steps or ())
+                if problem:
+                    raise ConfigError(
+                        f"{at_line(where, loc, source)}: dataset {name!r}: file {raw_path}: {problem}"
+                    )
+                files.append(InputFile(resolved, tree.object_path or tree.treename or default, steps))
+            else:
+                files.append(InputFile(resolved, tree or default))
         slug = slugify(str(name))
         if slug in slugs:
             raise ConfigError(f"{where}: datasets {slugs[slug]!r} and {name!r} map to the same output name")
