@@ -16,13 +16,13 @@ import shlex
 import sys
 import textwrap
 import threading
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from coffea_smk.engine.meta import GlobalMeta
-from coffea_smk.engine.records import MergeTree, Plan, PlanRequest
+from coffea_smk.engine.records import FileIdentity, MergeTree, Plan, PlanRequest
 from coffea_smk.io.remote import DOWN_ENV
 from coffea_smk.results import ResultFileError, load_meta
 from coffea_smk.smk.layout import Layout
@@ -40,6 +40,8 @@ __all__ = ["CONFIG_ERROR_EXIT", "STATS_ENV", "WILDCARDS", "Analysis", "stop_on_c
 
 
 _SCHEDULER = os.path.join("snakemake", "scheduling", "job_scheduler.py")
+_IDENTITY = [f.name for f in fields(FileIdentity)]
+"""A preprocessing job's files, as ``dataclasses.asdict`` gave them (scalars: no deep copy)."""
 
 
 class ShellArg:
@@ -187,7 +189,7 @@ class Analysis:
         batch, _ = split_attempt(wildcards.batch)
         group = self.layout.batches(wildcards.dataset)[batch]
         # without an etag as before: Snakemake records this param and redoes the batch if it changes
-        return json.dumps([{k: v for k, v in asdict(i).items() if k != "etag" or v} for i in group])
+        return json.dumps([{k: getattr(i, k) for k in _IDENTITY if k != "etag" or i.etag} for i in group])
 
     def get_plan_inputs(self, wildcards: Any) -> list[str]:
         slug = wildcards.dataset
