@@ -57,6 +57,7 @@ class Progress:
         return (
             f"{state}: {share} ({self.events_done:,}/{expected} events{rate}); chunks {chunks}; "
             f"datasets {self.done}/{self.datasets} done"
+            + (f", {self.incomplete} incomplete" if self.incomplete else "")
         )
 
 
