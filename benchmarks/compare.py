@@ -109,12 +109,16 @@ def coffea_runner(fileset: dict[str, Any], chunksize: int, workers: int = 2) -> 
     return time.perf_counter() - t0, out
 
 
+LAST_RUN: list[float] = [0.0, 0.0]  # epoch seconds: when the last run_smk started and ended
+
+
 def run_smk(work: Path, *args: str) -> tuple[float, str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(work / "_audit"), os.environ.get("PYTHONPATH", "")]),
         "COFFEA_SMK_BENCH_OPENLOG": str(work / "opened.log"),
     }
+    LAST_RUN[0] = time.time()
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "coffea_smk", "run", "analysis.yaml", "--cores", "2", *args],
@@ -124,6 +128,7 @@ def run_smk(work: Path, *args: str) -> tuple[float, str]:
         text=True,
     )
     dt = time.perf_counter() - t0
+    LAST_RUN[1] = time.time()
     if proc.returncode != 0:
         sys.exit(f"coffea-smk run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return dt, proc.stdout + proc.stderr
@@ -173,6 +178,26 @@ def busy_seconds(work: Path, leave_out: str = "") -> float:
 
     metas = [coffea_smk.load_meta(p) for p in (work / "results").rglob("partials/**/*.npz")]
     return float(sum(m["wall_s"] for m in metas if m["dataset"] != leave_out))
+
+
+def run_breakdown(work: Path, started: float, ended: float) -> str:
+    """Where the wall time of the last ``coffea-smk run`` in ``work`` went (its timeline), with the
+    command's own start before Snakemake and its end after, and the units' own time inside their jobs."""
+    from coffea_smk.smk.timeline import Phase, Timeline, breakdown, format_breakdown, latest
+
+    found = latest(work / "results" / "logs" / "snakemake")
+    if found is None:
+        return "no timeline of the run found"
+    t = Timeline.read(found)
+    before = "coffea-smk run: its command and the job server, before Snakemake"
+    after = "coffea-smk run: after Snakemake's log closed, until it exits"
+    phases = [Phase(before, t.process_start - started), *breakdown(t), Phase(after, ended - (t.end or ended))]
+    units = busy_seconds(work)
+    jobs = sum(p.job_s for p in phases if p.name == "rule process")
+    return (
+        format_breakdown(phases)
+        + f"\nprocess jobs {jobs:.2f} s summed, of which inside their units (their metrics) {units:.2f} s"
+    )
 
 
 def coffea_smk_result(work: Path) -> Any:
@@ -244,6 +269,7 @@ def main() -> None:
     kinds = [k for k in a.processors.split(",") if k]
     results: dict[str, Any] = {}
     inside: dict[str, float] = {}
+    breakdowns: dict[str, str] = {}
     for kind in reversed(kinds):
         t_cold, best_per_job = smk_cold(work, fileset, kind, [int(x) for x in a.events_per_job.split(",")])
         rows.insert(
@@ -251,6 +277,7 @@ def main() -> None:
         )
         results[kind] = coffea_smk_result(work)
         inside[kind] = n_events / (busy_seconds(work) / 2)
+        breakdowns[kind] = run_breakdown(work, *LAST_RUN)
     import coffea_smk
 
     meta = coffea_smk.load_meta(work / "results" / "result.npz")
@@ -338,6 +365,8 @@ def main() -> None:
         f"process jobs busy {busy:.1f} s of {2 * t_cold:.1f} core-s "
         f"({100 * (1 - busy / (2 * t_cold)):.0f}% of the cold run's core time outside process jobs' work)"
     )
+    for kind, text in breakdowns.items():
+        print(f"\nwhere the wall time of the kept cold run went, {kind}:\n{text}")
 
 
 if __name__ == "__main__":

@@ -308,20 +308,26 @@ def cmd_summary(path: str) -> int:
 
 def cmd_metrics(path: str, rest: list[str]) -> int:
     """The metrics of a result file; given the analysis' config (and ``--config`` overrides), of its
-    global result."""
+    global result, and where the wall time of the analysis's last run went (its timeline)."""
     from coffea_smk.engine.metrics import report  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
     from coffea_smk.results import load_meta  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
+    from coffea_smk.smk.timeline import Timeline, breakdown, format_breakdown, latest  # noqa: PLC0415
     from coffea_smk.spec.config import ConfigError  # noqa: PLC0415  per command: `coffea-smk run` starts in 0.1 s
 
+    timeline = None
     if path.endswith((".yaml", ".yml", ".json")):
         try:
-            path = str(Path(_layout(path, rest).outdir) / "result.npz")
+            outdir = Path(_layout(path, rest).outdir)
         except ConfigError as err:
             return _config_error(err)
+        path, timeline = str(outdir / "result.npz"), latest(outdir / "logs" / "snakemake")
         if not Path(path).exists():
             print(f"coffea-smk: no result yet at {path}: run `coffea-smk run` first", file=sys.stderr)
             return 1
     print(report(load_meta(path)))
+    if timeline is not None:
+        print(f"\nWhere the wall time of the last run went ({timeline}):")
+        print(format_breakdown(breakdown(Timeline.read(timeline))))
     return 0
 
 

@@ -26,6 +26,7 @@ from coffea_smk.smk.layout import Layout
 from coffea_smk.smk.progress import Failure, PlanInfo, RunState, Unit
 from coffea_smk.smk.progress_tracker import Tracker, load_plan
 from coffea_smk.smk.progress_view import plain_dataset_line, plain_total_line, render
+from coffea_smk.smk.timeline import Timeline, breakdown
 
 ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 N = 10_000
@@ -312,6 +313,26 @@ def test_plain_lines_when_not_a_terminal(tmp_path: Path, nanoaod: Path) -> None:
     assert "DoubleMuon: done, files 1/1, units 2/2 (0 running, 0 failed), events 40/40" in out
     assert re.search(r"all datasets: files 2/2, units 4/4 \(0 running\), events 80/80", out)
     assert "rule process" not in proc.stdout + proc.stderr  # Snakemake's job log is in the file
+    # the run's timeline, beside its log: every job, and the phases are the whole run
+    (found,) = (tmp_path / "results" / "logs" / "snakemake").glob("*.timeline.json")
+    timeline = Timeline.read(found)
+    assert sorted(j.rule for j in timeline.jobs if j.rule == "process") == ["process"] * 4
+    assert all(j.end is not None and j.end >= j.start for j in timeline.jobs)
+    assert timeline.end is not None
+    phases = breakdown(timeline)
+    assert sum(p.wall_s for p in phases) == pytest.approx(timeline.end - timeline.process_start)
+    assert next(p for p in phases if p.name == "rule process").jobs == 4
+    metrics = subprocess.run(
+        [sys.executable, "-m", "coffea_smk", "metrics", "analysis.yaml"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert metrics.returncode == 0, metrics.stderr
+    assert "Where the wall time of the last run went" in metrics.stdout
+    assert re.search(r"^rule process +[0-9.]+ +[0-9.]+% +4 ", metrics.stdout, re.MULTILINE)
 
 
 @pytest.mark.slow

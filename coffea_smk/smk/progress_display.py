@@ -2,7 +2,8 @@
 
 :class:`ProgressLog` receives every Snakemake log record (from the logger
 plugin ``snakemake_logger_plugin_coffea_smk``). It writes Snakemake's full log,
-formatted as Snakemake would print it, to ``<outdir>/logs/snakemake/<time>.log``,
+formatted as Snakemake would print it, to ``<outdir>/logs/snakemake/<time>.log``
+(and the run's :mod:`~coffea_smk.smk.timeline` beside it),
 keeps a :class:`~coffea_smk.smk.progress.RunState` through a
 :class:`~coffea_smk.smk.progress.Tracker`, and shows it:
 
@@ -38,6 +39,7 @@ from coffea_smk.smk.layout import Layout
 from coffea_smk.smk.progress import RunState
 from coffea_smk.smk.progress_tracker import Tracker
 from coffea_smk.smk.progress_view import duration, plain_dataset_line, plain_total_line, render
+from coffea_smk.smk.timeline import TimelineRecorder
 from coffea_smk.spec.config import read_mapping
 
 Formatter = Callable[[logging.LogRecord], "str | None"]
@@ -99,10 +101,12 @@ class ProgressLog:
         self._console: Any = None
         self._saved_fds: tuple[int, int] | None = None
         self._started = False
+        self.timeline = TimelineRecorder()
 
     # ---- records ------------------------------------------------------------------------------
     def handle(self, record: logging.LogRecord) -> None:
         """Take one record: log it, update the state, show what must be shown now."""
+        self.timeline.handle(record)
         text = self.format(record)
         if text:
             self._log(text)
@@ -250,6 +254,9 @@ class ProgressLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.logfile is not None:
+            with contextlib.suppress(OSError):
+                self.timeline.write(self.logfile.with_suffix(".timeline.json"))
 
     # ---- what changed ---------------------------------------------------------------------------
     def _report_changes(self) -> None:
