@@ -12,7 +12,6 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-import uproot
 
 from coffea_smk.io.ttree import Leaf
 
@@ -189,6 +188,8 @@ def unreadable(b: BranchMap) -> BranchMap:
 
 def from_uproot(branch: Any) -> BranchType:
     """Kind, stored dtype and counter from uproot's interpretation of the branch."""
+    import uproot  # noqa: PLC0415  only for branches uproot has opened: the workflow's side never imports it
+
     try:
         interp = branch.interpretation
     except Exception:  # an unknown class: uproot says so when it is read

@@ -159,7 +159,14 @@ def serve(sock_path: str, preload: Iterable[str] = ()) -> None:
     more modules to import before the first job is forked."""
     parent = os.getppid()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    def stop(*_: object) -> None:
+        # at once: tearing down the imported stack took ~0.2 s at the end of every run
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     if os.path.exists(sock_path):
         os.unlink(sock_path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
